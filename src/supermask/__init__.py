@@ -1,0 +1,10 @@
+"""supermask: find accurate subnetworks hidden in randomly initialized neural networks."""
+
+from .convert import bake, convert, masked_layers, masks, random_weight, score_parameters
+from .errors import ConfigError, SupermaskError
+from .mask import num_pruned, topk_mask
+from .models import build_model
+
+__all__ = ["bake", "build_model", "convert", "masked_layers", "masks", "num_pruned", "random_weight",
+           "score_parameters", "topk_mask", "ConfigError", "SupermaskError"]
+__version__ = "0.1.0"

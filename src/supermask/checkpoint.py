@@ -1,0 +1,106 @@
+"""Atomic files and checkpoints: safetensors for tensors, JSON for everything else, nothing pickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+META_KEY = "supermask"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so a reader sees the old or the new file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {META_KEY: json.dumps(meta)} if meta is not None else None
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """Tensors and the JSON metadata of a safetensors file; a missing or corrupt file is a ConfigError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        raw = (header.get("__metadata__") or {}).get(META_KEY)
+        meta = json.loads(raw) if raw is not None else None
+    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as e:
+        raise ConfigError(f"{path} is corrupt or not a safetensors file ({str(e).splitlines()[0][:120]})") from None
+    return tensors, meta
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """Per-parameter optimizer state (momentum buffers, Adam moments) as flat named tensors."""
+    out = {}
+    for i, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            if not isinstance(value, Tensor):
+                value = torch.tensor(value)
+            out[f"{i}.{key}"] = value
+    return out
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, value in tensors.items():
+        i, key = name.split(".", 1)
+        state.setdefault(int(i), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"optimizer.{k}": v for k, v in optimizer_tensors(optimizer).items()})
+    save_tensors(path, tensors, meta)
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore model (and optimizer) state in place; returns the checkpoint's metadata."""
+    tensors, meta = load_tensors(path)
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+        if optimizer is not None:
+            load_optimizer_tensors(optimizer, {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")})
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{path} does not match this model ({str(e).splitlines()[0][:160]})") from None
+    if meta is None:
+        raise ConfigError(f"{path} has no supermask metadata; it is not a supermask checkpoint")
+    return meta

@@ -1,0 +1,95 @@
+"""The `supermask` command line: train, eval, configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import builtin_configs, config_help, make_config, parse_overrides, read_config_source
+from .errors import SupermaskError
+
+DEFAULT_CONFIG = "digits"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import run  # imported late so `--help` stays fast
+
+    cfg = make_config(args.config, parse_overrides(args.overrides))
+    summary = run(cfg, resume=args.resume, progress=not args.quiet)
+    kept = summary["params_kept"] / summary["params_total"]
+    print(f"test accuracy {100 * summary['test_acc']:.2f}% after {summary['epochs']} epochs "
+          f"(best {100 * summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}); "
+          f"{summary['method']} keeps {summary['params_kept']:,} of {summary['params_total']:,} weights ({100 * kept:.1f}%); "
+          f"{summary['seconds']:.1f} s")
+    print(f"run written to {summary['out_dir']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_run
+
+    result = evaluate_run(args.run_dir, device=args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    if args.name:
+        cfg = make_config(args.name)
+        print(f"# {args.name}: {json.dumps(read_config_source(args.name))}")
+        print("\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.to_dict().items()))
+    else:
+        print("\n".join(builtin_configs()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supermask", description="Find accurate subnetworks hidden in random networks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="search a subnetwork (or train a dense baseline)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one run and write config.yaml, metrics.jsonl, summary.json, masks.safetensors and "
+                    "checkpoint.safetensors to its out_dir.",
+        epilog=f"config keys (set in the YAML file or as key=value):\n{config_help()}\n\n"
+               f"built-in configs: {', '.join(builtin_configs())}\n"
+               "example: supermask train conv4 method=biprop prune_rate=0.9 width=0.25 epochs=10 out_dir=runs/x")
+    train.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
+                       help=f"a built-in config name or a YAML file (default: {DEFAULT_CONFIG})")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config values overriding CONFIG's")
+    train.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="re-evaluate a finished run on its test set")
+    ev.add_argument("run_dir", help="a run directory written by `supermask train`")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    ev.set_defaults(func=_eval)
+
+    cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved")
+    cf.add_argument("name", nargs="?", help="a built-in config name")
+    cf.set_defaults(func=_configs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # A config name given alone with overrides after it parses as config=first override: put it back.
+    if getattr(args, "config", None) and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = DEFAULT_CONFIG
+    try:
+        return args.func(args)
+    except SupermaskError as e:
+        print(f"supermask: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("supermask: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

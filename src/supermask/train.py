@@ -1,0 +1,225 @@
+"""The training loop: a mask search (or dense training) with per-epoch evaluation, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as data_lib
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_tensors, write_json
+from .config import Config, dump_yaml, make_config
+from .convert import convert, eligible_layers, masks
+from .errors import ConfigError, SupermaskError
+from .models import build_model
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class TrainingError(SupermaskError):
+    """Training cannot go on (for example the loss became NaN)."""
+
+
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """The learning rate for `epoch` (0-based), stepped once per epoch as in the papers' code."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    t = epoch - cfg.warmup_epochs
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / (cfg.epochs - cfg.warmup_epochs)))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    return device
+
+
+def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
+    """The model of `cfg` for the dataset's shape, converted for the configured method."""
+    model = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                        image_size=ds.image_size, width=cfg.width)
+    return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
+                   weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers)
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(weights in Conv/Linear layers, how many of them the subnetwork keeps)."""
+    total = sum(layer.weight.numel() for _, layer in eligible_layers(model))
+    pruned = sum(int((~m).sum()) for m in masks(model).values())
+    return total, total - pruned
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test split."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in data_lib.eval_batches(ds, batch_size, device=device):
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(ds.test_y)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar) -> tuple[float, float]:
+    """One pass over the training set; returns (mean loss, accuracy)."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (x, y) in enumerate(data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch,
+                                                          augment=cfg.augment, device=device)):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(1)
+        if step % 20 == 0:  # a host sync only every few steps
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(f"loss became {value} in epoch {epoch + 1} step {step + 1} "
+                                    f"(lr {optimizer.param_groups[0]['lr']:g}); lower lr= or check the data")
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+    mean_loss = loss_sum.item() / seen
+    if not math.isfinite(mean_loss):
+        raise TrainingError(f"loss became {mean_loss} in epoch {epoch + 1}; lower lr= or check the data")
+    return mean_loss, correct.item() / seen
+
+
+def default_out_dir(cfg: Config) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model}-{cfg.method}-p{cfg.prune_rate:g}-{stamp}"
+
+
+def _check_resumable(out_dir: Path, cfg: Config) -> None:
+    saved = make_config(str(out_dir / "config.yaml"))
+    diffs = [k for k, v in saved.to_dict().items() if k != "out_dir" and cfg.to_dict()[k] != v]
+    if diffs:
+        k = diffs[0]
+        raise ConfigError(f"cannot resume {out_dir}: {k}={getattr(cfg, k)!r} differs from the run's {k}={getattr(saved, k)!r}")
+
+
+def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
+    device = pick_device(cfg.device)
+    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.augment is None:
+        cfg.augment = ds.augment
+    model = build(cfg, ds).to(device)
+    optimizer = make_optimizer(cfg, model)
+
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
+    cfg.out_dir = str(out_dir)
+    ckpt = out_dir / CHECKPOINT
+    state = {"epoch": 0, "history": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
+    if ckpt.exists():
+        if not resume:
+            raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+        _check_resumable(out_dir, cfg)
+        state = load_checkpoint(ckpt, model, optimizer)
+    else:
+        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+            raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+
+    _train(cfg, model, optimizer, ds, device, out_dir, state, progress)
+    return _finish(cfg, model, ds, out_dir, state, device)
+
+
+def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progress: bool) -> None:
+    steps_per_epoch = math.ceil(len(ds.train_y) / cfg.batch_size)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch, disable=not progress,
+               unit="step", dynamic_ncols=True, leave=False)
+    with bar:
+        for epoch in range(state["epoch"], cfg.epochs):
+            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+            lr = learning_rate(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            start = time.perf_counter()
+            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar)
+            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device)
+            seconds = time.perf_counter() - start
+            record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                      "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3)}
+            state["history"].append(record)
+            state["epoch"] = epoch + 1
+            state["seconds"] += seconds
+            if test_acc > state["best_test_acc"]:
+                state["best_test_acc"], state["best_epoch"] = test_acc, epoch + 1
+            # The checkpoint is the source of truth; metrics.jsonl is rewritten from it, so a kill between the
+            # two writes cannot duplicate or lose a line.
+            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)
+            atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+            bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
+
+
+def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device) -> dict[str, Any]:
+    total, kept = parameter_counts(model)
+    save_tensors(out_dir / "masks.safetensors", masks(model),
+                 {"model": cfg.model, "width": cfg.width, "method": cfg.method, "prune_rate": cfg.prune_rate})
+    final = state["history"][-1]
+    summary = {
+        "method": cfg.method, "model": cfg.model, "width": cfg.width, "dataset": cfg.dataset,
+        "dataset_source": ds.source, "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
+        "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
+        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "test_acc": final["test_acc"],
+        "best_test_acc": state["best_test_acc"], "best_epoch": state["best_epoch"],
+        "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
+        "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
+        "out_dir": str(out_dir),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, Any]:
+    """Rebuild a finished run from its config and checkpoint and measure its test accuracy again."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = make_config(str(run_dir / "config.yaml"), {"device": device})
+    dev = pick_device(cfg.device)
+    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+    model = build(cfg, ds).to(dev)
+    meta = load_checkpoint(run_dir / CHECKPOINT, model)
+    loss, acc = evaluate(model, ds, cfg.eval_batch_size, dev)
+    total, kept = parameter_counts(model)
+    return {"run": str(run_dir), "epoch": meta["epoch"], "test_loss": loss, "test_acc": acc,
+            "recorded_test_acc": meta["history"][-1]["test_acc"] if meta["history"] else None,
+            "params_total": total, "params_kept": kept, "dataset_source": ds.source}
