@@ -197,8 +197,10 @@ def config_help() -> str:
     """One line per config key, for `--help`."""
     lines = []
     for f in fields(Config):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        lines.append(f"  {f.name:<16} {f.metadata['help']} [default: {default}]")
+        text = f.metadata["help"]
+        if "default" not in text:
+            text += f" [default: {f.default}]"
+        lines.append(f"  {f.name:<16} {text}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,98 @@
+"""Edge-Popup and Biprop effective weights and gradients on hand-computed layers."""
+
+import torch
+from torch import nn
+
+import supermask
+from supermask import mask as mask_lib
+from supermask.convert import random_weight
+from supermask.methods import Biprop, EdgePopup, biprop_alpha
+
+
+def _linear_with(method_cls, weight, scores, prune_rate):
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", method_cls(scores.clone(), prune_rate))
+    layer.parametrizations.weight.original.requires_grad_(False)
+    return layer
+
+
+W = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
+S = torch.tensor([[0.4, -0.1], [-0.3, 0.2]])  # |S| ranks: 0.4 > 0.3 > 0.2 > 0.1
+
+
+def test_edge_popup_weight_and_score_gradient():
+    layer = _linear_with(EdgePopup, W, S, 0.5)  # keeps |S| 0.4 and 0.3: positions (0,0), (1,0)
+    assert torch.equal(layer.weight, torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+    x = torch.tensor([[1.0, 2.0]])
+    y = layer(x)  # W_eff @ x = [1, 3]
+    assert y.tolist() == [[1.0, 3.0]]
+    y.sum().backward()
+    # dL/dW_eff[i, j] = x[j]; dL/d|S| = dL/dW_eff * W; dL/dS = that * sign(S)
+    g_eff = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
+    expected = g_eff * W * S.sign()
+    scores = layer.parametrizations.weight[0].scores
+    assert torch.allclose(scores.grad, expected)
+    assert layer.parametrizations.weight.original.grad is None
+
+
+def test_biprop_alpha_and_weight():
+    layer = _linear_with(Biprop, W, S, 0.5)
+    kept = torch.tensor([[True, False], [True, False]])
+    alpha = (1.0 + 3.0) / 2  # mean |w| over the kept weights
+    assert biprop_alpha(W, kept).item() == alpha
+    assert torch.equal(layer.weight, torch.tensor([[alpha, 0.0], [alpha, 0.0]]))
+    layer(torch.tensor([[1.0, 2.0]])).sum().backward()
+    # alpha is a constant in backward: dL/d|S| = dL/dW_eff * alpha * sign(W)
+    expected = torch.tensor([[1.0, 2.0], [1.0, 2.0]]) * alpha * W.sign() * S.sign()
+    assert torch.allclose(layer.parametrizations.weight[0].scores.grad, expected)
+
+
+def test_mask_is_computed_once_in_evaluation(monkeypatch):
+    calls = []
+    real = mask_lib.topk_mask
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mask_lib, "topk_mask", counting)
+    model = supermask.convert(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), "edge-popup", 0.5)
+    model.eval()
+    with torch.no_grad():
+        for scores in supermask.score_parameters(model):
+            scores.mul_(1.5)  # a score update invalidates the cached masks
+        calls.clear()
+        outs = [model(torch.randn(5, 8)) for _ in range(10)]
+    assert len(calls) == 2  # once per layer, not per batch
+    assert all(o.shape == (5, 4) for o in outs)
+
+
+def test_mask_follows_score_updates():
+    model = supermask.convert(nn.Sequential(nn.Linear(6, 6, bias=False)), "edge-popup", 0.5, score_seed=1)
+    layer = model[0]
+    before = supermask.masks(model)["0"].clone()
+    scores = layer.parametrizations.weight[0].scores
+    with torch.no_grad():
+        scores.copy_(-scores)  # same magnitudes: same mask
+        assert torch.equal(supermask.masks(model)["0"], before)
+        scores.copy_(1.0 / scores)  # reversed magnitude order: the complementary mask
+    assert torch.equal(supermask.masks(model)["0"], ~before)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(layer.weight, random_weight(layer) * (~before))
+
+
+def test_training_step_changes_only_scores():
+    torch.manual_seed(0)
+    model = supermask.convert(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "biprop", 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(".scores") for n in trainable)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 3, (16,))).backward()
+    opt.step()
+    after = model.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]) != k.endswith(".scores"), k
