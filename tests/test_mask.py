@@ -67,3 +67,18 @@ def test_straight_through_gradient_is_identity():
     assert out.tolist() == [1.0, 0.0, 1.0]
     (out * torch.tensor([2.0, 3.0, 4.0])).sum().backward()
     assert mags.grad.tolist() == [2.0, 3.0, 4.0]  # the pruned entry gets its gradient too
+
+
+@pytest.mark.parametrize("p", [0.01, 0.5, 0.9, 0.99])
+def test_bracketed_selection_is_exact_on_large_and_adversarial_tensors(p):
+    from supermask.mask import kth_smallest
+
+    g = torch.Generator().manual_seed(1)
+    n = 300_000
+    random = torch.rand(n, generator=g)
+    ordered = torch.arange(n, dtype=torch.float32)  # the strided sample is then perfectly regular
+    clustered = torch.cat([torch.zeros(n // 2), torch.rand(n // 2, generator=g)])  # a huge tie at zero
+    for flat in (random, ordered, clustered, ordered.flip(0)):
+        k = math.floor(p * n)
+        assert kth_smallest(flat, k).item() == flat.kthvalue(k).values.item()
+        assert int((~topk_mask(flat, p)).sum()) == k

@@ -76,7 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a nargs="*" positional only once, so key=value pairs after a flag
+    # (`train digits --resume epochs=3`) come back unrecognized: they are overrides too.
+    if extra:
+        if getattr(args, "command", None) == "train" and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # A config name given alone with overrides after it parses as config=first override: put it back.
     if getattr(args, "config", None) and "=" in args.config:
         args.overrides.insert(0, args.config)

@@ -19,21 +19,50 @@ def num_pruned(numel: int, prune_rate: float) -> int:
     return math.floor(Decimal(repr(float(prune_rate))) * numel)
 
 
+def kth_smallest(flat: Tensor, k: int) -> Tensor:
+    """The k-th smallest entry (1-based) of a 1-D tensor, as a 0-d tensor.
+
+    On the CPU a full kthvalue over millions of scores costs as much as several passes over them, so large
+    tensors first bracket the answer with two quantiles of a strided sample and select exactly inside the
+    (small) bracket; a bracket that misses falls back to the full selection, so the result is always exact.
+    """
+    n = flat.numel()
+    if flat.device.type != "cpu" or n < _BRACKET_MIN:
+        return flat.kthvalue(k).values
+    sample = flat[:: n // _SAMPLE]
+    m = sample.numel()
+    q = k / n
+    margin = 6.0 * math.sqrt(m * q * (1.0 - q)) + 8  # six standard deviations of a sample rank
+    lo = sample.kthvalue(max(1, int(q * m - margin))).values
+    hi = sample.kthvalue(min(m, int(q * m + margin) + 1)).values
+    below = int((flat < lo).sum())
+    band = flat[(flat >= lo) & (flat <= hi)]
+    rank = k - below
+    if 1 <= rank <= band.numel():
+        return band.kthvalue(rank).values
+    return flat.kthvalue(k).values
+
+
+_BRACKET_MIN = 1 << 16
+_SAMPLE = 1 << 14
+
+
 def topk_mask(magnitudes: Tensor, prune_rate: float) -> Tensor:
     """Boolean mask of the same shape keeping the largest entries of `magnitudes`.
 
-    Uses selection (kthvalue) instead of a full sort, and no host synchronisation, so it is cheap enough to
-    run on every training step.
+    Uses selection, never a full sort, so it is cheap enough to run on every training step.
     """
     flat = magnitudes.detach().reshape(-1)
     n = flat.numel()
     n_prune = num_pruned(n, prune_rate)
     if n_prune == 0:
         return torch.ones_like(magnitudes, dtype=torch.bool)
-    threshold = flat.kthvalue(n_prune).values  # the largest pruned magnitude
+    threshold = kth_smallest(flat, n_prune)  # the largest pruned magnitude
     above = flat > threshold
-    at = flat == threshold
     room = (n - n_prune) - above.sum()  # how many entries equal to the threshold are still kept
+    if flat.device.type == "cpu" and room.item() == 0:  # no tie straddles the threshold (the usual case)
+        return above.view_as(magnitudes)
+    at = flat == threshold
     keep = above | (at & (at.cumsum(0) <= room))
     return keep.view_as(magnitudes)
 

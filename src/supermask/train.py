@@ -89,6 +89,28 @@ def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: to
     return loss_sum.item() / n, correct.item() / n
 
 
+def _nonfinite_parameter(model: nn.Module) -> str | None:
+    """The name of the first trainable parameter holding a NaN or inf, or None (one host sync).
+
+    In a mask search the loss can stay finite while the scores overflow (a NaN score is never kept, so the
+    masks silently empty), hence this check next to the loss check.
+    """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        return None
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).tolist()
+    return next((name for (name, _), ok in zip(params, finite) if not ok), None)
+
+
+def _check_finite(model: nn.Module, loss: float, where: str, lr: float) -> None:
+    if not math.isfinite(loss):
+        raise TrainingError(f"loss became {loss} in {where} (lr {lr:g}); lower lr= or check the data")
+    bad = _nonfinite_parameter(model)
+    if bad is not None:
+        raise TrainingError(f"training diverged in {where}: {bad} became non-finite (loss {loss:g}, lr {lr:g}); "
+                            "lower lr= or check the data")
+
+
 def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy)."""
     model.train()
@@ -109,13 +131,10 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar) -> t
         bar.update(1)
         if step % 20 == 0:  # a host sync only every few steps
             value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(f"loss became {value} in epoch {epoch + 1} step {step + 1} "
-                                    f"(lr {optimizer.param_groups[0]['lr']:g}); lower lr= or check the data")
+            _check_finite(model, value, f"epoch {epoch + 1} step {step + 1}", optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
     mean_loss = loss_sum.item() / seen
-    if not math.isfinite(mean_loss):
-        raise TrainingError(f"loss became {mean_loss} in epoch {epoch + 1}; lower lr= or check the data")
+    _check_finite(model, mean_loss, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"])
     return mean_loss, correct.item() / seen
 
 
@@ -151,9 +170,14 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
         _check_resumable(out_dir, cfg)
         state = load_checkpoint(ckpt, model, optimizer)
     else:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
         if out_dir.exists() and any(out_dir.iterdir()) and not resume:
             raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
         atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
 
     _train(cfg, model, optimizer, ds, device, out_dir, state, progress)
