@@ -335,3 +335,8 @@ def test_python_m_supermask_bad_model(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'foo'" in lines[0]
     assert not run.exists()
+
+
+def test_resume_without_out_dir_is_refused(capsys):
+    code, out, err = cli(capsys, "train", "digits", "epochs=1", "--resume")
+    assert_one_line_error(code, out, err, "out_dir")

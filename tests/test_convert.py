@@ -158,3 +158,17 @@ def test_bake_gives_a_plain_model_with_the_same_outputs():
     assert all("parametrizations" not in k for k in model.state_dict())
     with torch.no_grad():
         assert torch.equal(model(x), expected)
+
+
+def test_bake_of_a_copy_leaves_the_original_working():
+    import copy
+
+    model = supermask.convert(TinyTorchvisionLike(), "edge-popup", 0.5).eval()
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        expected = model(x)
+        baked = supermask.bake(copy.deepcopy(model))
+        assert type(baked.conv1) is nn.Conv2d
+        assert torch.equal(baked(x), expected)
+        assert torch.equal(model(x), expected)  # the original keeps its parametrizations
+    assert len(list(supermask.masked_layers(model))) == 6

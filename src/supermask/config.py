@@ -20,6 +20,10 @@ from .methods import MASK_METHODS, METHODS
 from .models import MODELS
 
 
+# Method names of the papers' tables that are a base method plus a schedule, with the paper's settings.
+METHOD_ALIASES = ("edge-popup+iwr", "biprop+iwr", "iterand")
+
+
 def _opt(default: Any, help: str, **kw) -> Any:  # noqa: A002 - mirrors argparse's name
     return field(default=default, metadata={"help": help}, **kw)
 
@@ -28,11 +32,19 @@ def _opt(default: Any, help: str, **kw) -> Any:  # noqa: A002 - mirrors argparse
 class Config:
     model: str = _opt("conv4", f"architecture: {', '.join(MODELS)}")
     width: float = _opt(1.0, "width multiplier of every hidden layer")
-    method: str = _opt("edge-popup", f"{', '.join(METHODS)}")
+    method: str = _opt("edge-popup", f"{', '.join(METHODS)}; or {', '.join(METHOD_ALIASES)} (a base method plus the paper's schedule)")
     prune_rate: float = _opt(0.5, "fraction of each layer's weights REMOVED, in [0, 1)")
     weight_init: str | None = _opt(None, f"{', '.join(WEIGHT_INITS)} (default: signed-constant for edge-popup, kaiming-normal otherwise)")
     scale_fan: bool | None = _opt(None, "divide fan_in by the keep fraction in the weight init (default: true for biprop)")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
+    iwr_every: int | None = _opt(None, "IWR: recycle every F epochs (off when unset)")
+    iwr_every_fraction: float | None = _opt(None, "IWR: F as a fraction of the epochs, for short runs (F = max(1, round(f * epochs)))")
+    iwr_rate: float = _opt(0.1, "IWR: fraction r of each layer's weights overwritten per step, in [0, 0.5]")
+    iwr_warmup: int = _opt(0, "IWR: no recycling until after epoch E0")
+    iwr_ablation: bool = _opt(False, "IWR ablation: copy from the ranks [n, 2n) from the bottom instead of the top")
+    iterand_every_steps: int | None = _opt(None, "IteRand: redraw pruned weights every K optimizer steps (off when unset)")
+    iterand_every_epochs: int | None = _opt(None, "IteRand: redraw every F epochs instead (off when unset)")
+    iterand_rate: float = _opt(0.1, "IteRand: probability r that a pruned weight is redrawn")
     weight_seed: int = _opt(0, "seed of the random weights")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
@@ -60,6 +72,15 @@ class Config:
     @property
     def masked(self) -> bool:
         return self.method in MASK_METHODS
+
+    @property
+    def label(self) -> str:
+        """The method as the papers' tables name it: edge-popup, biprop, iterand, edge-popup+iwr, biprop+iwr, dense."""
+        if self.iwr_every is not None:
+            return f"{self.method}+iwr"
+        if self.iterand_every_steps is not None or self.iterand_every_epochs is not None:
+            return "iterand" if self.method == "edge-popup" else f"{self.method}+iterand"
+        return self.method
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +169,21 @@ def _choice(name: str, value: str, allowed) -> None:
         raise ConfigError(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}")
 
 
+def paper_schedule(alias: str, model: str) -> dict[str, Any]:
+    """The schedule settings the IWR paper used for `alias` on `model` (CIFAR-10, 250 epochs)."""
+    if alias == "edge-popup+iwr":
+        wide = model in ("conv6", "resnet18")
+        return {"method": "edge-popup", "iwr_every": 10 if wide else 3, "iwr_rate": 0.2 if wide else 0.1}
+    if alias == "biprop+iwr":
+        out: dict[str, Any] = {"method": "biprop", "iwr_every": 10, "iwr_rate": 0.2}
+        if model == "resnet18":
+            out.update(iwr_warmup=50, epochs=200)
+        return out
+    if alias == "iterand":
+        return {"method": "edge-popup", "iterand_every_steps": 300, "iterand_rate": 0.1}
+    raise AssertionError(alias)
+
+
 def make_config(source: str | dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build and validate a Config from a built-in name / YAML path / mapping, then overrides."""
     raw: dict[str, Any] = {}
@@ -156,6 +192,10 @@ def make_config(source: str | dict[str, Any] | None = None, overrides: dict[str,
     elif source:
         raw.update(source)
     raw.update(overrides or {})
+    if raw.get("method") in METHOD_ALIASES:
+        # The alias fills in the paper's schedule; keys given explicitly (in the file or as overrides) still win.
+        alias = raw.pop("method")
+        raw = {**paper_schedule(alias, str(raw.get("model", Config.model))), **raw}
     unknown = [k for k in raw if k not in FIELDS]
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}: allowed keys are {', '.join(FIELDS)}")
@@ -184,6 +224,7 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:
         cfg.epochs = 250 if cfg.masked else 100
+    _resolve_schedules(cfg)
     if cfg.lr is None:
         cfg.lr = 0.1 if cfg.masked else 0.01
     if cfg.weight_init is None:
@@ -191,6 +232,31 @@ def resolve(cfg: Config) -> Config:
     if cfg.scale_fan is None:
         cfg.scale_fan = cfg.method == "biprop"
     return cfg
+
+
+def _resolve_schedules(cfg: Config) -> None:
+    scheduled = [k for k in ("iwr_every", "iwr_every_fraction", "iterand_every_steps", "iterand_every_epochs")
+                 if getattr(cfg, k) is not None]
+    if scheduled and not cfg.masked:
+        raise ConfigError(f"{scheduled[0]} needs a mask method (edge-popup or biprop), not method={cfg.method}")
+    if cfg.iwr_every_fraction is not None:
+        if not 0 < cfg.iwr_every_fraction <= 1:
+            raise ConfigError(f"iwr_every_fraction={cfg.iwr_every_fraction!r} must be in (0, 1]")
+        if cfg.iwr_every is not None:
+            raise ConfigError("set iwr_every or iwr_every_fraction, not both")
+        cfg.iwr_every = max(1, round(cfg.iwr_every_fraction * cfg.epochs))
+        cfg.iwr_every_fraction = None  # resolved into iwr_every, so a resumed run compares equal
+    for name in ("iwr_every", "iterand_every_steps", "iterand_every_epochs"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 1")
+    if cfg.iterand_every_steps is not None and cfg.iterand_every_epochs is not None:
+        raise ConfigError("set iterand_every_steps or iterand_every_epochs, not both")
+    if not 0 <= cfg.iwr_rate <= 0.5:
+        raise ConfigError(f"iwr_rate={cfg.iwr_rate!r} is outside [0, 0.5]")
+    if not 0 <= cfg.iterand_rate <= 1:
+        raise ConfigError(f"iterand_rate={cfg.iterand_rate!r} is outside [0, 1]")
+    if cfg.iwr_warmup < 0:
+        raise ConfigError(f"iwr_warmup={cfg.iwr_warmup!r} must be >= 0")
 
 
 def config_help() -> str:

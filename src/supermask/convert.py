@@ -90,7 +90,10 @@ def convert(
         if not masked or name in skipped:
             continue
         scores = draw_scores(w.shape, seed=score_seed, name=name).to(device=w.device, dtype=w.dtype)
-        parametrize.register_parametrization(layer, "weight", PARAMETRIZATIONS[method](scores, prune_rate))
+        scored = PARAMETRIZATIONS[method](scores, prune_rate)
+        # IteRand redraws pruned weights from the layer's own init distribution.
+        scored.weight_init = None if weight_init == "keep" else (weight_init, keep_fraction)
+        parametrize.register_parametrization(layer, "weight", scored)
         layer.parametrizations.weight.original.requires_grad_(False)
     return model
 
@@ -119,7 +122,14 @@ def random_weight(layer: nn.Module) -> Tensor:
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Replace every parametrization by its current effective weight: a plain model for deployment."""
+    """Replace every masked layer's parametrization by its current effective weight, in place: a plain model
+    for deployment, with frozen weights."""
     for _, module, _ in list(masked_layers(model)):
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        with torch.no_grad():
+            weight = module.weight.detach().clone()
+        # parametrize gives each layer a generated subclass, which copy.deepcopy shares between copies; its own
+        # remove_parametrizations edits that class and would break the other copies, so undo it per instance.
+        module.__class__ = module.__class__.__bases__[0]
+        del module._modules["parametrizations"]
+        module.weight = nn.Parameter(weight, requires_grad=False)
     return model

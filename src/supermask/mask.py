@@ -35,7 +35,7 @@ def kth_smallest(flat: Tensor, k: int) -> Tensor:
     margin = 6.0 * math.sqrt(m * q * (1.0 - q)) + 8  # six standard deviations of a sample rank
     lo = sample.kthvalue(max(1, int(q * m - margin))).values
     hi = sample.kthvalue(min(m, int(q * m + margin) + 1)).values
-    below = int((flat < lo).sum())
+    below = int(torch.count_nonzero(flat < lo))
     band = flat[(flat >= lo) & (flat <= hi)]
     rank = k - below
     if 1 <= rank <= band.numel():
@@ -59,7 +59,7 @@ def topk_mask(magnitudes: Tensor, prune_rate: float) -> Tensor:
         return torch.ones_like(magnitudes, dtype=torch.bool)
     threshold = kth_smallest(flat, n_prune)  # the largest pruned magnitude
     above = flat > threshold
-    room = (n - n_prune) - above.sum()  # how many entries equal to the threshold are still kept
+    room = (n - n_prune) - torch.count_nonzero(above)  # how many entries equal to the threshold are still kept
     if flat.device.type == "cpu" and room.item() == 0:  # no tie straddles the threshold (the usual case)
         return above.view_as(magnitudes)
     at = flat == threshold

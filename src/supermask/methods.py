@@ -29,6 +29,7 @@ class ScoredWeight(nn.Module):
         super().__init__()
         self.scores = nn.Parameter(scores)
         self.prune_rate = float(prune_rate)
+        self.weight_init: tuple[str, float] | None = None  # (kind, keep fraction of the fan), set by convert
         self._mask: Tensor | None = None
         self._mask_key: tuple | None = None
         self._weight: Tensor | None = None

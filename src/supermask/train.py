@@ -21,6 +21,7 @@ from .config import Config, dump_yaml, make_config
 from .convert import convert, eligible_layers, masks
 from .errors import ConfigError, SupermaskError
 from .models import build_model
+from .schedule import end_of_epoch, iterand_step, step_fires
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -111,8 +112,8 @@ def _check_finite(model: nn.Module, loss: float, where: str, lr: float) -> None:
                             "lower lr= or check the data")
 
 
-def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar) -> tuple[float, float]:
-    """One pass over the training set; returns (mean loss, accuracy)."""
+def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict) -> tuple[float, float]:
+    """One pass over the training set; returns (mean loss, accuracy). Counts steps and logs IteRand in `state`."""
     model.train()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     loss_sum = torch.zeros((), device=device)
@@ -125,6 +126,9 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar) -> t
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        state["step"] += 1
+        if step_fires(state["step"], cfg.iterand_every_steps):
+            state["schedule"] += iterand_step(model, cfg, state["step"], epoch)
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -153,6 +157,8 @@ def _check_resumable(out_dir: Path, cfg: Config) -> None:
 
 def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
+    if resume and not cfg.out_dir:
+        raise ConfigError("--resume needs the run's out_dir=DIR")
     device = pick_device(cfg.device)
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.augment is None:
@@ -163,7 +169,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
     cfg.out_dir = str(out_dir)
     ckpt = out_dir / CHECKPOINT
-    state = {"epoch": 0, "history": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
+    state = {"epoch": 0, "step": 0, "history": [], "schedule": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
     if ckpt.exists():
         if not resume:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
@@ -195,8 +201,10 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             for group in optimizer.param_groups:
                 group["lr"] = lr
             start = time.perf_counter()
-            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar)
+            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state)
             test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device)
+            # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
+            state["schedule"] += end_of_epoch(model, cfg, epoch, state["step"])
             seconds = time.perf_counter() - start
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                       "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3)}
@@ -209,6 +217,8 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             # two writes cannot duplicate or lose a line.
             save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)
             atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+            if state["schedule"]:
+                atomic_write_text(out_dir / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
             bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
 
 
@@ -218,7 +228,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device) -> dict[
                  {"model": cfg.model, "width": cfg.width, "method": cfg.method, "prune_rate": cfg.prune_rate})
     final = state["history"][-1]
     summary = {
-        "method": cfg.method, "model": cfg.model, "width": cfg.width, "dataset": cfg.dataset,
+        "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "width": cfg.width, "dataset": cfg.dataset,
         "dataset_source": ds.source, "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
         "data_seed": cfg.data_seed, "epochs": cfg.epochs, "test_acc": final["test_acc"],
