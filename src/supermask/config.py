@@ -195,7 +195,10 @@ def make_config(source: str | dict[str, Any] | None = None, overrides: dict[str,
     if raw.get("method") in METHOD_ALIASES:
         # The alias fills in the paper's schedule; keys given explicitly (in the file or as overrides) still win.
         alias = raw.pop("method")
-        raw = {**paper_schedule(alias, str(raw.get("model", Config.model))), **raw}
+        schedule = paper_schedule(alias, str(raw.get("model", Config.model)))
+        if raw.get("iwr_every_fraction") is not None:  # a period given as a fraction replaces the paper's F
+            schedule.pop("iwr_every", None)
+        raw = {**schedule, **raw}
     unknown = [k for k in raw if k not in FIELDS]
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}: allowed keys are {', '.join(FIELDS)}")

@@ -1,0 +1,168 @@
+"""Reproduce the IWR paper's CIFAR-10 accuracy table: a grid of (model, width, prune rate, method, seed).
+
+    SUPERMASK_DATA=../shared/datasets python benchmarks/paper_table.py --profile cpu     # ~1 hour on 2 cores
+    python benchmarks/paper_table.py --profile full                                     # the paper's recipe (GPU)
+
+Each cell is an ordinary supermask run under runs/paper_table/ (a finished cell is reused, a killed one resumed).
+Writes benchmarks/results/<name>.json (a row per cell plus the machine), <name>.md (the table beside the
+published figures) and <name>.png (test accuracy against prune rate).
+
+Short runs scale the IWR period with the run (F as a fraction of training: the paper's F / 250 epochs), or the
+schedule would never fire; IteRand keeps its period of 300 iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from supermask.config import make_config, paper_schedule  # noqa: E402
+from supermask.train import run  # noqa: E402
+
+METHODS = ("edge-popup", "biprop", "iterand", "edge-popup+iwr", "biprop+iwr", "dense")
+PAPER_EPOCHS = 250
+
+# Published CIFAR-10 test accuracy (%), 250 epochs, official binaries: {(model, width, prune rate): {method: acc}}.
+PUBLISHED: dict[tuple[str, float, float], dict[str, float]] = {
+    ("conv2", 1.0, 0.5): {"edge-popup": 79.69, "biprop": 79.56, "iterand": 81.83, "edge-popup+iwr": 81.68, "biprop+iwr": 81.36, "dense": 79.9},
+    ("conv2", 1.0, 0.9): {"edge-popup": 64.05, "biprop": 70.1, "iterand": 68.87, "edge-popup+iwr": 70.22, "biprop+iwr": 76.9, "dense": 79.9},
+    ("conv4", 1.0, 0.2): {"edge-popup": 77.6, "biprop": 74.71, "iterand": 88.4, "edge-popup+iwr": 88.95, "biprop+iwr": 88.05, "dense": 87.0},
+    ("conv4", 1.0, 0.5): {"edge-popup": 86.67, "biprop": 87.42, "iterand": 88.37, "edge-popup+iwr": 88.5, "biprop+iwr": 88.91, "dense": 87.0},
+    ("conv4", 1.0, 0.9): {"edge-popup": 74.42, "biprop": 79.0, "iterand": 78.88, "edge-popup+iwr": 79.78, "biprop+iwr": 84.3, "dense": 87.0},
+    ("conv4", 1.0, 0.98): {"edge-popup": 35.28, "biprop": 44.0, "iterand": 41.6, "biprop+iwr": 49.38},
+    ("conv6", 1.0, 0.2): {"edge-popup": 83.0, "biprop": 78.2, "iterand": 90.58, "edge-popup+iwr": 91.1, "biprop+iwr": 90.2, "dense": 89.0},
+    ("conv6", 1.0, 0.9): {"edge-popup": 79.57, "biprop": 82.38, "iterand": 81.22, "edge-popup+iwr": 83.2, "biprop+iwr": 85.5, "dense": 89.0},
+    ("conv8", 1.0, 0.9): {"edge-popup": 83.6, "biprop": 84.84, "iterand": 84.73, "edge-popup+iwr": 86.93, "biprop+iwr": 86.4, "dense": 89.41},
+    ("resnet18", 1.0, 0.95): {"edge-popup": 92.5, "biprop": 92.62, "iterand": 86.52, "biprop+iwr": 93.46, "dense": 93.03},
+    ("resnet18", 1.0, 0.99): {"edge-popup": 81.67, "biprop": 82.6, "iterand": 80.25, "biprop+iwr": 85.3, "dense": 93.03},
+    ("conv4", 0.25, 0.5): {"edge-popup": 73.34, "edge-popup+iwr": 78.92, "biprop": 73.23, "biprop+iwr": 78.51, "iterand": 78.91, "dense": 81.13},
+}
+
+PROFILES = {
+    "cpu": {"models": ["conv4"], "widths": [0.25], "prune_rates": [0.5, 0.9], "seeds": [0], "epochs": 10},
+    "full": {"models": ["conv2", "conv4", "conv6", "conv8"], "widths": [1.0], "prune_rates": [0.2, 0.5, 0.9, 0.98],
+             "seeds": [0, 1, 2], "epochs": PAPER_EPOCHS},
+}
+
+
+def cell_overrides(model: str, width: float, prune_rate: float, method: str, seed: int, epochs: int, data_dir: str | None) -> dict:
+    o = {"model": model, "width": width, "prune_rate": prune_rate, "method": method, "epochs": epochs,
+         "weight_seed": seed, "score_seed": seed, "data_seed": seed}
+    if data_dir:
+        o["data_dir"] = data_dir
+    if method.endswith("+iwr") and epochs != PAPER_EPOCHS:
+        # The paper's F epochs of 250 become the same fraction of a short run.
+        o["iwr_every_fraction"] = min(1.0, paper_schedule(method, model)["iwr_every"] / PAPER_EPOCHS)
+    return o
+
+
+def run_cell(overrides: dict, root: Path) -> dict:
+    label = overrides["method"]
+    name = (f"{overrides['model']}-w{overrides['width']:g}-{label}-p{overrides['prune_rate']:g}"
+            f"-e{overrides['epochs']}-s{overrides['weight_seed']}")
+    cfg = make_config(overrides["model"], {**overrides, "out_dir": str(root / name)})
+    summary = run(cfg, resume=True, progress=sys.stderr.isatty())
+    keys = ("method", "model", "width", "prune_rate", "epochs", "test_acc", "best_test_acc", "seconds",
+            "params_total", "params_kept", "dataset_source", "out_dir")
+    return {**{k: summary[k] for k in keys}, "seed": overrides["weight_seed"]}
+
+
+def markdown(rows: list[dict], methods: list[str]) -> str:
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["width"], r["prune_rate"], r["epochs"]), {}).setdefault(r["method"], []).append(100 * r["test_acc"])
+    lines = ["| model, width, % pruned, epochs | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for (model, width, p, epochs), by_method in sorted(cells.items()):
+        published = PUBLISHED.get((model, width, p), {})
+        entries = []
+        for m in methods:
+            accs = by_method.get(m)
+            ours = "-" if not accs else f"{statistics.mean(accs):.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
+            entries.append(f"{ours} ({published[m]:.2f})" if m in published else ours)
+        lines.append(f"| {model}, {width:g}, {100 * p:g}, {epochs} | " + " | ".join(entries) + " |")
+    lines.append("")
+    lines.append("Test accuracy (%) measured here; the published figure (250 epochs, official CIFAR-10 binaries) in "
+                 "parentheses. Mean ± standard deviation over seeds where there are several.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["width"], r["epochs"]) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    for ax, (model, width, epochs) in zip(axes[0], groups):
+        for m in methods:
+            pts: dict[float, list[float]] = {}
+            for r in rows:
+                if (r["model"], r["width"], r["epochs"], r["method"]) == (model, width, epochs, m):
+                    pts.setdefault(r["prune_rate"], []).append(100 * r["test_acc"])
+            if pts:
+                xs = sorted(pts)
+                ax.plot([100 * x for x in xs], [statistics.mean(pts[x]) for x in xs], marker="o", label=m)
+        ax.set(title=f"{model}, width {width:g}, {epochs} epochs", xlabel="% of weights pruned", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    ap.add_argument("--models", help="comma-separated, overrides the profile's")
+    ap.add_argument("--widths", help="comma-separated")
+    ap.add_argument("--prune-rates", help="comma-separated fractions removed")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", help="comma-separated")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--data-dir", help="default: $SUPERMASK_DATA")
+    ap.add_argument("--runs", default="runs/paper_table", help="where the cells' run directories go")
+    ap.add_argument("--name", help="results file name (default: paper_table_<profile>)")
+    args = ap.parse_args(argv)
+    prof = dict(PROFILES[args.profile])
+    for key, conv in (("models", str), ("widths", float), ("prune_rates", float), ("seeds", int)):
+        given = getattr(args, key)
+        if given:
+            prof[key] = [conv(v) for v in given.split(",")]
+    if args.epochs:
+        prof["epochs"] = args.epochs
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown method {unknown[0]!r}: expected some of {', '.join(METHODS)}")
+    name = args.name or f"paper_table_{args.profile}"
+    out = Path(__file__).parent / "results"
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for model in prof["models"]:
+        for width in prof["widths"]:
+            for p in prof["prune_rates"]:
+                for seed in prof["seeds"]:
+                    for method in methods:
+                        row = run_cell(cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir), Path(args.runs))
+                        rows.append(row)
+                        print(f"{model} w{width:g} p{p:g} s{seed} {method:15s} test {100 * row['test_acc']:.2f}%  "
+                              f"best {100 * row['best_test_acc']:.2f}%  {row['seconds']:.0f} s", flush=True)
+                        # Rewritten after every cell, so a long grid shows its progress and loses nothing.
+                        (out / f"{name}.json").write_text(json.dumps(
+                            {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows,
+                             "machine": machine()}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(rows, methods))
+    plot(rows, methods, out / f"{name}.png")
+    print((out / f"{name}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
