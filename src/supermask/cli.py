@@ -1,4 +1,4 @@
-"""The `supermask` command line: train, eval, configs."""
+"""The `supermask` command line: train, eval, study, compare, configs."""
 
 from __future__ import annotations
 
@@ -31,6 +31,34 @@ def _eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, device=args.device)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .landscape import write_comparison
+
+    summary = write_comparison(args.run_dirs, args.out, plots=not args.no_plots)
+    _print_landscape(summary)
+    print(f"comparison written to {args.out}")
+    return 0
+
+
+def _print_landscape(summary: dict) -> None:
+    from .landscape import TOTAL
+
+    for key, layers in summary["by_method_pair"].items():
+        t = layers[TOTAL]
+        print(f"{key}: {t['pairs']} pairs, whole-mask Jaccard {t['jaccard']:.3f} "
+              f"(min {t['jaccard_min']:.3f}, max {t['jaccard_max']:.3f}; chance {t['chance_jaccard']:.3f}), "
+              f"matching {t['matching']:.3f} (chance {t['chance_matching']:.3f})")
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    summary = run_study(args.config, parse_overrides(args.overrides), score_seeds=args.score_seeds,
+                        weight_seeds=args.weight_seeds, progress=not args.quiet)
+    _print_landscape(summary)
     return 0
 
 
@@ -68,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.set_defaults(func=_eval)
 
+    st = sub.add_parser("study", help="train runs that differ only in their seeds, then compare their masks",
+                        description="Runs share the weight seed and differ in score seed (with --weight-seeds M, M "
+                                    "weight seeds x N score seeds). Runs go to OUT_DIR/runs, the comparison to "
+                                    "OUT_DIR/compare; finished runs are reused when the study is run again.")
+    st.add_argument("config", help="a built-in config name or a YAML file")
+    st.add_argument("overrides", nargs="*", metavar="key=value", help="config values; out_dir=DIR is required")
+    st.add_argument("--score-seeds", type=int, required=True, metavar="N", help="score seeds per weight seed")
+    st.add_argument("--weight-seeds", type=int, default=1, metavar="M", help="weight seeds (default 1)")
+    st.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=_study)
+
+    cp = sub.add_parser("compare", help="compare the masks of finished runs (Jaccard, matching, plots)")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of one model and width")
+    cp.add_argument("--out", required=True, metavar="DIR", help="where pairs.csv, summary.json and the PNGs go")
+    cp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    cp.set_defaults(func=_compare)
+
     cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved")
     cf.add_argument("name", nargs="?", help="a built-in config name")
     cf.set_defaults(func=_configs)
@@ -80,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     # argparse fills a nargs="*" positional only once, so key=value pairs after a flag
     # (`train digits --resume epochs=3`) come back unrecognized: they are overrides too.
     if extra:
-        if getattr(args, "command", None) == "train" and all("=" in a and not a.startswith("-") for a in extra):
+        if getattr(args, "command", None) in ("train", "study") and all("=" in a and not a.startswith("-") for a in extra):
             args.overrides.extend(extra)
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # A config name given alone with overrides after it parses as config=first override: put it back.
-    if getattr(args, "config", None) and "=" in args.config:
+    if getattr(args, "command", None) == "train" and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = DEFAULT_CONFIG
     try:

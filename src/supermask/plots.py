@@ -1,0 +1,126 @@
+"""Pictures of the mask landscape (matplotlib, imported only when drawing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .landscape import TOTAL, Run, classical_mds, hamming_matrix
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        from .errors import ConfigError
+
+        raise ConfigError("plots need matplotlib: pip install 'supermask[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_landscape(runs: list[Run], rows: list[dict], summary: dict, out_dir: Path) -> list[str]:
+    """The heatmap, the per-layer curves and the MDS map; returns the files written."""
+    plt = _pyplot()
+    written = [heatmap(plt, runs, rows, out_dir / "heatmap.png"), layer_curves(plt, summary, out_dir / "layers.png"),
+               mds_map(plt, runs, out_dir / "mds.png")]
+    return [str(p.name) for p in written if p is not None]
+
+
+def _groups(runs: list[Run]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(r.method, []).append(i)
+    return groups
+
+
+def heatmap(plt, runs: list[Run], rows: list[dict], path: Path) -> Path:
+    """Total Jaccard between every pair of runs; with two methods of equal counts, one per triangle."""
+    jac = {(r["run_a"], r["run_b"]): r["jaccard"] for r in rows if r["layer"] == TOTAL}
+    jac.update({(b, a): v for (a, b), v in list(jac.items())})
+    groups = _groups(runs)
+    sizes = {len(v) for v in groups.values()}
+    shared = len(groups) == 2 and len(sizes) == 1
+    if shared:
+        (name_a, idx_a), (name_b, idx_b) = groups.items()
+        n = len(idx_a)
+        grid = np.full((n, n), np.nan)
+        for i in range(n):
+            for j in range(n):
+                if i < j:
+                    grid[i, j] = jac[(runs[idx_a[i]].name, runs[idx_a[j]].name)]
+                elif i > j:
+                    grid[i, j] = jac[(runs[idx_b[i]].name, runs[idx_b[j]].name)]
+        labels = [f"seed {runs[i].summary.get('score_seed', k)}" for k, i in enumerate(idx_a)]
+        title = f"Jaccard of whole masks: {name_a} (upper), {name_b} (lower)"
+    else:
+        n = len(runs)
+        grid = np.full((n, n), np.nan)
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    grid[i, j] = jac[(runs[i].name, runs[j].name)]
+        labels = [r.name for r in runs]
+        title = "Jaccard of whole masks"
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.6 + 0.6 * n))
+    im = ax.imshow(grid, cmap="viridis")
+    for i in range(n):
+        for j in range(n):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def layer_curves(plt, summary: dict, path: Path) -> Path:
+    """Mean Jaccard per layer with a min-max band over pairs, one curve per method, and the chance line."""
+    layers = [l for l in summary["layers"] if l != TOTAL]
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(layers)), 3.6))
+    x = np.arange(len(layers))
+    for key, by_layer in summary["by_method_pair"].items():
+        a, b = key.split("|")
+        if a != b:
+            continue  # curves compare runs of one method; cross-method pairs stay in the CSV
+        mean = [by_layer[l]["jaccard"] for l in layers]
+        ax.plot(x, mean, marker="o", label=a)
+        ax.fill_between(x, [by_layer[l]["jaccard_min"] for l in layers], [by_layer[l]["jaccard_max"] for l in layers], alpha=0.25)
+        ax.plot(x, [by_layer[l]["chance_jaccard"] for l in layers], ls="--", color="gray", lw=1)
+    ax.plot([], [], ls="--", color="gray", label="random masks (chance)")
+    ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=7)
+    ax.set(ylabel="Jaccard index", title="Mask overlap per layer (min-max band over pairs of runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def mds_map(plt, runs: list[Run], path: Path) -> Path | None:
+    """All masks in 2-D (classical MDS on Hamming distances), coloured by test accuracy."""
+    if len(runs) < 3:
+        return None
+    points = classical_mds(hamming_matrix(runs))
+    acc = np.array([r.test_acc if r.test_acc is not None else np.nan for r in runs], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    markers = dict(zip(_groups(runs), "osD^v<>p"))
+    for method, marker in markers.items():
+        idx = [i for i, r in enumerate(runs) if r.method == method]
+        sc = ax.scatter(points[idx, 0], points[idx, 1], c=100 * acc[idx], marker=marker, cmap="plasma",
+                        vmin=np.nanmin(100 * acc), vmax=np.nanmax(100 * acc), label=method, edgecolors="k")
+    fig.colorbar(sc, ax=ax, label="test accuracy (%)")
+    ax.set(title="Masks, MDS of Hamming distances", xlabel="MDS 1", ylabel="MDS 2")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

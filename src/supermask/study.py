@@ -1,0 +1,46 @@
+"""Multi-seed studies: many runs over the same random weights (or several), then their mask landscape."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .config import Config, make_config
+from .errors import ConfigError
+
+
+def study_configs(base: Config, score_seeds: int, weight_seeds: int = 1) -> list[Config]:
+    """One config per (weight seed, score seed): seeds count up from the base config's own."""
+    if score_seeds < 1 or weight_seeds < 1:
+        raise ConfigError(f"a study needs at least one seed of each kind, got --score-seeds {score_seeds}, --weight-seeds {weight_seeds}")
+    if not base.masked:
+        raise ConfigError(f"a mask study needs a mask method (edge-popup or biprop), not method={base.method}")
+    root = Path(base.out_dir)
+    out = []
+    for w in range(weight_seeds):
+        for s in range(score_seeds):
+            ws, ss = base.weight_seed + w, base.score_seed + s
+            out.append(dataclasses.replace(base, weight_seed=ws, score_seed=ss,
+                                           out_dir=str(root / "runs" / f"{base.label}-w{ws}-s{ss}")))
+    return out
+
+
+def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int, weight_seeds: int = 1,
+              progress: bool = True, log=print) -> dict:
+    """Train (or reuse) every run of the study, then compare their masks into <out_dir>/compare."""
+    from .landscape import write_comparison
+    from .train import run
+
+    overrides = dict(overrides)
+    if not overrides.get("out_dir"):
+        raise ConfigError("a study needs out_dir=DIR (its runs go to DIR/runs, the comparison to DIR/compare)")
+    base = make_config(source, overrides)
+    configs = study_configs(base, score_seeds, weight_seeds)
+    for i, cfg in enumerate(configs, 1):
+        if (Path(cfg.out_dir) / "summary.json").is_file():
+            log(f"[{i}/{len(configs)}] {cfg.out_dir}: finished, reused")
+            continue
+        summary = run(cfg, resume=True, progress=progress)
+        log(f"[{i}/{len(configs)}] {cfg.out_dir}: test accuracy {100 * summary['test_acc']:.2f}%")
+    return write_comparison([c.out_dir for c in configs], Path(base.out_dir) / "compare")

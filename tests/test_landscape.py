@@ -1,0 +1,123 @@
+"""Mask comparison on hand-computed masks, chance levels, refusal of mismatched runs, plots, studies."""
+
+import csv
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import supermask.train
+from supermask import ConfigError
+from supermask.checkpoint import save_tensors, write_json
+from supermask.cli import main
+from supermask.landscape import (TOTAL, PackedMask, chance_jaccard, chance_matching, classical_mds, pack, pair_counts,
+                                 popcount, write_comparison)
+from supermask.study import run_study
+
+A1 = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
+B1 = torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool)
+A2 = torch.tensor([[1, 0], [0, 0], [0, 1]], dtype=torch.bool)  # 2 of 6 kept
+B2 = torch.tensor([[0, 1], [0, 0], [1, 0]], dtype=torch.bool)
+
+
+def test_hand_computed_pair():
+    c = pair_counts(pack({"l1": A1, "l2": A2}), pack({"l1": B1, "l2": B2}))
+    # l1: both = {0, 4} = 2, union = {0, 1, 2, 4} = 4, xor = 2 of 6
+    assert (c["l1"].both, c["l1"].union) == (2, 4)
+    assert c["l1"].jaccard == 0.5 and c["l1"].matching == pytest.approx(4 / 6)
+    # l2: disjoint: both 0, union 4, xor 4 of 6
+    assert c["l2"].jaccard == 0.0 and c["l2"].matching == pytest.approx(2 / 6)
+    # total: both 2, union 8 (the public code's defect would give 2 / (5 + 5) = 0.2)
+    assert c[TOTAL].jaccard == 0.25 and c[TOTAL].matching == pytest.approx(6 / 12)
+
+
+def test_chance_levels():
+    c = pair_counts(pack({"l1": A1}), pack({"l1": B1}))["l1"]  # k = 1/2 for both
+    assert c.chance_jaccard == pytest.approx(chance_jaccard(0.5)) == pytest.approx(1 / 3)
+    assert c.chance_matching == pytest.approx(chance_matching(0.5)) == pytest.approx(0.5)
+    assert chance_jaccard(0.25) == pytest.approx(0.25 / 1.75) and chance_jaccard(0.5) == pytest.approx(0.333, abs=1e-3)
+    assert chance_matching(0.25) == pytest.approx(0.625)
+    # random masks land at chance
+    g = torch.Generator().manual_seed(0)
+    ra, rb = (torch.rand(200_000, generator=g) < 0.25 for _ in range(2))
+    c = pair_counts(pack({"x": ra}), pack({"x": rb}))["x"]
+    assert abs(c.jaccard - c.chance_jaccard) < 0.005 and abs(c.matching - c.chance_matching) < 0.005
+
+
+def test_popcount_and_packing_round_trip():
+    g = torch.Generator().manual_seed(1)
+    m = torch.rand(3, 5, 7, generator=g) < 0.3  # 105 bits: the last byte is padded
+    p = PackedMask.from_tensor(m)
+    assert p.n == 105 and p.kept == int(m.sum())
+    assert popcount(np.array([255, 1, 0, 128], dtype=np.uint8)) == 10
+
+
+def test_classical_mds_recovers_a_line():
+    x = np.array([0.0, 1.0, 3.0, 7.0])
+    d = np.abs(x[:, None] - x[None, :])
+    pts = classical_mds(d)
+    rec = np.linalg.norm(pts[:, None] - pts[None, :], axis=-1)
+    assert np.allclose(rec, d, atol=1e-9)
+
+
+def _fake_run(path, masks, method="edge-popup", acc=0.5, seed=0):
+    path.mkdir(parents=True)
+    save_tensors(path / "masks.safetensors", masks)
+    write_json(path / "summary.json", {"method": method, "test_acc": acc, "score_seed": seed})
+    return path
+
+
+def test_write_comparison_files(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    runs = []
+    for method in ("edge-popup", "biprop"):
+        for s in range(3):
+            masks = {"conv": torch.rand(4, 3, 3, 3, generator=g) < 0.5, "fc": torch.rand(10, 8, generator=g) < 0.5}
+            runs.append(_fake_run(tmp_path / f"{method}-{s}", masks, method, acc=0.5 + 0.01 * s, seed=s))
+    summary = write_comparison(runs, tmp_path / "cmp")
+    with open(tmp_path / "cmp" / "pairs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["run_a", "run_b", "layer", "matching", "jaccard", "chance_matching", "chance_jaccard"]
+    assert len(rows) == 15 * 3  # 15 pairs x (2 layers + total)
+    assert {r["layer"] for r in rows} == {"conv", "fc", TOTAL}
+    assert set(summary["by_method_pair"]) == {"edge-popup|edge-popup", "biprop|biprop", "biprop|edge-popup"}
+    ep = summary["by_method_pair"]["edge-popup|edge-popup"][TOTAL]
+    assert ep["pairs"] == 3 and ep["jaccard_min"] <= ep["jaccard"] <= ep["jaccard_max"]
+    for png in ("heatmap.png", "layers.png", "mds.png"):
+        assert (tmp_path / "cmp" / png).stat().st_size > 1000
+    assert json.loads((tmp_path / "cmp" / "summary.json").read_text())["plots"] == ["heatmap.png", "layers.png", "mds.png"]
+
+
+def test_compare_refuses_mismatched_runs(tmp_path, capsys):
+    a = _fake_run(tmp_path / "a", {"conv": A1})
+    b = _fake_run(tmp_path / "b", {"conv": A2})
+    with pytest.raises(ConfigError, match="different architectures"):
+        write_comparison([a, b], tmp_path / "out")
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different architectures" in err[0]
+    assert main(["compare", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
+    overrides = {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 1, "out_dir": str(tmp_path / "st")}
+    summary = run_study(None, overrides, score_seeds=3, progress=False, log=lambda *_: None)
+    runs = sorted((tmp_path / "st" / "runs").iterdir())
+    assert [r.name for r in runs] == ["edge-popup-w0-s0", "edge-popup-w0-s1", "edge-popup-w0-s2"]
+    assert summary["by_method_pair"]["edge-popup|edge-popup"][TOTAL]["pairs"] == 3
+    from supermask.checkpoint import load_tensors
+
+    weights = [load_tensors(r / "checkpoint.safetensors")[0] for r in runs]
+    originals = [k for k in weights[0] if k.endswith("original")]
+    for w in weights[1:]:
+        assert all(torch.equal(w[k], weights[0][k]) for k in originals)  # same random weights
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(supermask.train, "run", no_training)
+    assert main(["study", "digits", "model=small-conv", "width=0.25", "epochs=1", f"out_dir={tmp_path / 'st'}",
+                 "--score-seeds", "3", "-q"]) == 0
+    assert "Jaccard" in capsys.readouterr().out
