@@ -55,7 +55,7 @@ def heatmap(plt, runs: list[Run], rows: list[dict], path: Path) -> Path:
                 elif i > j:
                     grid[i, j] = jac[(runs[idx_b[i]].name, runs[idx_b[j]].name)]
         labels = [f"seed {runs[i].summary.get('score_seed', k)}" for k, i in enumerate(idx_a)]
-        title = f"Jaccard of whole masks: {name_a} (upper), {name_b} (lower)"
+        title = f"Jaccard of whole masks\n{name_a} (upper), {name_b} (lower)"
     else:
         n = len(runs)
         grid = np.full((n, n), np.nan)
@@ -65,7 +65,7 @@ def heatmap(plt, runs: list[Run], rows: list[dict], path: Path) -> Path:
                     grid[i, j] = jac[(runs[i].name, runs[j].name)]
         labels = [r.name for r in runs]
         title = "Jaccard of whole masks"
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.6 + 0.6 * n))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.6 * n), max(4.0, 1.2 + 0.6 * n)))
     im = ax.imshow(grid, cmap="viridis")
     for i in range(n):
         for j in range(n):
@@ -96,7 +96,7 @@ def layer_curves(plt, summary: dict, path: Path) -> Path:
         ax.plot(x, [by_layer[l]["chance_jaccard"] for l in layers], ls="--", color="gray", lw=1)
     ax.plot([], [], ls="--", color="gray", label="random masks (chance)")
     ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=7)
-    ax.set(ylabel="Jaccard index", title="Mask overlap per layer (min-max band over pairs of runs)")
+    ax.set(ylabel="Jaccard index", title="Mask overlap per layer\n(mean, min-max band over pairs of runs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
