@@ -1,4 +1,4 @@
-"""The `supermask` command line: train, eval, study, compare, configs."""
+"""The `supermask` command line: train, eval, study, compare, export, configs."""
 
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .train import evaluate_run
+    from .train import evaluate_run, evaluate_smask
 
-    result = evaluate_run(args.run_dir, device=args.device)
+    if args.run_dir.endswith(".smask"):
+        result = evaluate_smask(args.run_dir, device=args.device)
+    else:
+        result = evaluate_run(args.run_dir, device=args.device)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -62,6 +65,24 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from . import export
+
+    report = export.export_run(args.run_dir, args.output)
+    print(f"{report['file']}: {report['bytes']:,} bytes ({report['compression']}x smaller than the "
+          f"{report['dense_float32_bytes']:,} bytes of dense float32 weights); masks {report['mask_bytes']:,} bytes, "
+          f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes")
+    if args.safetensors or args.onnx:
+        model = export.load(args.output)
+        if args.safetensors:
+            export.save_plain(model, args.safetensors)
+            print(f"dense weights written to {args.safetensors}")
+        if args.onnx:
+            export.save_onnx(model, export.header_of(args.output), args.onnx)
+            print(f"ONNX model written to {args.onnx}")
+    return 0
+
+
 def _configs(args: argparse.Namespace) -> int:
     if args.name:
         cfg = make_config(args.name)
@@ -91,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="re-evaluate a finished run on its test set")
-    ev.add_argument("run_dir", help="a run directory written by `supermask train`")
+    ev = sub.add_parser("eval", help="re-evaluate a finished run, or a .smask file, on its test set")
+    ev.add_argument("run_dir", metavar="RUN_DIR|NET.smask", help="a run directory or an exported .smask file")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.set_defaults(func=_eval)
 
@@ -112,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, metavar="DIR", help="where pairs.csv, summary.json and the PNGs go")
     cp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     cp.set_defaults(func=_compare)
+
+    ex = sub.add_parser("export", help="write a finished run as a .smask file: seeds plus compressed bit masks")
+    ex.add_argument("run_dir", help="a finished mask-search run directory")
+    ex.add_argument("-o", "--output", required=True, metavar="NET.smask")
+    ex.add_argument("--safetensors", metavar="PATH", help="also write the rebuilt network's dense weights")
+    ex.add_argument("--onnx", metavar="PATH", help="also write the rebuilt network as ONNX (needs onnx)")
+    ex.set_defaults(func=_export)
 
     cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved")
     cf.add_argument("name", nargs="?", help="a built-in config name")

@@ -76,12 +76,12 @@ class Biprop(ScoredWeight):
     """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha."""
 
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
-        return biprop_alpha(weight, self.mask()) * weight.sign() * mask
+        return biprop_alpha(weight, mask) * weight.sign() * mask
 
 
 def biprop_alpha(weight: Tensor, mask: Tensor) -> Tensor:
     """||M * W||_1 / ||M||_1: the mean magnitude of the kept weights, as a constant (no gradient)."""
-    kept = mask.to(weight.dtype)
+    kept = mask.detach().to(weight.dtype)
     return ((weight.detach().abs() * kept).sum() / kept.sum().clamp_min(1)).detach()
 
 

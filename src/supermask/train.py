@@ -228,7 +228,8 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device) -> dict[
                  {"model": cfg.model, "width": cfg.width, "method": cfg.method, "prune_rate": cfg.prune_rate})
     final = state["history"][-1]
     summary = {
-        "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "width": cfg.width, "dataset": cfg.dataset,
+        "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
+        "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": cfg.dataset,
         "dataset_source": ds.source, "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
         "data_seed": cfg.data_seed, "epochs": cfg.epochs, "test_acc": final["test_acc"],
@@ -257,3 +258,16 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, Any]
     return {"run": str(run_dir), "epoch": meta["epoch"], "test_loss": loss, "test_acc": acc,
             "recorded_test_acc": meta["history"][-1]["test_acc"] if meta["history"] else None,
             "params_total": total, "params_kept": kept, "dataset_source": ds.source}
+
+
+def evaluate_smask(path: str | Path, *, device: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
+    """Rebuild a `.smask` network and measure its test accuracy on the dataset it was found on."""
+    from .export import header_of, load
+
+    header = header_of(path)
+    model = load(path)
+    dev = pick_device(device)
+    ds = data_lib.load_dataset(header["dataset"], data_dir)
+    loss, acc = evaluate(model.to(dev), ds, 1000, dev)
+    return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
+            "dataset_source": ds.source}

@@ -1,0 +1,186 @@
+"""The .smask format: exact rebuild, size near the entropy bound, and clean rejection of damaged files."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from supermask import ConfigError
+from supermask.cli import main
+from supermask.config import make_config
+from supermask.export import MAGIC, export_run, load, read, save_plain
+from supermask.train import build, run
+
+BASE = {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 2, "batch_size": 128}
+VARIANTS = {
+    "edge-popup": {"method": "edge-popup", "prune_rate": 0.9},
+    "edge-popup+iwr": {"method": "edge-popup", "prune_rate": 0.5, "iwr_every": 1, "iwr_rate": 0.5, "epochs": 4},
+    "biprop+iwr": {"method": "biprop", "prune_rate": 0.5, "iwr_every": 1, "iwr_rate": 0.5, "epochs": 4},
+    "iterand": {"method": "edge-popup", "prune_rate": 0.5, "iterand_every_steps": 3, "iterand_rate": 0.5},
+    "skip-first": {"method": "biprop", "prune_rate": 0.5, "skip_layers": ["first"]},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for name, o in VARIANTS.items():
+        cfg = make_config(None, {**BASE, **o, "out_dir": str(root / name)})
+        run(cfg, progress=False)
+        out[name] = root / name
+    return out
+
+
+def _trained_outputs(run_dir, x):
+    from supermask import data
+    from supermask.checkpoint import load_checkpoint
+
+    cfg = make_config(str(run_dir / "config.yaml"))
+    model = build(cfg, data.load_dataset("digits"))
+    load_checkpoint(run_dir / "checkpoint.safetensors", model)
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_rebuild_is_exact(runs, tmp_path, name):
+    report = export_run(runs[name], tmp_path / "net.smask")
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    rebuilt = load(tmp_path / "net.smask")
+    assert not any("parametrizations" in k for k in rebuilt.state_dict())  # an ordinary module
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), _trained_outputs(runs[name], x))
+    assert report["bytes"] < report["dense_float32_bytes"] / 8
+    header, _ = read(tmp_path / "net.smask")
+    if name in ("edge-popup+iwr", "biprop+iwr", "iterand"):
+        assert any("changed" in e for e in header["layers"])  # what the seed no longer gives back is stored
+    if name == "edge-popup":
+        assert not any("changed" in e for e in header["layers"])
+        # plain EP: masks within 1.1x their entropy bound, plus a fixed header of a few hundred bytes per file
+        assert report["bytes"] <= 1.1 * report["entropy_bytes"] + 1200
+
+
+def test_eval_of_the_file_matches_the_run_and_plain_exports(runs, tmp_path, capsys):
+    path = tmp_path / "net.smask"
+    assert main(["export", str(runs["biprop+iwr"]), "-o", str(path), "--safetensors", str(tmp_path / "w.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((runs["biprop+iwr"] / "summary.json").read_text())
+    assert result["test_acc"] == summary["test_acc"] == result["recorded_test_acc"]
+    from safetensors.torch import load_file
+
+    plain = load_file(str(tmp_path / "w.safetensors"))
+    assert torch.equal(plain["0.weight"], load(path).state_dict()["0.weight"])
+
+
+def test_onnx_export(runs, tmp_path):
+    pytest.importorskip("onnx")
+    from supermask.export import header_of, save_onnx
+
+    path = tmp_path / "net.smask"
+    export_run(runs["edge-popup"], path)
+    save_onnx(load(path), header_of(path), tmp_path / "net.onnx")
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(tmp_path / "net.onnx")))
+
+
+def test_dense_runs_cannot_be_exported(tmp_path):
+    run(make_config(None, {**BASE, "method": "dense", "epochs": 1, "out_dir": str(tmp_path / "d")}), progress=False)
+    with pytest.raises(ConfigError, match="dense"):
+        export_run(tmp_path / "d", tmp_path / "d.smask")
+
+
+def _resealed(data: bytes, header: dict) -> bytes:
+    """The file with `header` in place of its own and a valid checksum: tests validation past the checksum."""
+    _, version, head_len = struct.unpack_from("<8sII", data)
+    payload = data[16 + head_len:-32]
+    head = json.dumps(header).encode()
+    body = struct.pack("<8sII", MAGIC, version, len(head)) + head + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def test_damaged_files_are_rejected_cleanly(runs, tmp_path):
+    good = tmp_path / "good.smask"
+    export_run(runs["biprop+iwr"], good)
+    data = good.read_bytes()
+    header, _ = read(good)
+    rng = random.Random(0)
+    variants = [data[:n] for n in [0, 5, 15, 16, 100, len(data) // 2, len(data) - 33, len(data) - 1]]
+    for _ in range(40):
+        flipped = bytearray(data)
+        i = rng.randrange(len(data))
+        flipped[i] ^= 1 << rng.randrange(8)
+        variants.append(bytes(flipped))
+    variants.append(b"NOTSMASK" + data[8:])
+    variants.append(data[:8] + struct.pack("<I", 99) + data[12:])  # another version
+    edits = [
+        lambda h: h.update(model="conv2"),  # wrong architecture
+        lambda h: h.update(model="nope"),
+        lambda h: h.update(width=1.0),  # same model, other shapes
+        lambda h: h.update(num_classes=10**12),
+        lambda h: h.update(prune_rate=1.5),
+        lambda h: h["layers"].pop(),
+        lambda h: h["layers"][0].update(mask=[0, 10**12]),
+        lambda h: h["layers"][0].update(mask=[3, 5]),
+        lambda h: h["layers"][0].update(shape=[1, 1, 1, 1]),
+        lambda h: h["layers"][1].update(alpha=0.5),
+        lambda h: h["tensors"].append({"key": "x", "shape": [10**9], "dtype": "float32", "data": [0, 4]}),
+        lambda h: h.update(payload_length=1),
+        lambda h: h.clear(),
+    ]
+    for edit in edits:
+        h = json.loads(json.dumps(header))
+        edit(h)
+        variants.append(_resealed(data, h))
+    # a mask blob whose own header claims a huge count, sealed with a valid checksum
+    start = 16 + struct.unpack_from("<I", data, 12)[0] + header["layers"][0]["mask"][0]
+    patched = bytearray(data[:-32])
+    patched[start + 8:start + 16] = struct.pack("<Q", 1 << 40)
+    variants.append(bytes(patched) + hashlib.sha256(patched).digest())
+    for i, variant in enumerate(variants):
+        path = tmp_path / f"bad{i}.smask"
+        path.write_bytes(variant)
+        began = time.perf_counter()
+        with pytest.raises(ConfigError):
+            load(path)
+        assert time.perf_counter() - began < 5
+
+
+def test_damaged_file_on_the_command_line(runs, tmp_path, capsys):
+    path = tmp_path / "net.smask"
+    export_run(runs["edge-popup"], path)
+    path.write_bytes(path.read_bytes()[:-10])
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0]
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_run(tmp_path):
+    args = ["train", "digits", "model=small-conv", "width=0.25", "epochs=4", "batch_size=64", "-q"]
+    ref = tmp_path / "ref"
+    assert main(args + [f"out_dir={ref}"]) == 0
+    rng = random.Random(1)
+    target = tmp_path / "killed"
+    command = [sys.executable, "-m", "supermask", *args, f"out_dir={target}", "--resume"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for _ in range(3):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    assert (ref / "masks.safetensors").read_bytes() == (target / "masks.safetensors").read_bytes()
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, target))
+    assert a["test_acc"] == b["test_acc"]
+    assert not [p.name for p in target.iterdir() if p.name.endswith(".tmp")]
