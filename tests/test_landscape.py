@@ -121,3 +121,67 @@ def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, ca
     assert main(["study", "digits", "model=small-conv", "width=0.25", "epochs=1", f"out_dir={tmp_path / 'st'}",
                  "--score-seeds", "3", "-q"]) == 0
     assert "Jaccard" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def two_seeds_and_dense(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis")
+    base = ["train", "digits", "model=small-conv", "width=0.25", "epochs=2", "-q"]
+    for name, extra in [("a", ["score_seed=0"]), ("b", ["score_seed=1"]), ("dense", ["method=dense", "lr=0.01"]),
+                        ("other_weights", ["weight_seed=7"])]:
+        assert main(base + extra + [f"out_dir={root / name}"]) == 0
+    return root
+
+
+def test_mask_path_ends_at_the_two_runs(two_seeds_and_dense, tmp_path, capsys):
+    from supermask.analysis import mask_path
+
+    root = two_seeds_and_dense
+    result = mask_path(root / "a", root / "b", steps=5, device="cpu")
+    pts = result["points"]
+    acc_a = json.loads((root / "a" / "summary.json").read_text())["test_acc"]
+    acc_b = json.loads((root / "b" / "summary.json").read_text())["test_acc"]
+    assert pts[0]["hamming_to_a"] == 0 and pts[-1]["hamming_to_b"] == 0
+    assert pts[0]["test_acc"] == acc_a and pts[-1]["test_acc"] == acc_b
+    distances = [p["hamming_to_a"] for p in pts]
+    assert distances == sorted(distances) and distances[-1] > 0.3  # moves steadily away from A
+    assert main(["path", str(root / "a"), str(root / "b"), "--steps", "3", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "path.png").stat().st_size > 1000
+    assert main(["path", str(root / "a"), str(root / "other_weights"), "--out", str(tmp_path / "q")]) == 2
+    assert "different weights" in capsys.readouterr().err
+
+
+def test_layer_norms_hand_check(two_seeds_and_dense, tmp_path):
+    from supermask.analysis import layer_norms
+    from supermask.train import load_run_model
+
+    root = two_seeds_and_dense
+    result = layer_norms(root / "a", dense_run=root / "dense")
+    _, _, model, _ = load_run_model(root / "a", device="cpu")
+    from supermask.convert import masked_layers, random_weight
+
+    for row, (name, layer, p) in zip(result["layers"], masked_layers(model)):
+        w, m = random_weight(layer), p.mask()
+        assert row["kept"] == pytest.approx(float((w * m).norm()))
+        assert row["kept"] ** 2 + row["pruned"] ** 2 == pytest.approx(float(w.norm()) ** 2, rel=1e-5)
+        # magnitude pruning keeps the largest weights: the kept half carries most of the norm
+        assert row["magnitude_kept"] > row["magnitude_pruned"]
+        assert row["magnitude_kept"] ** 2 + row["magnitude_pruned"] ** 2 == pytest.approx(row["dense"] ** 2, rel=1e-5)
+    assert main(["norms", str(root / "a"), "--dense", str(root / "dense"), "--out", str(tmp_path / "n")]) == 0
+    assert (tmp_path / "n" / "norms.png").stat().st_size > 1000
+
+
+def test_masks_on_pretrained_weights(two_seeds_and_dense, tmp_path):
+    from supermask.checkpoint import load_tensors
+
+    root = two_seeds_and_dense
+    out = tmp_path / "pre"
+    assert main(["train", "digits", "model=small-conv", "width=0.25", "epochs=1", "-q", f"init_from={root / 'dense'}",
+                 f"out_dir={out}"]) == 0
+    dense, _ = load_tensors(root / "dense" / "checkpoint.safetensors")
+    search, _ = load_tensors(out / "checkpoint.safetensors")
+    assert torch.equal(search["model.0.parametrizations.weight.original"], dense["model.0.weight"])
+    with pytest.raises(ConfigError, match="init_from"):
+        from supermask.config import make_config
+
+        make_config("digits", {"init_from": str(tmp_path / "missing")})

@@ -1,4 +1,4 @@
-"""The `supermask` command line: train, eval, study, compare, export, configs."""
+"""The `supermask` command line: train, eval, study, compare, path, norms, export, configs."""
 
 from __future__ import annotations
 
@@ -83,6 +83,42 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _path(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis import mask_path
+    from .checkpoint import write_json
+    from .plots import path_plot
+
+    result = mask_path(args.run_a, args.run_b, steps=args.steps, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "path.json", result)
+    path_plot(result, out / "path.png")
+    for p in result["points"]:
+        print(f"t={p['t']:.2f}  test accuracy {100 * p['test_acc']:.2f}%  Hamming to A {p['hamming_to_a']:.3f}")
+    print(f"mask path written to {out}")
+    return 0
+
+
+def _norms(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis import layer_norms
+    from .checkpoint import write_json
+    from .plots import norms_plot
+
+    result = layer_norms(args.run_dir, dense_run=args.dense)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "norms.json", result)
+    norms_plot(result, out / "norms.png")
+    for r in result["layers"]:
+        print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    print(f"norms written to {out}")
+    return 0
+
+
 def _configs(args: argparse.Namespace) -> int:
     if args.name:
         cfg = make_config(args.name)
@@ -140,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--safetensors", metavar="PATH", help="also write the rebuilt network's dense weights")
     ex.add_argument("--onnx", metavar="PATH", help="also write the rebuilt network as ONNX (needs onnx)")
     ex.set_defaults(func=_export)
+
+    pa = sub.add_parser("path", help="test accuracy along a path between two runs' masks (same random weights)")
+    pa.add_argument("run_a")
+    pa.add_argument("run_b")
+    pa.add_argument("--out", required=True, metavar="DIR", help="where path.json and path.png go")
+    pa.add_argument("--steps", type=int, default=11, help="points from mask A to mask B (default 11)")
+    pa.add_argument("--device", default="auto")
+    pa.set_defaults(func=_path)
+
+    no = sub.add_parser("norms", help="per-layer Frobenius norms of kept and pruned weights")
+    no.add_argument("run_dir", help="a mask-search run")
+    no.add_argument("--dense", metavar="DENSE_RUN", help="a dense run of the same model: its norms and its magnitude pruning")
+    no.add_argument("--out", required=True, metavar="DIR", help="where norms.json and norms.png go")
+    no.set_defaults(func=_norms)
 
     cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved")
     cf.add_argument("name", nargs="?", help="a built-in config name")

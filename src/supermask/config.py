@@ -45,6 +45,7 @@ class Config:
     iterand_every_steps: int | None = _opt(None, "IteRand: redraw pruned weights every K optimizer steps (off when unset)")
     iterand_every_epochs: int | None = _opt(None, "IteRand: redraw every F epochs instead (off when unset)")
     iterand_rate: float = _opt(0.1, "IteRand: probability r that a pruned weight is redrawn")
+    init_from: str | None = _opt(None, "a dense run directory: search masks over its trained weights instead of random ones")
     weight_seed: int = _opt(0, "seed of the random weights")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
@@ -230,6 +231,14 @@ def resolve(cfg: Config) -> Config:
     _resolve_schedules(cfg)
     if cfg.lr is None:
         cfg.lr = 0.1 if cfg.masked else 0.01
+    if cfg.init_from is not None:
+        if not cfg.masked:
+            raise ConfigError(f"init_from needs a mask method (edge-popup or biprop), not method={cfg.method}")
+        if not (Path(cfg.init_from) / "checkpoint.safetensors").is_file():
+            raise ConfigError(f"init_from {cfg.init_from!r} is not a run directory with a checkpoint.safetensors")
+        if cfg.weight_init not in (None, "keep"):
+            raise ConfigError(f"init_from keeps the dense run's weights; weight_init={cfg.weight_init!r} contradicts it")
+        cfg.weight_init = "keep"
     if cfg.weight_init is None:
         cfg.weight_init = "signed-constant" if cfg.method == "edge-popup" else "kaiming-normal"
     if cfg.scale_fan is None:

@@ -29,24 +29,24 @@ TOTAL = "total"
 
 def popcount(bits: np.ndarray) -> int:
     """Number of set bits in a uint8 array."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0: a vectorized hardware popcount
+        return int(np.bitwise_count(bits).sum(dtype=np.int64))
     return int(_POPCOUNT[bits].sum())
 
 
 @dataclass(frozen=True)
 class PackedMask:
-    """One layer's mask as packed bits (trailing pad bits are zero)."""
+    """One layer's mask as packed bits (trailing pad bits are zero), with its number of kept weights."""
 
     bits: np.ndarray
     n: int
+    kept: int
 
     @classmethod
     def from_tensor(cls, mask: torch.Tensor) -> "PackedMask":
         flat = mask.detach().reshape(-1).to(torch.bool).cpu().numpy()
-        return cls(np.packbits(flat), flat.size)
-
-    @property
-    def kept(self) -> int:
-        return popcount(self.bits)
+        bits = np.packbits(flat)
+        return cls(bits, flat.size, popcount(bits))
 
 
 def pack(masks: dict[str, torch.Tensor]) -> dict[str, PackedMask]:

@@ -124,3 +124,43 @@ def mds_map(plt, runs: list[Run], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def path_plot(result: dict, path: Path) -> Path:
+    """Test accuracy along the path from mask A (t = 0) to mask B (t = 1), with the distance from A."""
+    plt = _pyplot()
+    t = [p["t"] for p in result["points"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(t, [100 * p["test_acc"] for p in result["points"]], marker="o", color="C0")
+    ax.set(xlabel="t (0 = mask A, 1 = mask B)", ylabel="test accuracy (%)", title="Accuracy between two masks")
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(t, [p["hamming_to_a"] for p in result["points"]], ls="--", color="C1")
+    twin.set_ylabel("normalized Hamming distance to A", color="C1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def norms_plot(result: dict, path: Path) -> Path:
+    """Per-layer Frobenius norms: kept and pruned weights of the run, and of the dense net's magnitude pruning."""
+    plt = _pyplot()
+    rows = result["layers"]
+    series = [("kept", f"{result['method']} kept"), ("pruned", f"{result['method']} pruned")]
+    if result.get("dense_run"):
+        series += [("dense", "dense"), ("magnitude_kept", "dense, magnitude-kept"),
+                   ("magnitude_pruned", "dense, magnitude-pruned")]
+    x = np.arange(len(rows))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 3.8))
+    for i, (key, label) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, [r[key] for r in rows], width, label=label)
+    ax.set_xticks(x, [r["layer"] for r in rows], rotation=45, ha="right", fontsize=7)
+    ax.set(ylabel="Frobenius norm", title=f"Per-layer weight norms ({100 * result['prune_rate']:g}% pruned)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -56,6 +56,9 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
     """The model of `cfg` for the dataset's shape, converted for the configured method."""
     model = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
                         image_size=ds.image_size, width=cfg.width)
+    if cfg.init_from:
+        # Search masks over a dense run's trained weights instead of random ones (weight_init is "keep").
+        load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
     return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers)
 
@@ -243,17 +246,22 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device) -> dict[
     return summary
 
 
-def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, Any]:
-    """Rebuild a finished run from its config and checkpoint and measure its test accuracy again."""
+def load_run_model(run_dir: str | Path, *, device: str = "auto") -> tuple[Config, data_lib.Dataset, nn.Module, dict]:
+    """(config, dataset, model with the run's last checkpoint, checkpoint metadata) of a run directory."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = make_config(str(run_dir / "config.yaml"), {"device": device})
-    dev = pick_device(cfg.device)
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
-    model = build(cfg, ds).to(dev)
+    model = build(cfg, ds).to(pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
-    loss, acc = evaluate(model, ds, cfg.eval_batch_size, dev)
+    return cfg, ds, model, meta
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, Any]:
+    """Rebuild a finished run from its config and checkpoint and measure its test accuracy again."""
+    cfg, ds, model, meta = load_run_model(run_dir, device=device)
+    loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device))
     total, kept = parameter_counts(model)
     return {"run": str(run_dir), "epoch": meta["epoch"], "test_loss": loss, "test_acc": acc,
             "recorded_test_acc": meta["history"][-1]["test_acc"] if meta["history"] else None,

@@ -1,0 +1,93 @@
+"""Analyses beyond the paper's tables: the accuracy along a path between two masks, and per-layer norms of the
+kept and pruned weights beside a dense network and its magnitude-pruned version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .convert import eligible_layers, masked_layers, random_weight
+from .errors import ConfigError
+from .mask import kth_smallest, num_pruned, topk_mask
+from .train import evaluate, load_run_model, pick_device
+
+
+def _normalized_magnitudes(scores: torch.Tensor, prune_rate: float) -> torch.Tensor:
+    """|S| divided by the layer's largest pruned magnitude: a monotone rescaling, so its top-k is the same mask,
+    and two runs' scores become comparable (each run's mask boundary sits at 1)."""
+    mags = scores.detach().abs()
+    k = num_pruned(mags.numel(), prune_rate)
+    if k == 0:
+        return mags
+    return mags / kth_smallest(mags.reshape(-1), k).clamp_min(torch.finfo(mags.dtype).tiny)
+
+
+@torch.no_grad()
+def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: str = "auto") -> dict[str, Any]:
+    """Test accuracy of the masks top-k((1 - t) |S_A| + t |S_B|) (per-layer normalized) for t from 0 to 1.
+
+    Both runs must share their random weights (same weight seed, no IWR or IteRand), so only the mask moves.
+    """
+    if steps < 2:
+        raise ConfigError(f"a mask path needs at least 2 steps, got {steps}")
+    cfg_a, ds, model, _ = load_run_model(run_a, device=device)
+    cfg_b, _, model_b, _ = load_run_model(run_b, device=device)
+    same = ("model", "width", "method", "prune_rate", "dataset", "skip_layers")
+    diff = [k for k in same if getattr(cfg_a, k) != getattr(cfg_b, k)]
+    if diff:
+        raise ConfigError(f"runs {run_a} and {run_b} differ in {diff[0]}; a mask path needs one architecture and method")
+    layers_a, layers_b = list(masked_layers(model)), list(masked_layers(model_b))
+    if not layers_a:
+        raise ConfigError(f"{run_a} is a dense run; a mask path needs mask searches")
+    for (name, la, _), (_, lb, _) in zip(layers_a, layers_b):
+        if not torch.equal(random_weight(la), random_weight(lb)):
+            raise ConfigError(f"runs {run_a} and {run_b} have different weights in layer {name} (another weight seed, "
+                              "or IWR/IteRand rewrote them); a mask path needs the same random weights")
+    ends = [(_normalized_magnitudes(pa.scores, pa.prune_rate), _normalized_magnitudes(pb.scores, pb.prune_rate))
+            for (_, _, pa), (_, _, pb) in zip(layers_a, layers_b)]
+    masks_a = [pa.mask().clone() for _, _, pa in layers_a]
+    masks_b = [pb.mask().clone() for _, _, pb in layers_b]
+    dev = pick_device(cfg_a.device)
+    points = []
+    for t in np.linspace(0.0, 1.0, steps):
+        moved = differ_a = differ_b = total = 0
+        for (_, _, p), (sa, sb), ma, mb in zip(layers_a, ends, masks_a, masks_b):
+            p.scores.copy_((1 - t) * sa + t * sb)
+            m = p.mask()
+            differ_a += int((m != ma).sum())
+            differ_b += int((m != mb).sum())
+            total += m.numel()
+        loss, acc = evaluate(model, ds, cfg_a.eval_batch_size, dev)
+        points.append({"t": float(t), "test_acc": acc, "test_loss": loss,
+                       "hamming_to_a": differ_a / total, "hamming_to_b": differ_b / total})
+    return {"run_a": str(run_a), "run_b": str(run_b), "points": points}
+
+
+@torch.no_grad()
+def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> dict[str, Any]:
+    """Per masked layer: Frobenius norms of the kept and pruned weights (the weights under the mask); with a
+    dense run, also its layer norms and those of its magnitude-pruned version at the run's prune rate."""
+    cfg, _, model, _ = load_run_model(run_dir, device="cpu")
+    layers = list(masked_layers(model))
+    if not layers:
+        raise ConfigError(f"{run_dir} is a dense run; norms of kept and pruned weights need a mask search")
+    dense_weights = None
+    if dense_run is not None:
+        dcfg, _, dense, _ = load_run_model(dense_run, device="cpu")
+        if dcfg.method != "dense" or (dcfg.model, dcfg.width) != (cfg.model, cfg.width):
+            raise ConfigError(f"{dense_run} must be a dense run of {cfg.model} at width {cfg.width}")
+        dense_weights = {name: layer.weight for name, layer in eligible_layers(dense)}
+    rows = []
+    for name, layer, p in layers:
+        w, m = random_weight(layer), p.mask()
+        row = {"layer": name, "kept": float(w[m].norm()), "pruned": float(w[~m].norm())}
+        if dense_weights is not None:
+            d = dense_weights[name]
+            keep = topk_mask(d.abs(), cfg.prune_rate)
+            row.update(dense=float(d.norm()), magnitude_kept=float(d[keep].norm()), magnitude_pruned=float(d[~keep].norm()))
+        rows.append(row)
+    return {"run": str(run_dir), "dense_run": str(dense_run) if dense_run else None, "prune_rate": cfg.prune_rate,
+            "method": cfg.label, "layers": rows}
