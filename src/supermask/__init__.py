@@ -2,9 +2,12 @@
 
 from .convert import bake, convert, masked_layers, masks, random_weight, score_parameters
 from .errors import ConfigError, SupermaskError
+from .export import load
+from .iterand import rerandomize_
 from .mask import num_pruned, topk_mask
 from .models import build_model
+from .recycle import recycle_
 
-__all__ = ["bake", "build_model", "convert", "masked_layers", "masks", "num_pruned", "random_weight",
-           "score_parameters", "topk_mask", "ConfigError", "SupermaskError"]
+__all__ = ["bake", "build_model", "convert", "load", "masked_layers", "masks", "num_pruned", "random_weight",
+           "recycle_", "rerandomize_", "score_parameters", "topk_mask", "ConfigError", "SupermaskError"]
 __version__ = "0.1.0"
