@@ -22,6 +22,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def draw_landscape(runs: list[Run], rows: list[dict], summary: dict, out_dir: Path) -> list[str]:
     """The heatmap, the per-layer curves and the MDS map; returns the files written."""
     plt = _pyplot()
@@ -75,10 +82,7 @@ def heatmap(plt, runs: list[Run], rows: list[dict], path: Path) -> Path:
     ax.set_yticks(range(n), labels, fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def layer_curves(plt, summary: dict, path: Path) -> Path:
@@ -99,10 +103,7 @@ def layer_curves(plt, summary: dict, path: Path) -> Path:
     ax.set(ylabel="Jaccard index", title="Mask overlap per layer\n(mean, min-max band over pairs of runs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def mds_map(plt, runs: list[Run], path: Path) -> Path | None:
@@ -120,10 +121,7 @@ def mds_map(plt, runs: list[Run], path: Path) -> Path | None:
     fig.colorbar(sc, ax=ax, label="test accuracy (%)")
     ax.set(title="Masks, MDS of Hamming distances", xlabel="MDS 1", ylabel="MDS 2")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def path_plot(result: dict, path: Path) -> Path:
@@ -137,10 +135,7 @@ def path_plot(result: dict, path: Path) -> Path:
     twin = ax.twinx()
     twin.plot(t, [p["hamming_to_a"] for p in result["points"]], ls="--", color="C1")
     twin.set_ylabel("normalized Hamming distance to A", color="C1")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def norms_plot(result: dict, path: Path) -> Path:
@@ -160,7 +155,4 @@ def norms_plot(result: dict, path: Path) -> Path:
     ax.set(ylabel="Frobenius norm", title=f"Per-layer weight norms ({100 * result['prune_rate']:g}% pruned)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
