@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import builtin_configs, config_help, make_config, parse_overrides, read_config_source
@@ -15,8 +16,15 @@ DEFAULT_CONFIG = "digits"
 def _train(args: argparse.Namespace) -> int:
     from .train import run  # imported late so `--help` stays fast
 
+    from . import distributed
+
     cfg = make_config(args.config, parse_overrides(args.overrides))
-    summary = run(cfg, resume=args.resume, progress=not args.quiet)
+    try:
+        summary = run(cfg, resume=args.resume, progress=not args.quiet)
+    finally:
+        distributed.shutdown()
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     kept = summary["params_kept"] / summary["params_total"]
     print(f"test accuracy {100 * summary['test_acc']:.2f}% after {summary['epochs']} epochs "
           f"(best {100 * summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}); "

@@ -908,10 +908,13 @@ def train_batches(
     epoch: int,
     augment: bool,
     device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of (float32 normalized images, int64 labels) on device; the last batch may be short.
 
     Order and augmentation depend only on (seed, epoch), so resuming at an epoch reproduces it exactly.
+    With shard=(rank, world), each global batch is drawn and augmented whole, and this process gets its
+    contiguous slice (data-parallel training sees exactly the batches of a single process).
     """
     _check_batch_size(batch_size)
     gen = _epoch_generator(seed, epoch)
@@ -922,17 +925,23 @@ def train_batches(
         y = ds.train_y.index_select(0, idx).to(device, non_blocking=True)
         if augment:
             x = augment_batch(x, gen)
+        if shard[1] > 1:
+            x, y = torch.tensor_split(x, shard[1])[shard[0]], torch.tensor_split(y, shard[1])[shard[0]]
         yield normalize(x, ds.mean, ds.std), y
 
 
 def eval_batches(
-    ds: Dataset, batch_size: int, *, split: str = "test", device: torch.device | str = "cpu"
+    ds: Dataset, batch_size: int, *, split: str = "test", device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The train or test split in order, normalized, without augmentation."""
+    """The train or test split in order, normalized, without augmentation (with shard=(rank, world): this
+    process's contiguous part of it)."""
     _check_batch_size(batch_size)
     if split not in _SPLITS:
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     xs, ys = (ds.train_x, ds.train_y) if split == "train" else (ds.test_x, ds.test_y)
+    if shard[1] > 1:
+        xs, ys = torch.tensor_split(xs, shard[1])[shard[0]], torch.tensor_split(ys, shard[1])[shard[0]]
     for start in range(0, len(ys), batch_size):
         x = xs[start : start + batch_size].to(device, non_blocking=True)
         y = ys[start : start + batch_size].to(device, non_blocking=True)

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as data_lib
+from . import distributed
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_tensors, write_json
 from .config import Config, dump_yaml, make_config
 from .convert import convert, eligible_layers, masks
@@ -78,19 +79,20 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test split."""
+def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: torch.device,
+             group: distributed.Group = distributed.Group()) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test split (split across the processes of a data-parallel run)."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in data_lib.eval_batches(ds, batch_size, device=device):
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct
+    for x, y in data_lib.eval_batches(ds, batch_size, device=device, shard=(group.rank, group.world)):
         logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        sums[0] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
     model.train(was_training)
+    loss_sum, correct = distributed.all_sum(sums, group).tolist()
     n = len(ds.test_y)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum / n, correct / n
 
 
 def _nonfinite_parameter(model: nn.Module) -> str | None:
@@ -106,25 +108,30 @@ def _nonfinite_parameter(model: nn.Module) -> str | None:
     return next((name for (name, _), ok in zip(params, finite) if not ok), None)
 
 
-def _check_finite(model: nn.Module, loss: float, where: str, lr: float) -> None:
+def _check_finite(model: nn.Module, loss: float, where: str, lr: float,
+                  group: distributed.Group = distributed.Group()) -> None:
+    bad = _nonfinite_parameter(model)
+    # Every process must take the same branch, or the others would wait for it forever.
+    if not distributed.any_true(not math.isfinite(loss) or bad is not None, group, next(model.parameters()).device):
+        return
     if not math.isfinite(loss):
         raise TrainingError(f"loss became {loss} in {where} (lr {lr:g}); lower lr= or check the data")
-    bad = _nonfinite_parameter(model)
-    if bad is not None:
-        raise TrainingError(f"training diverged in {where}: {bad} became non-finite (loss {loss:g}, lr {lr:g}); "
-                            "lower lr= or check the data")
+    raise TrainingError(f"training diverged in {where}: {bad or 'a parameter'} became non-finite (loss {loss:g}, "
+                        f"lr {lr:g}), on this or another process; lower lr= or check the data")
 
 
-def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict) -> tuple[float, float]:
-    """One pass over the training set; returns (mean loss, accuracy). Counts steps and logs IteRand in `state`."""
-    model.train()
+def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
+                group: distributed.Group = distributed.Group(), net: nn.Module | None = None) -> tuple[float, float]:
+    """One pass over the training set; returns (mean loss, accuracy). Counts steps and logs IteRand in `state`.
+    `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run)."""
+    net = net or model
+    net.train()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for step, (x, y) in enumerate(data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch,
-                                                          augment=cfg.augment, device=device)):
-        logits = model(x)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
+    batches = data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
+                                     device=device, shard=(group.rank, group.world))
+    for step, (x, y) in enumerate(batches):
+        logits = net(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,17 +139,18 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         state["step"] += 1
         if step_fires(state["step"], cfg.iterand_every_steps):
             state["schedule"] += iterand_step(model, cfg, state["step"], epoch)
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
+            distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
+        sums[0] += loss.detach() * len(y)
+        sums[1] += (logits.detach().argmax(1) == y).sum()
+        sums[2] += len(y)
         bar.update(1)
         if step % 20 == 0:  # a host sync only every few steps
             value = loss.item()
-            _check_finite(model, value, f"epoch {epoch + 1} step {step + 1}", optimizer.param_groups[0]["lr"])
+            _check_finite(model, value, f"epoch {epoch + 1} step {step + 1}", optimizer.param_groups[0]["lr"], group)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-    mean_loss = loss_sum.item() / seen
-    _check_finite(model, mean_loss, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"])
-    return mean_loss, correct.item() / seen
+    loss_sum, correct, seen = distributed.all_sum(sums, group).tolist()
+    _check_finite(model, loss_sum / seen, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"], group)
+    return loss_sum / seen, correct / seen
 
 
 def default_out_dir(cfg: Config) -> Path:
@@ -162,12 +170,15 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
     if resume and not cfg.out_dir:
         raise ConfigError("--resume needs the run's out_dir=DIR")
-    device = pick_device(cfg.device)
+    if distributed.launched() and not cfg.out_dir:
+        raise ConfigError("a data-parallel run needs out_dir=DIR (every process must write to the same run)")
+    device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.augment is None:
         cfg.augment = ds.augment
     model = build(cfg, ds).to(device)
     optimizer = make_optimizer(cfg, model)
+    group = distributed.setup(device)
 
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
     cfg.out_dir = str(out_dir)
@@ -183,17 +194,21 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
             raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
         if out_dir.exists() and any(out_dir.iterdir()) and not resume:
             raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
-        atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+        distributed.barrier(group)  # every process has seen the folder empty before rank 0 writes into it
+        if group.main:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
+            atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
 
-    _train(cfg, model, optimizer, ds, device, out_dir, state, progress)
-    return _finish(cfg, model, ds, out_dir, state, device)
+    _train(cfg, model, optimizer, ds, device, out_dir, state, progress and group.main, group)
+    return _finish(cfg, model, ds, out_dir, state, device, group)
 
 
-def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progress: bool) -> None:
+def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progress: bool,
+           group: distributed.Group = distributed.Group()) -> None:
+    net = distributed.wrap(model, group, device)
     steps_per_epoch = math.ceil(len(ds.train_y) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch, disable=not progress,
                unit="step", dynamic_ncols=True, leave=False)
@@ -201,13 +216,16 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
         for epoch in range(state["epoch"], cfg.epochs):
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             lr = learning_rate(cfg, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
             start = time.perf_counter()
-            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state)
-            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device)
+            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net)
+            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group)
             # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
-            state["schedule"] += end_of_epoch(model, cfg, epoch, state["step"])
+            events = end_of_epoch(model, cfg, epoch, state["step"])
+            if events:
+                distributed.check_agreement(model, group, f"the schedule steps of epoch {epoch + 1}")
+            state["schedule"] += events
             seconds = time.perf_counter() - start
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                       "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3)}
@@ -216,19 +234,24 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             state["seconds"] += seconds
             if test_acc > state["best_test_acc"]:
                 state["best_test_acc"], state["best_epoch"] = test_acc, epoch + 1
+            bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
+            if not group.main:
+                continue
             # The checkpoint is the source of truth; metrics.jsonl is rewritten from it, so a kill between the
             # two writes cannot duplicate or lose a line.
             save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)
             atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
             if state["schedule"]:
                 atomic_write_text(out_dir / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
-            bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
 
 
-def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device) -> dict[str, Any]:
+def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
+            group: distributed.Group = distributed.Group()) -> dict[str, Any]:
+    distributed.check_agreement(model, group, "training")
     total, kept = parameter_counts(model)
-    save_tensors(out_dir / "masks.safetensors", masks(model),
-                 {"model": cfg.model, "width": cfg.width, "method": cfg.method, "prune_rate": cfg.prune_rate})
+    if group.main:
+        save_tensors(out_dir / "masks.safetensors", masks(model),
+                     {"model": cfg.model, "width": cfg.width, "method": cfg.method, "prune_rate": cfg.prune_rate})
     final = state["history"][-1]
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
@@ -240,9 +263,11 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device) -> dict[
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
         "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-        "out_dir": str(out_dir),
+        "out_dir": str(out_dir), "processes": group.world,
     }
-    write_json(out_dir / "summary.json", summary)
+    if group.main:
+        write_json(out_dir / "summary.json", summary)
+    distributed.barrier(group)  # the run's files are complete when any process returns
     return summary
 
 
