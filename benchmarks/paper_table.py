@@ -3,7 +3,8 @@
     SUPERMASK_DATA=../shared/datasets python benchmarks/paper_table.py --profile cpu     # ~1 hour on 2 cores
     python benchmarks/paper_table.py --profile full                                     # the paper's recipe (GPU)
 
-Each cell is an ordinary supermask run under runs/paper_table/ (a finished cell is reused, a killed one resumed).
+The grid runs on `supermask.sweep` (local worker processes, or Ray with --ray): each cell is an ordinary run under
+runs/paper_table/, a finished cell is reused and a killed one resumed.
 Writes benchmarks/results/<name>.json (a row per cell plus the machine), <name>.md (the table beside the
 published figures) and <name>.png (test accuracy against prune rate).
 
@@ -22,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from supermask.config import make_config, paper_schedule  # noqa: E402
-from supermask.train import run  # noqa: E402
+from supermask.config import paper_schedule  # noqa: E402
+from supermask.sweep import Cell, Sweep, results_plot, run_sweep, validate  # noqa: E402
 
 METHODS = ("edge-popup", "biprop", "iterand", "edge-popup+iwr", "biprop+iwr", "dense")
 PAPER_EPOCHS = 250
@@ -62,15 +63,14 @@ def cell_overrides(model: str, width: float, prune_rate: float, method: str, see
     return o
 
 
-def run_cell(overrides: dict, root: Path) -> dict:
-    label = overrides["method"]
-    name = (f"{overrides['model']}-w{overrides['width']:g}-{label}-p{overrides['prune_rate']:g}"
-            f"-e{overrides['epochs']}-s{overrides['weight_seed']}")
-    cfg = make_config(overrides["model"], {**overrides, "out_dir": str(root / name)})
-    summary = run(cfg, resume=True, progress=sys.stderr.isatty())
+def cell_name(o: dict) -> str:
+    return f"{o['model']}-w{o['width']:g}-{o['method']}-p{o['prune_rate']:g}-e{o['epochs']}-s{o['weight_seed']}"
+
+
+def row_of(summary: dict) -> dict:
     keys = ("method", "model", "width", "prune_rate", "epochs", "test_acc", "best_test_acc", "seconds",
             "params_total", "params_kept", "dataset_source", "out_dir")
-    return {**{k: summary[k] for k in keys}, "seed": overrides["weight_seed"]}
+    return {**{k: summary[k] for k in keys}, "seed": summary["weight_seed"]}
 
 
 def markdown(rows: list[dict], methods: list[str]) -> str:
@@ -92,31 +92,6 @@ def markdown(rows: list[dict], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], methods: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({(r["model"], r["width"], r["epochs"]) for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
-    for ax, (model, width, epochs) in zip(axes[0], groups):
-        for m in methods:
-            pts: dict[float, list[float]] = {}
-            for r in rows:
-                if (r["model"], r["width"], r["epochs"], r["method"]) == (model, width, epochs, m):
-                    pts.setdefault(r["prune_rate"], []).append(100 * r["test_acc"])
-            if pts:
-                xs = sorted(pts)
-                ax.plot([100 * x for x in xs], [statistics.mean(pts[x]) for x in xs], marker="o", label=m)
-        ax.set(title=f"{model}, width {width:g}, {epochs} epochs", xlabel="% of weights pruned", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
@@ -129,6 +104,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", help="default: $SUPERMASK_DATA")
     ap.add_argument("--runs", default="runs/paper_table", help="where the cells' run directories go")
     ap.add_argument("--name", help="results file name (default: paper_table_<profile>)")
+    ap.add_argument("--workers", type=int, default=1, help="cells run at once by local worker processes")
+    ap.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: auto, local, or a cluster address")
     args = ap.parse_args(argv)
     prof = dict(PROFILES[args.profile])
     for key, conv in (("models", str), ("widths", float), ("prune_rates", float), ("seeds", int)):
@@ -145,23 +122,27 @@ def main(argv=None) -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(parents=True, exist_ok=True)
 
-    rows = []
+    cells = []
     for model in prof["models"]:
         for width in prof["widths"]:
             for p in prof["prune_rates"]:
                 for seed in prof["seeds"]:
                     for method in methods:
-                        row = run_cell(cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir), Path(args.runs))
-                        rows.append(row)
-                        print(f"{model} w{width:g} p{p:g} s{seed} {method:15s} test {100 * row['test_acc']:.2f}%  "
-                              f"best {100 * row['best_test_acc']:.2f}%  {row['seconds']:.0f} s", flush=True)
-                        # Rewritten after every cell, so a long grid shows its progress and loses nothing.
-                        (out / f"{name}.json").write_text(json.dumps(
-                            {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows,
-                             "machine": machine()}, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(rows, methods))
-    plot(rows, methods, out / f"{name}.png")
-    print((out / f"{name}.md").read_text())
+                        o = cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir)
+                        cells.append(Cell(cell_name(o), o, Path(args.runs) / cell_name(o), base=model))
+    sweep = Sweep(None, cells, Path(args.runs), workers=args.workers)
+    validate(sweep)
+    try:
+        run_sweep(sweep, ray_address=args.ray, progress=sys.stderr.isatty())
+    finally:  # whatever finished is reported, also when some cells failed
+        rows = [row_of(json.loads((c.out_dir / "summary.json").read_text())) for c in cells if c.finished]
+        (out / f"{name}.json").write_text(json.dumps(
+            {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows, "machine": machine()},
+            indent=2) + "\n")
+        if rows:
+            (out / f"{name}.md").write_text(markdown(rows, methods))
+            results_plot(rows, out / f"{name}.png")
+            print((out / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `supermask` command line: train, eval, study, compare, path, norms, export, configs."""
+"""The `supermask` command line: train, eval, study, compare, path, norms, export, sweep, configs."""
 
 from __future__ import annotations
 
@@ -127,6 +127,18 @@ def _norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep_file)
+    if args.workers:
+        sweep.workers = args.workers
+    result = run_sweep(sweep, ray_address=args.ray, progress=not args.quiet)
+    print(f"{result['finished']} of {result['cells']} cells finished; results in {sweep.out_dir}/results.csv, "
+          f"results.md and results.png")
+    return 0
+
+
 def _configs(args: argparse.Namespace) -> int:
     if args.name:
         cfg = make_config(args.name)
@@ -198,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--dense", metavar="DENSE_RUN", help="a dense run of the same model: its norms and its magnitude pruning")
     no.add_argument("--out", required=True, metavar="DIR", help="where norms.json and norms.png go")
     no.set_defaults(func=_norms)
+
+    sw = sub.add_parser("sweep", help="run a grid of runs (local worker processes or a Ray cluster) and tabulate them",
+                        description="Expand the grid of SWEEP.yaml, run every unfinished cell in its own process, re-run "
+                                    "cells whose worker died, and write results.csv, results.md and results.png.")
+    sw.add_argument("sweep_file", metavar="SWEEP.yaml")
+    sw.add_argument("--workers", type=int, help="local worker processes (overrides the file's workers)")
+    sw.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: 'auto' (the running cluster), "
+                                                     "'local' (start one on this machine) or a cluster address")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_sweep)
 
     cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved")
     cf.add_argument("name", nargs="?", help="a built-in config name")

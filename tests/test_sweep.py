@@ -1,0 +1,93 @@
+"""Sweeps: grid expansion and validation, local workers, restarts, worker deaths, and a local Ray instance."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+import supermask.sweep as sweep_mod
+from supermask import ConfigError
+from supermask.cli import main
+from supermask.sweep import load_sweep, run_sweep
+
+
+def _spec(tmp_path, **extra):
+    spec = {"base": "digits", "set": {"model": "small-conv", "width": 0.25, "epochs": 1},
+            "grid": {"method": ["edge-popup", "biprop"], "score_seed": [0, 1]}, "out_dir": str(tmp_path / "sw"),
+            "workers": 2, **extra}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_expansion_and_validation(tmp_path):
+    sweep = load_sweep(_spec(tmp_path))
+    assert [c.name for c in sweep.cells] == ["method=edge-popup-score_seed=0", "method=edge-popup-score_seed=1",
+                                             "method=biprop-score_seed=0", "method=biprop-score_seed=1"]
+    assert all(c.overrides["epochs"] == 1 for c in sweep.cells)
+    for bad, fragment in [({"grid": {"prune_rate": [0.5, 1.5]}}, "prune_rate"), ({"colour": 1}, "unknown sweep key"),
+                          ({"grid": {"method": []}}, "non-empty"), ({"grid": {"nope": [1]}}, "unknown config key")]:
+        with pytest.raises(ConfigError, match=fragment):
+            load_sweep(_spec(tmp_path, **bad))
+
+
+def test_local_sweep_then_restart_runs_only_missing_cells(tmp_path, monkeypatch, capsys):
+    real = sweep_mod.run_cell_process
+    launched = []
+
+    def killed_after_two(command, env):
+        if len(launched) >= 2:
+            raise KeyboardInterrupt  # the sweep is killed with two cells done
+        launched.append(command)
+        return real(command, env)
+
+    monkeypatch.setattr(sweep_mod, "run_cell_process", killed_after_two)
+    sweep = load_sweep(_spec(tmp_path, workers=1))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, progress=False)
+    assert sum(c.finished for c in sweep.cells) == 2
+
+    launched.clear()
+    monkeypatch.setattr(sweep_mod, "run_cell_process", lambda c, e: (launched.append(c), real(c, e))[1])
+    assert main(["sweep", str(_spec(tmp_path, workers=1)), "-q"]) == 0
+    assert len(launched) == 2  # only the two missing cells ran
+    with open(tmp_path / "sw" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["score_seed"]) for r in rows) == [("biprop", "0"), ("biprop", "1"),
+                                                                   ("edge-popup", "0"), ("edge-popup", "1")]
+    table = (tmp_path / "sw" / "results.md").read_text()
+    assert "| small-conv | 0.25 | 50 | 1 |" in table and " ± " in table
+    assert (tmp_path / "sw" / "results.png").stat().st_size > 1000
+    status = json.loads((tmp_path / "sw" / "status.json").read_text())
+    assert (status["done"], status["failed"], status["running"]) == (4, 0, 0)
+
+
+def test_a_dead_worker_is_rerun(tmp_path, monkeypatch):
+    real = sweep_mod.run_cell_process
+    deaths = []
+
+    def dies_once(command, env):
+        if not deaths:
+            deaths.append(command)
+            return -9, "killed"  # the worker died before finishing its cell
+        return real(command, env)
+
+    monkeypatch.setattr(sweep_mod, "run_cell_process", dies_once)
+    sweep = load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1]}))
+    result = run_sweep(sweep, progress=False)
+    assert result["finished"] == 2
+    assert sorted(c.attempts for c in sweep.cells) == [1, 2]
+
+
+def test_failed_cells_are_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_mod, "run_cell_process", lambda c, e: (1, "boom"))
+    with pytest.raises(sweep_mod.SupermaskError, match="2 of 2 cells failed.*boom"):
+        run_sweep(load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1]}, retries=1)), progress=False)
+
+
+def test_sweep_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray")
+    sweep = load_sweep(_spec(tmp_path))
+    result = run_sweep(sweep, ray_address="local", progress=False)
+    assert result["finished"] == 4 and all(c.attempts == 1 for c in sweep.cells)
