@@ -68,9 +68,16 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     header: dict[str, Any] = {
         "format": "supermask", "version": VERSION, **{k: v for k, v in cfg.to_dict().items() if k in
         ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers", "dataset")},
-        "label": cfg.label, "num_classes": summary["num_classes"], "in_channels": summary["in_channels"],
-        "image_size": summary["image_size"], "test_acc": summary.get("test_acc"),
+        "label": cfg.label, "test_acc": summary.get("test_acc"),
     }
+    shape_keys = ("num_classes", "in_channels", "image_size")
+    if all(k in summary for k in shape_keys):
+        header.update({k: summary[k] for k in shape_keys})
+    else:  # runs written before summaries recorded the input shape: read it off the dataset
+        from .data import load_dataset
+
+        ds = load_dataset(cfg.dataset, cfg.data_dir)
+        header.update(num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size)
     trained = _skeleton(header)
     load_checkpoint(run_dir / "checkpoint.safetensors", trained)
     seeded = _skeleton(header)
