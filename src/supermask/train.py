@@ -116,8 +116,9 @@ def _check_finite(model: nn.Module, loss: float, where: str, lr: float,
         return
     if not math.isfinite(loss):
         raise TrainingError(f"loss became {loss} in {where} (lr {lr:g}); lower lr= or check the data")
-    raise TrainingError(f"training diverged in {where}: {bad or 'a parameter'} became non-finite (loss {loss:g}, "
-                        f"lr {lr:g}), on this or another process; lower lr= or check the data")
+    where_else = " (on this or another process)" if group.active else ""
+    raise TrainingError(f"training diverged in {where}: {bad or 'a parameter'} became non-finite{where_else} "
+                        f"(loss {loss:g}, lr {lr:g}); lower lr= or check the data")
 
 
 def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
