@@ -128,6 +128,7 @@ def test_damaged_files_are_rejected_cleanly(runs, tmp_path):
         lambda h: h.update(model="conv2"),  # wrong architecture
         lambda h: h.update(model="nope"),
         lambda h: h.update(width=1.0),  # same model, other shapes
+        lambda h: h.update(width=5000.0),  # would be billions of parameters: refused before allocating
         lambda h: h.update(num_classes=10**12),
         lambda h: h.update(prune_rate=1.5),
         lambda h: h["layers"].pop(),

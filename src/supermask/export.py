@@ -37,7 +37,7 @@ VERSION = 1
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
 MAX_HEADER = 1 << 24
-MAX_ELEMENTS = 1 << 31
+MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float32)
 
 
 def _rebuild_config(header: dict) -> dict[str, Any]:
@@ -170,6 +170,11 @@ def load(path: str | Path) -> nn.Module:
         for key in ("num_classes", "in_channels", "image_size"):
             if not isinstance(header.get(key), int) or not 0 < header[key] < 1 << 20:
                 raise ConfigError(f"{where}: bad {key} {header.get(key)!r}")
+        with torch.device("meta"):  # count the parameters before allocating any
+            probe = build_model(header["model"], num_classes=header["num_classes"], in_channels=header["in_channels"],
+                                image_size=header["image_size"], width=header["width"])
+        if sum(p.numel() for p in probe.parameters()) > MAX_ELEMENTS:
+            raise ConfigError(f"{where}: describes a network of more than {MAX_ELEMENTS:,} parameters")
         model = _skeleton(header)
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: header does not describe a supermask network ({e})") from None

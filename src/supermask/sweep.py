@@ -124,7 +124,10 @@ def validate(sweep: Sweep) -> None:
 
 
 def _command(sweep: Sweep, cell: Cell) -> list[str]:
-    args = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in cell.overrides.items()]
+    def arg(k: str, v: Any) -> str:  # as parse_overrides reads it back: YAML scalars, JSON lists, empty for None
+        return f"{k}=" if v is None else f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+
+    args = [arg(k, v) for k, v in cell.overrides.items()]
     base = [cell.base or sweep.base] if (cell.base or sweep.base) else []
     return [sys.executable, "-m", "supermask", "train", *base, *args, f"out_dir={cell.out_dir}", "--resume", "-q"]
 
