@@ -16,7 +16,7 @@ import torch
 from supermask import ConfigError
 from supermask.cli import main
 from supermask.config import make_config
-from supermask.export import MAGIC, export_run, load, read, save_plain
+from supermask.export import MAGIC, export_run, load, read
 from supermask.train import build, run
 
 BASE = {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 2, "batch_size": 128}

@@ -1,7 +1,6 @@
 """Mask comparison on hand-computed masks, chance levels, refusal of mismatched runs, plots, studies."""
 
 import csv
-import itertools
 import json
 
 import numpy as np

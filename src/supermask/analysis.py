@@ -53,7 +53,7 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
     dev = pick_device(cfg_a.device)
     points = []
     for t in np.linspace(0.0, 1.0, steps):
-        moved = differ_a = differ_b = total = 0
+        differ_a = differ_b = total = 0
         for (_, _, p), (sa, sb), ma, mb in zip(layers_a, ends, masks_a, masks_b):
             p.scores.copy_((1 - t) * sa + t * sb)
             m = p.mask()
