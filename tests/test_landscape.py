@@ -184,3 +184,17 @@ def test_masks_on_pretrained_weights(two_seeds_and_dense, tmp_path):
         from supermask.config import make_config
 
         make_config("digits", {"init_from": str(tmp_path / "missing")})
+
+
+def test_layers_keep_the_models_order(tmp_path):
+    from supermask.landscape import layer_order, load_run
+
+    names = ["0", "2", "10", "12"]
+    assert layer_order(dict.fromkeys(names), None) == names  # numbers compared as numbers
+    recorded = ["stem.0", "layer1.0.conv1", "fc"]
+    assert layer_order(dict.fromkeys(sorted(recorded)), {"layers": recorded}) == recorded
+    masks = {n: torch.ones(2, dtype=torch.bool) for n in names}
+    run = tmp_path / "r"
+    run.mkdir()
+    save_tensors(run / "masks.safetensors", masks, {"layers": names})
+    assert list(load_run(run).masks) == names

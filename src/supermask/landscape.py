@@ -14,6 +14,7 @@ expectations over layers. Masks are packed into bits, so comparing many masks of
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,12 +141,21 @@ def load_run(path: str | Path) -> Run:
     masks_file = path / "masks.safetensors"
     if not masks_file.is_file():
         raise ConfigError(f"{path} has no masks.safetensors; is it a finished supermask run?")
-    tensors, _ = load_tensors(masks_file)
+    tensors, meta = load_tensors(masks_file)
     if not tensors:
         raise ConfigError(f"{path} holds no masks (a dense run?); only mask searches can be compared")
+    tensors = {name: tensors[name] for name in layer_order(tensors, meta)}
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     return Run(path.name, path, pack(tensors), {k: tuple(v.shape) for k, v in tensors.items()}, summary)
+
+
+def layer_order(tensors: dict, meta: dict | None) -> list[str]:
+    """The layers in model order: as recorded by the run, else by name with numbers compared as numbers."""
+    recorded = (meta or {}).get("layers")
+    if isinstance(recorded, list) and sorted(recorded) == sorted(tensors):
+        return list(recorded)
+    return sorted(tensors, key=lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)])
 
 
 def check_same_architecture(runs: list[Run]) -> None:

@@ -250,8 +250,10 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     distributed.check_agreement(model, group, "training")
     total, kept = parameter_counts(model)
     if group.main:
-        save_tensors(out_dir / "masks.safetensors", masks(model),
-                     {"model": cfg.model, "width": cfg.width, "method": cfg.method, "prune_rate": cfg.prune_rate})
+        found = masks(model)
+        # safetensors stores tensors sorted by name; the metadata keeps the layers' order in the model
+        save_tensors(out_dir / "masks.safetensors", found, {"model": cfg.model, "width": cfg.width, "method": cfg.method,
+                                                            "prune_rate": cfg.prune_rate, "layers": list(found)})
     final = state["history"][-1]
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
