@@ -64,6 +64,7 @@ class Config:
     weight_decay: float = _opt(1e-4, "weight decay (on the scores in a mask search)")
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy loss")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
+    channels_last: bool = _opt(True, "keep conv activations channels-last (NHWC): same results, much faster on CPUs and GPUs")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
 
     def __post_init__(self) -> None:

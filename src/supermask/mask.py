@@ -67,6 +67,27 @@ def topk_mask(magnitudes: Tensor, prune_rate: float) -> Tensor:
     return keep.view_as(magnitudes)
 
 
+def topk_masks(magnitudes: Tensor, prune_rate: float) -> Tensor:
+    """`topk_mask` of each row of a stack (N, *shape): the masks of N runs' layers in one selection, with the
+    same threshold and tie rule, so each row equals `topk_mask` of that row alone."""
+    flat = magnitudes.detach().reshape(magnitudes.shape[0], -1)
+    n = flat.shape[1]
+    n_prune = num_pruned(n, prune_rate)
+    if n_prune == 0:
+        return torch.ones_like(magnitudes, dtype=torch.bool)
+    if flat.device.type == "cpu" and n >= _BRACKET_MIN:
+        threshold = torch.stack([kth_smallest(row, n_prune) for row in flat])
+    else:
+        threshold = flat.kthvalue(n_prune, dim=1).values
+    above = flat > threshold[:, None]
+    room = (n - n_prune) - above.sum(1)
+    if flat.device.type == "cpu" and not room.any():
+        return above.view_as(magnitudes)
+    at = flat == threshold[:, None]
+    keep = above | (at & (at.cumsum(1) <= room[:, None]))
+    return keep.view_as(magnitudes)
+
+
 class _StraightThrough(torch.autograd.Function):
     """Returns the mask as floats; in backward the mask acts as the identity on its input."""
 

@@ -59,6 +59,12 @@ class ScoredWeight(nn.Module):
         return self._weight
 
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
+        return self.combine(weight, mask)
+
+    @staticmethod
+    def combine(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        """The method's effective weight from a weight and a float mask; with `members`, both are stacks
+        (N, *shape) of N runs' layers and each run gets its own weight."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -68,21 +74,28 @@ class ScoredWeight(nn.Module):
 class EdgePopup(ScoredWeight):
     """Edge-Popup (Ramanujan et al. 2020): the random weights, masked."""
 
-    def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
+    @staticmethod
+    def combine(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
         return weight * mask
 
 
 class Biprop(ScoredWeight):
     """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha."""
 
-    def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
-        return biprop_alpha(weight, mask) * weight.sign() * mask
+    @staticmethod
+    def combine(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        return biprop_alpha(weight, mask, members) * weight.sign() * mask
 
 
-def biprop_alpha(weight: Tensor, mask: Tensor) -> Tensor:
-    """||M * W||_1 / ||M||_1: the mean magnitude of the kept weights, as a constant (no gradient)."""
+def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+    """||M * W||_1 / ||M||_1: the mean magnitude of the kept weights, as a constant (no gradient); with
+    `members`, one alpha per run of a stack (N, *shape), shaped to broadcast against it."""
     kept = mask.detach().to(weight.dtype)
-    return ((weight.detach().abs() * kept).sum() / kept.sum().clamp_min(1)).detach()
+    kept_abs = weight.detach().abs() * kept
+    if not members:
+        return (kept_abs.sum() / kept.sum().clamp_min(1)).detach()
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    return (kept_abs.flatten(1).sum(1) / kept.flatten(1).sum(1).clamp_min(1)).view(shape)
 
 
 PARAMETRIZATIONS: dict[str, type[ScoredWeight]] = {"edge-popup": EdgePopup, "biprop": Biprop}

