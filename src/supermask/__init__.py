@@ -7,7 +7,9 @@ from .iterand import rerandomize_
 from .mask import num_pruned, topk_mask
 from .models import build_model
 from .recycle import recycle_
+from .together import Together, train_together
 
 __all__ = ["bake", "build_model", "convert", "load", "masked_layers", "masks", "num_pruned", "random_weight",
-           "recycle_", "rerandomize_", "score_parameters", "topk_mask", "ConfigError", "SupermaskError"]
+           "recycle_", "rerandomize_", "score_parameters", "topk_mask",
+           "Together", "train_together", "ConfigError", "SupermaskError"]
 __version__ = "0.1.0"

@@ -68,7 +68,8 @@ def _study(args: argparse.Namespace) -> int:
     from .study import run_study
 
     summary = run_study(args.config, parse_overrides(args.overrides), score_seeds=args.score_seeds,
-                        weight_seeds=args.weight_seeds, progress=not args.quiet)
+                        weight_seeds=args.weight_seeds, progress=not args.quiet,
+                        together=args.together, forward=args.forward)
     _print_landscape(summary)
     return 0
 
@@ -181,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("overrides", nargs="*", metavar="key=value", help="config values; out_dir=DIR is required")
     st.add_argument("--score-seeds", type=int, required=True, metavar="N", help="score seeds per weight seed")
     st.add_argument("--weight-seeds", type=int, default=1, metavar="M", help="weight seeds (default 1)")
+    st.add_argument("--together", action="store_true",
+                    help="train the runs at once in this process (stacked scores, one optimizer, shared batches); "
+                         "same masks as separate runs, higher throughput for small networks")
+    st.add_argument("--forward", choices=("auto", "loop", "vmap"), default="auto",
+                    help="with --together: vmap batches the runs into grouped layers (GPUs), loop runs them in "
+                         "turn (faster on CPUs); auto picks by device (default)")
     st.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=_study)
 

@@ -27,8 +27,9 @@ def study_configs(base: Config, score_seeds: int, weight_seeds: int = 1) -> list
 
 
 def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int, weight_seeds: int = 1,
-              progress: bool = True, log=print) -> dict:
-    """Train (or reuse) every run of the study, then compare their masks into <out_dir>/compare."""
+              progress: bool = True, log=print, together: bool = False, forward: str = "auto") -> dict:
+    """Train (or reuse) every run of the study, then compare their masks into <out_dir>/compare. With
+    `together`, the runs still to train are trained at once in this process (see `supermask.together`)."""
     from .landscape import write_comparison
     from .train import run
 
@@ -37,6 +38,8 @@ def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int
         raise ConfigError("a study needs out_dir=DIR (its runs go to DIR/runs, the comparison to DIR/compare)")
     base = make_config(source, overrides)
     configs = study_configs(base, score_seeds, weight_seeds)
+    if together:
+        _train_together(configs, Path(base.out_dir) / "together", forward, progress, log)
     for i, cfg in enumerate(configs, 1):
         if (Path(cfg.out_dir) / "summary.json").is_file():
             log(f"[{i}/{len(configs)}] {cfg.out_dir}: finished, reused")
@@ -44,3 +47,24 @@ def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int
         summary = run(cfg, resume=True, progress=progress)
         log(f"[{i}/{len(configs)}] {cfg.out_dir}: test accuracy {100 * summary['test_acc']:.2f}%")
     return write_comparison([c.out_dir for c in configs], Path(base.out_dir) / "compare")
+
+
+def _train_together(configs: list[Config], group_dir: Path, forward: str, progress: bool, log) -> None:
+    from .together import group_runs, train_together
+
+    # An interrupted group resumes with exactly its own runs, even if others finished since.
+    started = group_runs(group_dir)
+    if started is not None:
+        by_dir = {c.out_dir: c for c in configs}
+        missing = [d for d in started if d not in by_dir]
+        if missing:
+            raise ConfigError(f"{group_dir} holds an unfinished group with runs outside this study ({missing[0]}); "
+                              "delete it to start over")
+        pending = [by_dir[d] for d in started]
+    else:
+        pending = [c for c in configs if not (Path(c.out_dir) / "summary.json").is_file()]
+    if not pending:
+        return
+    summaries = train_together(pending, group_dir, forward=forward, progress=progress)
+    accs = " ".join(f"{100 * s['test_acc']:.2f}" for s in summaries)
+    log(f"trained {len(pending)} runs together: test accuracies {accs}%")

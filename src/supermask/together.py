@@ -1,0 +1,368 @@
+"""Many mask searches at once: runs of one config that differ only in their seeds, trained in one process.
+
+Each masked layer's scores and random weights of all N runs live in one stacked tensor (N, *shape), and every
+run's own model holds views into it. So one selection per layer gives all N masks, one optimizer step updates
+all runs, runs that share a data seed share each batch (drawn and augmented once), and each run's model can still
+be evaluated, checkpointed, recycled (IWR), redrawn (IteRand) and exported like a run trained alone.
+
+The forward pass over the N runs is one of
+- "vmap": `torch.func.vmap` over the architecture with the stacked effective weights, one batched call per
+  layer (grouped convolutions); for GPUs, where one small network leaves most of the device idle;
+- "loop": each run's forward in turn with its slice of the stacked weights; on a CPU separate convolutions are
+  faster than one grouped convolution (benchmarks/speed.py measures both).
+
+Each run's gradient is that of its own loss, and the optimizer's arithmetic is elementwise, so the runs match
+runs trained alone: the same masks, logits within float tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from . import data as data_lib
+from . import distributed
+from .checkpoint import atomic_write_text, load_tensors, save_checkpoint, save_tensors
+from .config import Config, dump_yaml
+from .convert import masked_layers, random_weight
+from .errors import ConfigError
+from .mask import straight_through, topk_masks
+from .methods import PARAMETRIZATIONS
+from .models import build_model
+from .schedule import end_of_epoch, iterand_step, step_fires
+
+FORWARDS = ("auto", "loop", "vmap")
+GROUP_CHECKPOINT = "together.safetensors"
+SEED_KEYS = ("weight_seed", "score_seed", "data_seed", "out_dir")  # what may differ between the runs of a group
+
+
+class Together:
+    """N converted models of one architecture whose masked layers share stacked storage, and the forward pass
+    over all of them. `template` is an unconverted model of the same architecture, used as the function."""
+
+    def __init__(self, models: list[nn.Module], template: nn.Module, method: str, forward: str = "loop"):
+        if forward not in ("loop", "vmap"):
+            raise ConfigError(f"unknown forward {forward!r}: expected loop or vmap")
+        if forward == "vmap" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules()):
+            raise ConfigError("forward=vmap cannot update BatchNorm running statistics of stacked runs; use forward=loop")
+        self.models, self.template, self.forward_kind = models, template, forward
+        self.combine = PARAMETRIZATIONS[method].combine
+        first = list(masked_layers(models[0]))
+        self.names = [name for name, _, _ in first]
+        self.prune_rates = [p.prune_rate for _, _, p in first]
+        per_model = [{name: (layer, p) for name, layer, p in masked_layers(m)} for m in models]
+        self.scores: list[nn.Parameter] = []
+        self.weights: list[Tensor] = []
+        for name in self.names:
+            pairs = [layers[name] for layers in per_model]
+            scores = nn.Parameter(torch.stack([p.scores.detach() for _, p in pairs]).contiguous())
+            weights = torch.stack([random_weight(layer).detach() for layer, _ in pairs]).contiguous()
+            for i, (layer, p) in enumerate(pairs):
+                # Views share storage and version counter with the stack: every update of the stack is seen by
+                # the run's own model (its mask cache included), and every IWR/IteRand edit of it by the stack.
+                p.scores = nn.Parameter(scores.detach()[i], requires_grad=False)
+                layer.parametrizations.weight.original = nn.Parameter(weights[i], requires_grad=False)
+            self.scores.append(scores)
+            self.weights.append(weights)
+        masked_weights = {f"{name}.weight" for name in self.names}
+        own = [n for n, _ in template.named_parameters()] + [n for n, _ in template.named_buffers()]
+        # Everything else the function needs (biases, skipped layers, BatchNorm buffers) is each run's own tensor.
+        self.others = [{n: _get(m, n) for n in own if n not in masked_weights} for m in models]
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def train(self, mode: bool = True) -> None:
+        self.template.train(mode)
+        for m in self.models:
+            m.train(mode)
+
+    def effective_weights(self) -> list[Tensor]:
+        """Each masked layer's effective weights of all runs, (N, *shape); differentiable in the scores when
+        autograd is on (straight-through masks)."""
+        out = []
+        for scores, weights, rate in zip(self.scores, self.weights, self.prune_rates):
+            masks = topk_masks(scores.detach().abs(), rate)
+            mask = straight_through(scores.abs(), masks) if torch.is_grad_enabled() else masks.to(weights.dtype)
+            out.append(self.combine(weights, mask, members=True))
+        return out
+
+    def __call__(self, x: Tensor | list[Tensor], weights: list[Tensor] | None = None) -> Tensor:
+        """Logits (N, B, classes) of every run: `x` is one batch for all runs or a list of one per run."""
+        weights = self.effective_weights() if weights is None else weights
+        if self.forward_kind == "loop":
+            logits = []
+            for i, others in enumerate(self.others):
+                params = {**others, **{f"{n}.weight": w[i] for n, w in zip(self.names, weights)}}
+                logits.append(functional_call(self.template, params, (x[i] if isinstance(x, list) else x,)))
+            return torch.stack(logits)
+        params = {f"{n}.weight": w for n, w in zip(self.names, weights)}
+        params.update({k: torch.stack([o[k] for o in self.others]) for k in self.others[0]})
+        shared = not isinstance(x, list)
+        inputs = x if shared else torch.stack(x)
+        return vmap(lambda p, xb: functional_call(self.template, p, (xb,)), in_dims=(0, None if shared else 0))(params, inputs)
+
+
+def _get(model: nn.Module, name: str) -> Tensor:
+    module, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(module) if module else model, attr)
+
+
+def check_group(cfgs: list[Config]) -> None:
+    """Runs train together only when they differ in nothing but their seeds and run directories."""
+    if not cfgs:
+        raise ConfigError("training together needs at least one run")
+    first = cfgs[0]
+    if not first.masked:
+        raise ConfigError(f"training together needs a mask method (edge-popup or biprop), not method={first.method}")
+    base = {k: v for k, v in first.to_dict().items() if k not in SEED_KEYS}
+    for cfg in cfgs[1:]:
+        for k, v in cfg.to_dict().items():
+            if k not in SEED_KEYS and base[k] != v:
+                raise ConfigError(f"runs trained together may differ only in {', '.join(SEED_KEYS)}; "
+                                  f"{k} is {base[k]!r} in one and {v!r} in another")
+    dirs = [c.out_dir for c in cfgs]
+    if None in dirs or len(set(dirs)) != len(dirs):
+        raise ConfigError("every run trained together needs its own out_dir")
+    if distributed.launched():
+        raise ConfigError("training together runs in one process; start it without torchrun")
+
+
+def pick_forward(forward: str, device: torch.device, template: nn.Module) -> str:
+    if forward not in FORWARDS:
+        raise ConfigError(f"unknown forward {forward!r}: expected one of {', '.join(FORWARDS)}")
+    if forward != "auto":
+        return forward
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules())
+    return "vmap" if device.type == "cuda" and not has_bn else "loop"
+
+
+def _batches(ds, cfgs: list[Config], epoch: int, device):
+    """Each step's batches: one (x, y) shared by all runs when they share a data seed, else a list per run."""
+    seeds = sorted({c.data_seed for c in cfgs})
+    streams = [data_lib.train_batches(ds, cfgs[0].batch_size, seed=s, epoch=epoch, augment=cfgs[0].augment,
+                                      device=device) for s in seeds]
+    where = [seeds.index(c.data_seed) for c in cfgs]
+    for drawn in zip(*streams):
+        if len(seeds) == 1:
+            yield drawn[0]
+        else:
+            yield [drawn[j][0] for j in where], torch.stack([drawn[j][1] for j in where])
+
+
+def _prepare(x, channels_last: bool):
+    if not channels_last:
+        return x
+    if isinstance(x, list):
+        return [xi.contiguous(memory_format=torch.channels_last) if xi.dim() == 4 else xi for xi in x]
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def per_run_losses(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of each run, (N,), for logits (N, B, C) and labels (B,) shared or (N, B) per run."""
+    n, b, _ = logits.shape
+    y = y.expand(n, b) if y.dim() == 1 else y
+    losses = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=label_smoothing)
+    return losses.view(n, b).mean(1)
+
+
+@torch.no_grad()
+def evaluate_together(group: Together, ds, batch_size: int, device, channels_last: bool) -> list[tuple[float, float]]:
+    """(mean loss, accuracy) of every run on the test split; effective weights computed once."""
+    group.train(False)
+    weights = group.effective_weights()
+    sums = torch.zeros(len(group), 2, dtype=torch.float64, device=device)
+    for x, y in data_lib.eval_batches(ds, batch_size, device=device):
+        logits = group(_prepare(x, channels_last), weights)
+        sums[:, 0] += nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(len(group)), reduction="none").view(len(group), -1).sum(1)
+        sums[:, 1] += (logits.argmax(-1) == y).sum(1)
+    group.train(True)
+    n = len(ds.test_y)
+    return [(loss / n, correct / n) for loss, correct in sums.tolist()]
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "step": 0, "history": [], "schedule": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
+
+
+def _member_optimizer(cfg: Config, model: nn.Module, optimizer, group: Together, i: int):
+    """An optimizer over one run's own score views holding its slice of the group's optimizer state, so the run's
+    checkpoint resumes and reads like one trained alone."""
+    from .train import optimizer_for
+
+    params = [p.scores for _, _, p in masked_layers(model)]
+    own = optimizer_for(cfg, params)
+    for p, stacked in zip(params, group.scores):
+        if stacked in optimizer.state:
+            own.state[p] = {k: (v[i] if isinstance(v, Tensor) and v.dim() > 0 else v) for k, v in optimizer.state[stacked].items()}
+    return own
+
+
+def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = "auto",
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Train the runs of `cfgs` in one process (resuming from `group_dir` when it holds their checkpoint), write
+    each run's directory as `supermask train` would, and return their summaries."""
+    from .train import _check_resumable, _finish, build, optimizer_for, pick_device, place
+
+    check_group(cfgs)
+    first = cfgs[0]
+    device = pick_device(first.device)
+    ds = data_lib.load_dataset(first.dataset, first.data_dir)
+    for cfg in cfgs:
+        if cfg.augment is None:
+            cfg.augment = ds.augment
+    models = [place(build(cfg, ds), cfg, device) for cfg in cfgs]
+    template = place(build_model(first.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                                 image_size=ds.image_size, width=first.width), first, device)
+    template.requires_grad_(False)
+    group = Together(models, template, first.method, pick_forward(forward, device, template))
+    optimizer = optimizer_for(first, group.scores)
+
+    group_dir = Path(group_dir)
+    ckpt = group_dir / GROUP_CHECKPOINT
+    dirs = [c.out_dir for c in cfgs]
+    if ckpt.exists():
+        states = _load_group(ckpt, group, optimizer, dirs)
+        for cfg in cfgs:
+            _check_resumable(Path(cfg.out_dir), cfg)
+    else:
+        for cfg in cfgs:
+            out = Path(cfg.out_dir)
+            if out.exists() and not out.is_dir():
+                raise ConfigError(f"out_dir {out} exists and is not a directory; choose another out_dir")
+            found = {p.name for p in out.iterdir()} if out.exists() else set()
+            if found == {"config.yaml"}:  # a group killed before its first checkpoint: start it again
+                _check_resumable(out, cfg)
+            elif found:
+                raise ConfigError(f"out_dir {out} already holds a run; finish it alone (supermask train --resume) "
+                                  "or choose another out_dir")
+        states = [_fresh_state() for _ in cfgs]
+        try:
+            group_dir.mkdir(parents=True, exist_ok=True)
+            for cfg in cfgs:
+                Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(Path(cfg.out_dir) / "config.yaml", dump_yaml(cfg))
+        except OSError as e:
+            raise ConfigError(f"cannot create the run directories ({e.strerror or e})") from None
+
+    _train_group(cfgs, group, optimizer, ds, device, group_dir, states, progress)
+    summaries = []
+    for i, (cfg, model, state) in enumerate(zip(cfgs, models, states)):
+        out = Path(cfg.out_dir)
+        save_checkpoint(out / "checkpoint.safetensors", model, _member_optimizer(cfg, model, optimizer, group, i), state)
+        summaries.append(_finish(cfg, model, ds, out, state, device, extra={"together": len(cfgs)}))
+    ckpt.unlink(missing_ok=True)  # every run's own directory now holds all of it
+    return summaries
+
+
+def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, states: list[dict], progress: bool) -> None:
+    from .train import learning_rate
+
+    first = cfgs[0]
+    n = len(cfgs)
+    epoch0, step = states[0]["epoch"], states[0]["step"]
+    steps_per_epoch = math.ceil(len(ds.train_y) / first.batch_size)
+    bar = tqdm(total=first.epochs * steps_per_epoch, initial=epoch0 * steps_per_epoch, disable=not progress,
+               unit="step", dynamic_ncols=True, leave=False)
+    with bar:
+        for epoch in range(epoch0, first.epochs):
+            bar.set_description(f"{n} runs, epoch {epoch + 1}/{first.epochs}")
+            lr = learning_rate(first, epoch)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+            start = time.perf_counter()
+            group.train(True)
+            sums = torch.zeros(n, 3, dtype=torch.float64, device=device)  # loss, correct, seen
+            for x, y in _batches(ds, cfgs, epoch, device):
+                logits = group(_prepare(x, first.channels_last))
+                losses = per_run_losses(logits, y, first.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()  # run i's scores get exactly the gradient of run i's loss
+                optimizer.step()
+                step += 1
+                for cfg, model, state in zip(cfgs, group.models, states):
+                    state["step"] = step
+                    if step_fires(step, cfg.iterand_every_steps):
+                        state["schedule"] += iterand_step(model, cfg, step, epoch)
+                yy = y.expand(n, -1) if y.dim() == 1 else y
+                sums[:, 0] += losses.detach() * yy.shape[1]
+                sums[:, 1] += (logits.detach().argmax(-1) == yy).sum(1)
+                sums[:, 2] += yy.shape[1]
+                bar.update(1)
+                if step % 20 == 0:
+                    _check_finite(cfgs, group, losses, epoch, lr)
+            _check_finite(cfgs, group, sums[:, 0], epoch, lr)
+            results = evaluate_together(group, ds, first.eval_batch_size, device, first.channels_last)
+            seconds = (time.perf_counter() - start) / n  # each run's share of the group's time
+            for i, (cfg, model, state) in enumerate(zip(cfgs, group.models, states)):
+                state["schedule"] += end_of_epoch(model, cfg, epoch, step)
+                loss_sum, correct, seen = sums[i].tolist()
+                test_loss, test_acc = results[i]
+                state["history"].append({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen,
+                                         "train_acc": correct / seen, "test_loss": test_loss, "test_acc": test_acc,
+                                         "seconds": round(seconds, 3)})
+                state["epoch"] = epoch + 1
+                state["seconds"] += seconds
+                if test_acc > state["best_test_acc"]:
+                    state["best_test_acc"], state["best_epoch"] = test_acc, epoch + 1
+            accs = [r[1] for r in results]
+            bar.set_postfix(test_acc=f"{min(accs):.3f}-{max(accs):.3f}", refresh=True)
+            _save_group(group_dir / GROUP_CHECKPOINT, cfgs, group, optimizer, states)
+            for cfg, state in zip(cfgs, states):
+                atomic_write_text(Path(cfg.out_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+                if state["schedule"]:
+                    atomic_write_text(Path(cfg.out_dir) / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
+
+
+def _check_finite(cfgs, group: Together, losses: Tensor, epoch: int, lr: float) -> None:
+    from .train import TrainingError
+
+    bad = ~torch.isfinite(losses.detach())
+    for scores in group.scores:
+        bad |= ~torch.isfinite(scores.detach()).flatten(1).all(1)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise TrainingError(f"run {cfgs[i].out_dir} diverged in epoch {epoch + 1} (loss or scores non-finite at "
+                            f"lr {lr:g}); lower lr= or check the data")
+
+
+def _save_group(path: Path, cfgs, group: Together, optimizer, states) -> None:
+    from .checkpoint import optimizer_tensors
+
+    tensors = {}
+    for i, model in enumerate(group.models):
+        tensors.update({f"run{i}.{k}": v for k, v in model.state_dict().items()})
+    tensors.update({f"optimizer.{k}": v for k, v in optimizer_tensors(optimizer).items()})
+    save_tensors(path, tensors, {"runs": [c.out_dir for c in cfgs], "states": states})
+
+
+def _load_group(path: Path, group: Together, optimizer, dirs: list[str]) -> list[dict]:
+    from .checkpoint import load_optimizer_tensors
+
+    tensors, meta = load_tensors(path)
+    if not meta or meta.get("runs") != dirs:
+        raise ConfigError(f"{path} holds runs {meta.get('runs') if meta else None}, not {dirs}; delete it to start over")
+    try:
+        for i, model in enumerate(group.models):
+            model.load_state_dict({k[len(f"run{i}."):]: v for k, v in tensors.items() if k.startswith(f"run{i}.")})
+        load_optimizer_tensors(optimizer, {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")})
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{path} does not match these runs ({str(e).splitlines()[0][:160]})") from None
+    return meta["states"]
+
+
+def group_runs(group_dir: str | Path) -> list[str] | None:
+    """The run directories of an unfinished group in `group_dir`, or None when there is none."""
+    ckpt = Path(group_dir) / GROUP_CHECKPOINT
+    if not ckpt.exists():
+        return None
+    _, meta = load_tensors(ckpt)
+    return list(meta["runs"]) if meta and "runs" in meta else None

@@ -1,0 +1,173 @@
+"""Many runs at once: stacked masks, the group's forward and optimizer step, and whole runs against runs alone."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import supermask.data
+from supermask import build_model, convert, masks
+from supermask.checkpoint import load_tensors
+from supermask.config import make_config
+from supermask.errors import ConfigError
+from supermask.mask import topk_mask, topk_masks
+from supermask.methods import Biprop, biprop_alpha
+from supermask.study import run_study
+from supermask.together import Together, check_group, per_run_losses, train_together
+from supermask.train import make_optimizer, optimizer_for, run
+
+
+def test_stacked_masks_equal_each_row_alone_ties_included():
+    rows = torch.tensor([[0.3, 0.1, 0.1, 0.1, 0.5, 0.0],   # prune 3: 0.0, then two of the three tied 0.1s (lowest index kept)
+                         [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                         [0.2, 0.2, 0.2, 0.2, 0.2, 0.2]])
+    got = topk_masks(rows, 0.5)
+    assert got.tolist()[0] == [True, True, False, False, True, False]
+    assert got.tolist()[2] == [True, True, True, False, False, False]
+    for row, mask in zip(rows, got):
+        assert torch.equal(mask, topk_mask(row, 0.5))
+    big = torch.randn(3, 70_000).abs()  # large enough for the bracketed selection
+    big[1, :5000] = big[1, 0]  # a tie block straddling nothing in particular
+    for row, mask in zip(big, topk_masks(big, 0.9)):
+        assert torch.equal(mask, topk_mask(row, 0.9))
+        assert int(mask.sum()) == 70_000 - 63_000
+
+
+def test_biprop_alpha_per_run_equals_alone():
+    w = torch.randn(4, 3, 5)
+    m = torch.rand(4, 3, 5) < 0.5
+    stacked = Biprop.combine(w, m.float(), members=True)
+    for i in range(4):
+        assert torch.allclose(stacked[i], biprop_alpha(w[i], m[i]) * w[i].sign() * m[i].float(), atol=1e-7)
+
+
+def _models(method, n):
+    return [convert(build_model("conv4", width=0.25), method, 0.5, weight_seed=i % 2, score_seed=i)
+            .to(memory_format=torch.channels_last) for i in range(n)]
+
+
+@pytest.mark.parametrize("forward", ["loop", "vmap"])
+@pytest.mark.parametrize("method", ["edge-popup", "biprop"])
+def test_group_steps_match_runs_alone(method, forward):
+    cfg = make_config("digits", {"method": method})
+    alone, members = _models(method, 3), _models(method, 3)
+    optimizers = [make_optimizer(cfg, m) for m in alone]
+    group = Together(members, build_model("conv4", width=0.25), method, forward)
+    group_opt = optimizer_for(cfg, group.scores)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x = torch.randn(16, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        expected = []
+        for model, opt in zip(alone, optimizers):
+            logits = model(x)
+            expected.append(logits.detach())
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        logits = group(x)
+        group_opt.zero_grad()
+        per_run_losses(logits, y).sum().backward()
+        group_opt.step()
+        assert torch.allclose(logits.detach(), torch.stack(expected), atol=1e-5)
+        for a, b in zip(alone, members):  # the runs' own models see the group's updates through their views
+            ma, mb = masks(a), masks(b)
+            assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_per_run_losses_are_each_runs_mean():
+    logits = torch.randn(2, 4, 3)
+    y = torch.tensor([[0, 1, 2, 0], [2, 2, 1, 0]])
+    got = per_run_losses(logits, y)
+    for i in range(2):
+        assert torch.allclose(got[i], nn.functional.cross_entropy(logits[i], y[i]))
+
+
+def _configs(tmp_path, n=3, **overrides):
+    base = make_config("digits", {"width": 0.25, "epochs": 2, "device": "cpu", **overrides})
+    return [dataclasses.replace(base, score_seed=i, data_seed=i % 2, out_dir=str(tmp_path / f"r{i}")) for i in range(n)]
+
+
+def test_runs_trained_together_equal_runs_alone(tmp_path):
+    together = train_together(_configs(tmp_path / "t", epochs=3, iwr_every=1, iwr_rate=0.2), tmp_path / "group", progress=False)
+    assert not (tmp_path / "group" / "together.safetensors").exists()
+    for i, cfg in enumerate(_configs(tmp_path / "a", epochs=3, iwr_every=1, iwr_rate=0.2)):
+        alone = run(cfg, progress=False)
+        assert together[i]["together"] == 3
+        assert abs(together[i]["test_acc"] - alone["test_acc"]) <= 2 / 360
+        ma, _ = load_tensors(tmp_path / "t" / f"r{i}" / "masks.safetensors")
+        mb, _ = load_tensors(tmp_path / "a" / f"r{i}" / "masks.safetensors")
+        differ = sum(int((ma[k] != mb[k]).sum()) for k in ma)
+        assert differ <= 0.001 * sum(m.numel() for m in ma.values())
+        ta, _ = load_tensors(tmp_path / "t" / f"r{i}" / "checkpoint.safetensors")
+        tb, _ = load_tensors(tmp_path / "a" / f"r{i}" / "checkpoint.safetensors")
+        assert set(ta) == set(tb)  # the same files: a run trained together reads like one trained alone
+        log_t = (tmp_path / "t" / f"r{i}" / "schedule.jsonl").read_text()
+        assert [json.loads(x)["layer"] for x in log_t.splitlines()] == \
+               [json.loads(x)["layer"] for x in (tmp_path / "a" / f"r{i}" / "schedule.jsonl").read_text().splitlines()]
+    # and the run directory works with the rest of the tools
+    from supermask.train import evaluate_run
+    again = evaluate_run(tmp_path / "t" / "r0", device="cpu")
+    assert again["test_acc"] == together[0]["test_acc"]
+
+
+def test_a_killed_group_resumes_to_the_same_result(tmp_path, monkeypatch):
+    whole = train_together(_configs(tmp_path / "a"), tmp_path / "ga", progress=False)
+    real = supermask.data.train_batches
+
+    def killed(*args, **kwargs):
+        for step, batch in enumerate(real(*args, **kwargs)):
+            if kwargs["epoch"] == 1 and step == 3:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(supermask.data, "train_batches", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_together(_configs(tmp_path / "b"), tmp_path / "gb", progress=False)
+    monkeypatch.setattr(supermask.data, "train_batches", real)
+    assert (tmp_path / "gb" / "together.safetensors").exists()
+    resumed = train_together(_configs(tmp_path / "b"), tmp_path / "gb", progress=False)
+    for a, b in zip(whole, resumed):
+        assert a["test_acc"] == b["test_acc"]
+    for i in range(3):
+        ma, _ = load_tensors(tmp_path / "a" / f"r{i}" / "masks.safetensors")
+        mb, _ = load_tensors(tmp_path / "b" / f"r{i}" / "masks.safetensors")
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_groups_refuse_runs_that_differ_in_more_than_seeds(tmp_path):
+    cfgs = _configs(tmp_path)
+    cfgs[1] = dataclasses.replace(cfgs[1], prune_rate=0.7)
+    with pytest.raises(ConfigError, match="prune_rate"):
+        check_group(cfgs)
+    with pytest.raises(ConfigError, match="mask method"):
+        check_group(_configs(tmp_path, method="dense"))
+    same_dir = _configs(tmp_path)
+    same_dir[1] = dataclasses.replace(same_dir[1], out_dir=same_dir[0].out_dir)
+    with pytest.raises(ConfigError, match="own out_dir"):
+        check_group(same_dir)
+
+
+def test_a_study_trains_together_and_reuses(tmp_path):
+    logs = []
+    overrides = {"width": 0.25, "epochs": 1, "device": "cpu", "out_dir": str(tmp_path / "s")}
+    run_study("digits", overrides, score_seeds=3, progress=False, together=True, log=logs.append)
+    assert any("trained 3 runs together" in line for line in logs)
+    logs.clear()
+    run_study("digits", overrides, score_seeds=3, progress=False, together=True, log=logs.append)
+    assert not any("runs together" in line for line in logs) and sum("reused" in line for line in logs) == 3
+
+
+def test_the_cli_trains_a_study_together(tmp_path, capsys):
+    from supermask.cli import main
+
+    code = main(["study", "digits", "width=0.25", "epochs=1", f"out_dir={tmp_path / 's'}", "--score-seeds", "2",
+                 "--together", "--forward", "vmap", "-q"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "trained 2 runs together" in out and "Jaccard" in out
+    summary = json.loads((tmp_path / "s" / "runs" / "edge-popup-w0-s1" / "summary.json").read_text())
+    assert summary["together"] == 2 and summary["score_seed"] == 1
