@@ -60,7 +60,7 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
             differ_a += int((m != ma).sum())
             differ_b += int((m != mb).sum())
             total += m.numel()
-        loss, acc = evaluate(model, ds, cfg_a.eval_batch_size, dev)
+        loss, acc = evaluate(model, ds, cfg_a.eval_batch_size, dev, amp=cfg_a.amp)
         points.append({"t": float(t), "test_acc": acc, "test_loss": loss,
                        "hamming_to_a": differ_a / total, "hamming_to_b": differ_b / total})
     return {"run_a": str(run_a), "run_b": str(run_b), "points": points}

@@ -64,7 +64,9 @@ class Config:
     weight_decay: float = _opt(1e-4, "weight decay (on the scores in a mask search)")
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy loss")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
-    channels_last: bool = _opt(True, "keep conv activations channels-last (NHWC): same results, much faster on CPUs and GPUs")
+    channels_last: bool = _opt(True, "keep conv activations channels-last (NHWC): same masks, faster convolutions")
+    amp: bool = _opt(False, "mixed precision: float16 autocast with loss scaling on GPUs, bfloat16 on CPUs")
+    compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -895,6 +895,20 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) >> 1)
 
 
+def on_device(ds: Dataset, device: torch.device | str, *, budget: float = 0.5) -> Dataset:
+    """`ds` with its uint8 tensors resident on a GPU when they take at most `budget` of its free memory, so batches
+    are drawn and augmented there without host-to-device copies; otherwise (and on CPUs) `ds` itself."""
+    device = torch.device(device)
+    if device.type != "cuda" or ds.train_x.device == device:
+        return ds
+    size = sum(t.numel() * t.element_size() for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y))
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > budget * free:
+        return ds
+    return replace(ds, train_x=ds.train_x.to(device), train_y=ds.train_y.to(device), test_x=ds.test_x.to(device),
+                   test_y=ds.test_y.to(device))
+
+
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -920,7 +934,7 @@ def train_batches(
     gen = _epoch_generator(seed, epoch)
     order = torch.randperm(len(ds.train_y), generator=gen)
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+        idx = order[start : start + batch_size].to(ds.train_x.device)
         x = ds.train_x.index_select(0, idx).to(device, non_blocking=True)
         y = ds.train_y.index_select(0, idx).to(device, non_blocking=True)
         if augment:

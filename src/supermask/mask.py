@@ -58,13 +58,13 @@ def topk_mask(magnitudes: Tensor, prune_rate: float) -> Tensor:
     if n_prune == 0:
         return torch.ones_like(magnitudes, dtype=torch.bool)
     threshold = kth_smallest(flat, n_prune)  # the largest pruned magnitude
-    above = flat > threshold
+    above = magnitudes.detach() > threshold  # in the magnitudes' own memory layout (channels-last stays so)
     room = (n - n_prune) - torch.count_nonzero(above)  # how many entries equal to the threshold are still kept
     if flat.device.type == "cpu" and room.item() == 0:  # no tie straddles the threshold (the usual case)
-        return above.view_as(magnitudes)
+        return above
     at = flat == threshold
-    keep = above | (at & (at.cumsum(0) <= room))
-    return keep.view_as(magnitudes)
+    keep = above.reshape(-1) | (at & (at.cumsum(0) <= room))  # ties resolved in logical (row-major) order
+    return above.copy_(keep.view(magnitudes.shape))
 
 
 def topk_masks(magnitudes: Tensor, prune_rate: float) -> Tensor:

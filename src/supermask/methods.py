@@ -61,10 +61,15 @@ class ScoredWeight(nn.Module):
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
         return self.combine(weight, mask)
 
-    @staticmethod
-    def combine(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+    @classmethod
+    def combine(cls, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
         """The method's effective weight from a weight and a float mask; with `members`, both are stacks
         (N, *shape) of N runs' layers and each run gets its own weight."""
+        return cls.values(weight, mask, members) * mask
+
+    @staticmethod
+    def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        """What the kept positions hold: W_eff = values * M."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -75,16 +80,16 @@ class EdgePopup(ScoredWeight):
     """Edge-Popup (Ramanujan et al. 2020): the random weights, masked."""
 
     @staticmethod
-    def combine(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
-        return weight * mask
+    def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        return weight
 
 
 class Biprop(ScoredWeight):
     """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha."""
 
     @staticmethod
-    def combine(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
-        return biprop_alpha(weight, mask, members) * weight.sign() * mask
+    def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        return biprop_alpha(weight, mask, members) * weight.sign()
 
 
 def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:

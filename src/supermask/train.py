@@ -90,15 +90,28 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return total, total - pruned
 
 
+def autocast(amp: bool, device: torch.device):
+    """Mixed precision where configured: float16 on GPUs, bfloat16 elsewhere. Masks are computed from the float32
+    scores either way, so they do not depend on it."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp)
+
+
+def grad_scaler(amp: bool, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for float16 (GPUs); a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: torch.device,
-             group: distributed.Group = distributed.Group()) -> tuple[float, float]:
+             group: distributed.Group = distributed.Group(), amp: bool = False) -> tuple[float, float]:
     """(mean loss, accuracy) on the test split (split across the processes of a data-parallel run)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct
     for x, y in data_lib.eval_batches(ds, batch_size, device=device, shard=(group.rank, group.world)):
-        logits = model(x)
+        with autocast(amp, device):
+            logits = model(x).float()
         sums[0] += nn.functional.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
     model.train(was_training)
@@ -134,21 +147,28 @@ def _check_finite(model: nn.Module, loss: float, where: str, lr: float,
 
 
 def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
-                group: distributed.Group = distributed.Group(), net: nn.Module | None = None) -> tuple[float, float]:
+                group: distributed.Group = distributed.Group(), net: nn.Module | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy). Counts steps and logs IteRand in `state`.
-    `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run)."""
+    `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run, or the
+    compiled model)."""
     net = net or model
+    scaler = scaler or grad_scaler(False, device)
     net.train()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
     batches = data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
                                      device=device, shard=(group.rank, group.world))
     for step, (x, y) in enumerate(batches):
-        logits = net(x)
-        loss = loss_fn(logits, y)
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg.amp, device):
+            logits = net(x).float()
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         state["step"] += 1
         if step_fires(state["step"], cfg.iterand_every_steps):
             state["schedule"] += iterand_step(model, cfg, state["step"], epoch)
@@ -190,6 +210,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     if cfg.augment is None:
         cfg.augment = ds.augment
     model = place(build(cfg, ds), cfg, device)
+    ds = data_lib.on_device(ds, device)
     optimizer = make_optimizer(cfg, model)
     group = distributed.setup(device)
 
@@ -222,6 +243,11 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
 def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progress: bool,
            group: distributed.Group = distributed.Group()) -> None:
     net = distributed.wrap(model, group, device)
+    if cfg.compile:
+        net = torch.compile(net)
+    scaler = grad_scaler(cfg.amp, device)
+    if "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
     steps_per_epoch = math.ceil(len(ds.train_y) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch, disable=not progress,
                unit="step", dynamic_ncols=True, leave=False)
@@ -232,8 +258,8 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
             start = time.perf_counter()
-            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net)
-            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group)
+            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net, scaler)
+            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
             # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
             events = end_of_epoch(model, cfg, epoch, state["step"])
             if events:
@@ -247,6 +273,8 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             state["seconds"] += seconds
             if test_acc > state["best_test_acc"]:
                 state["best_test_acc"], state["best_epoch"] = test_acc, epoch + 1
+            if scaler.is_enabled():
+                state["grad_scaler"] = scaler.state_dict()
             bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
             if not group.main:
                 continue
@@ -301,7 +329,7 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto") -> tuple[Config
 def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, Any]:
     """Rebuild a finished run from its config and checkpoint and measure its test accuracy again."""
     cfg, ds, model, meta = load_run_model(run_dir, device=device)
-    loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device))
+    loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device), amp=cfg.amp)
     total, kept = parameter_counts(model)
     return {"run": str(run_dir), "epoch": meta["epoch"], "test_loss": loss, "test_acc": acc,
             "recorded_test_acc": meta["history"][-1]["test_acc"] if meta["history"] else None,

@@ -1,0 +1,109 @@
+"""Every fast path gives the plain path's masks and (within float tolerance) its accuracy."""
+
+import pytest
+import torch
+from torch import nn
+
+import supermask.data
+from supermask import build_model, convert, masks
+from supermask.checkpoint import load_tensors
+from supermask.config import make_config
+from supermask.train import autocast, run
+
+
+def config(out_dir, **overrides):
+    values = {"width": 0.25, "epochs": 2, "device": "cpu", "out_dir": str(out_dir)}
+    values.update(overrides)
+    return make_config("digits", values)
+
+
+def _mask_difference(a, b):
+    ma, _ = load_tensors(a / "masks.safetensors")
+    mb, _ = load_tensors(b / "masks.safetensors")
+    return sum(int((ma[k] != mb[k]).sum()) for k in ma) / sum(m.numel() for m in ma.values())
+
+
+def test_channels_last_changes_layout_not_masks():
+    plain = convert(build_model("conv4", width=0.25), "biprop", 0.5)
+    fast = convert(build_model("conv4", width=0.25), "biprop", 0.5).to(memory_format=torch.channels_last)
+    assert fast[0].parametrizations.weight.original.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32)
+    assert torch.allclose(plain(x), fast(x), atol=1e-5)
+    for k, m in masks(plain).items():
+        assert torch.equal(m, masks(fast)[k])
+    supermask.recycle_(plain, 0.2)
+    supermask.recycle_(fast, 0.2)  # IWR pairs positions in logical order whatever the layout
+    for (_, a), (_, b) in zip(supermask.convert.__globals__["eligible_layers"](plain),
+                              supermask.convert.__globals__["eligible_layers"](fast)):
+        assert torch.equal(a.parametrizations.weight.original, b.parametrizations.weight.original)
+
+
+def test_a_channels_last_run_matches_a_plain_one(tmp_path):
+    a = run(config(tmp_path / "a", channels_last=False), progress=False)
+    b = run(config(tmp_path / "b", channels_last=True), progress=False)
+    assert abs(a["test_acc"] - b["test_acc"]) <= 2 / 360
+    assert _mask_difference(tmp_path / "a", tmp_path / "b") <= 0.002
+
+
+def test_bfloat16_autocast_keeps_the_masks_and_about_the_logits():
+    model = convert(build_model("conv4", width=0.25), "edge-popup", 0.5)
+    x = torch.randn(8, 3, 32, 32)
+    before = masks(model)
+    with autocast(True, torch.device("cpu")):
+        low = model(x)
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.float(), model(x), rtol=0.05, atol=0.05)
+    assert all(torch.equal(m, masks(model)[k]) for k, m in before.items())
+
+
+def test_a_mixed_precision_run_learns_like_a_float32_one(tmp_path):
+    a = run(config(tmp_path / "a"), progress=False)
+    b = run(config(tmp_path / "b", amp=True), progress=False)
+    assert abs(a["test_acc"] - b["test_acc"]) <= 0.03
+    assert _mask_difference(tmp_path / "a", tmp_path / "b") <= 0.05
+
+
+def test_compiled_steps_match_eager_steps():
+    def model_and_optimizer():
+        model = convert(build_model("small-conv", in_channels=1, image_size=8, width=0.25), "edge-popup", 0.5)
+        return model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+
+    eager, eager_opt = model_and_optimizer()
+    plain, compiled_opt = model_and_optimizer()
+    compiled = torch.compile(plain)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(32, 1, 8, 8, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+        outs = []
+        for net, opt in ((eager, eager_opt), (compiled, compiled_opt)):
+            logits = net(x)
+            outs.append(logits.detach())
+            opt.zero_grad()
+            nn.functional.cross_entropy(logits, y).backward()
+            opt.step()
+        assert torch.allclose(outs[0], outs[1], atol=1e-5)
+        assert all(torch.equal(m, masks(plain)[k]) for k, m in masks(eager).items())
+
+
+def test_a_compiled_run_learns(tmp_path):
+    summary = run(config(tmp_path, epochs=1, compile=True), progress=False)
+    assert summary["test_acc"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_batches_are_drawn_where_the_data_lives():
+    ds = supermask.data.load_dataset("digits")
+    assert supermask.data.on_device(ds, "cpu") is ds  # nothing to move on a CPU
+    x1, y1 = next(supermask.data.train_batches(ds, 32, seed=3, epoch=0, augment=True))
+    moved = supermask.data.Dataset(**{**ds.__dict__, "train_x": ds.train_x.clone()})
+    x2, y2 = next(supermask.data.train_batches(moved, 32, seed=3, epoch=0, augment=True))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_data_resident_on_the_gpu_gives_the_same_batches():
+    ds = supermask.data.load_dataset("digits")
+    gpu = supermask.data.on_device(ds, "cuda")
+    assert gpu.train_x.is_cuda
+    a = next(supermask.data.train_batches(ds, 32, seed=3, epoch=0, augment=True, device="cuda"))
+    b = next(supermask.data.train_batches(gpu, 32, seed=3, epoch=0, augment=True, device="cuda"))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
