@@ -33,12 +33,16 @@ class SortedMask(torch.autograd.Function):
         return grad, None
 
 
+def _add_scores(layer: nn.Module, prune_rate: float) -> None:
+    layer.scores = nn.Parameter(torch.randn_like(layer.weight) * 0.01)
+    layer.weight.requires_grad_(False)
+    layer.prune_rate = prune_rate
+
+
 class PeerConv(nn.Conv2d):
     def __init__(self, *args, prune_rate: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        self.scores = nn.Parameter(torch.randn_like(self.weight) * 0.01)
-        self.weight.requires_grad_(False)
-        self.prune_rate = prune_rate
+        _add_scores(self, prune_rate)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight * SortedMask.apply(self.scores.abs(), self.prune_rate)
@@ -48,9 +52,7 @@ class PeerConv(nn.Conv2d):
 class PeerLinear(nn.Linear):
     def __init__(self, *args, prune_rate: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        self.scores = nn.Parameter(torch.randn_like(self.weight) * 0.01)
-        self.weight.requires_grad_(False)
-        self.prune_rate = prune_rate
+        _add_scores(self, prune_rate)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight * SortedMask.apply(self.scores.abs(), self.prune_rate), self.bias)

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from common import machine  # noqa: E402
 from peer import peer_loader, peer_model  # noqa: E402
 
 import supermask  # noqa: E402
+from supermask.allocator import keep_freed_memory  # noqa: E402
 from supermask import data as data_lib  # noqa: E402
 from supermask.config import make_config  # noqa: E402
 from supermask.together import Together, _batches, _prepare, per_run_losses  # noqa: E402
@@ -206,9 +206,17 @@ def peak_memory(model, width, method, batch, device) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def _peak_here(model, width, method, batch, device_type) -> float:
     device = torch.device(device_type)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    keep_freed_memory()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS, so imports' transient peaks do not count
+    before = _status_kib("VmRSS")
     _, net, opt, cl = make_model(model, width, method, batch, device)
     step = make_step(net, opt, device, cl)
     x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
@@ -218,7 +226,7 @@ def _peak_here(model, width, method, batch, device_type) -> float:
         step(x, y)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB on Linux
+    return (_status_kib("VmHWM") - before) / 1024
 
 
 def _parse_models(text: str) -> list[tuple[str, float]]:
@@ -262,6 +270,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    keep_freed_memory()  # as the command line does (every contender, the peer included, gets it)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="conv2,conv4,conv4@0.25", help="comma-separated NAME[@WIDTH]")
     ap.add_argument("--batch", type=int, default=128)

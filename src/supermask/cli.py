@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .allocator import keep_freed_memory
 from .config import builtin_configs, config_help, make_config, parse_overrides, read_config_source
 from .errors import SupermaskError
 
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as the program, not called from Python: this process is ours to tune
+        keep_freed_memory()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse fills a nargs="*" positional only once, so key=value pairs after a flag
