@@ -40,17 +40,20 @@ class ScoredWeight(nn.Module):
         s = self.scores
         return (s._version, s.data_ptr(), self.prune_rate)
 
-    def mask(self) -> Tensor:
-        """The current boolean mask, recomputed only when the scores changed."""
+    def mask(self, magnitudes: Tensor | None = None) -> Tensor:
+        """The current boolean mask, recomputed only when the scores changed (from `magnitudes` = |scores| when
+        the caller has them already)."""
         key = self._scores_key()
         if self._mask_key != key:
-            self._mask = mask_lib.topk_mask(self.scores.detach().abs(), self.prune_rate)
+            magnitudes = self.scores.detach().abs() if magnitudes is None else magnitudes
+            self._mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
             self._mask_key = key
         return self._mask
 
     def forward(self, weight: Tensor) -> Tensor:
         if torch.is_grad_enabled():
-            return self.effective_weight(weight, mask_lib.straight_through(self.scores.abs(), self.mask()))
+            magnitudes = self.scores.abs()  # one pass serves the mask and the gradient path
+            return self.effective_weight(weight, mask_lib.straight_through(magnitudes, self.mask(magnitudes)))
         # Without autograd (evaluation, inference) the whole effective weight is reused across batches.
         key = (self._scores_key(), weight._version, weight.data_ptr())
         if self._weight_key != key:
