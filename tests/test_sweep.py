@@ -91,3 +91,53 @@ def test_sweep_on_a_local_ray_instance(tmp_path):
     sweep = load_sweep(_spec(tmp_path))
     result = run_sweep(sweep, ray_address="local", progress=False)
     assert result["finished"] == 4 and all(c.attempts == 1 for c in sweep.cells)
+
+
+def test_together_groups_cells_that_differ_only_in_seeds(tmp_path):
+    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "biprop"], "score_seed": [0, 1, 2]}, together=2))
+    groups = sweep_mod.tasks(sweep, sweep.cells)
+    assert sorted(len(g) for g in groups) == [1, 1, 2, 2]  # per method: 3 seeds in groups of at most 2
+    for group in groups:
+        assert len({c.overrides["method"] for c in group}) == 1
+    with pytest.raises(ConfigError, match="together"):
+        load_sweep(_spec(tmp_path, together=-1))
+
+
+def test_a_sweep_trains_a_group_in_one_process(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, grid={"score_seed": [0, 1, 2]}, together=True)
+    real = sweep_mod.run_cell_process
+    commands = []
+
+    def record(command, env):
+        commands.append(command)
+        return real(command, env)
+
+    monkeypatch.setattr(sweep_mod, "run_cell_process", record)
+    sweep = load_sweep(spec)
+    result = run_sweep(sweep, progress=False)
+    assert result["finished"] == 3
+    assert len(commands) == 1 and commands[0][3] == "together"  # one process for the three cells
+    summaries = [json.loads((c.out_dir / "summary.json").read_text()) for c in sweep.cells]
+    assert [s["together"] for s in summaries] == [3, 3, 3] and [s["score_seed"] for s in summaries] == [0, 1, 2]
+
+
+def test_the_together_command_refuses_a_bad_group_file(tmp_path, capsys):
+    bad = tmp_path / "g.json"
+    bad.write_text('{"runs": []}')
+    assert main(["together", str(bad), "-q"]) == 2
+    assert "group_dir" in capsys.readouterr().err
+    bad.write_text("{nope")
+    assert main(["together", str(bad), "-q"]) == 2
+    assert "malformed JSON" in capsys.readouterr().err
+
+
+def test_an_interrupted_group_is_resumed_with_exactly_its_own_cells(tmp_path):
+    from supermask.checkpoint import save_tensors
+
+    sweep = load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1, 2]}, together=True))
+    s0, s1, s2 = sweep.cells
+    started = sweep.out_dir / "groups" / "group-abc"
+    started.mkdir(parents=True)  # a group of cells 0 and 2 was killed after its first checkpoint
+    save_tensors(started / "together.safetensors", {"x": __import__("torch").zeros(1)},
+                 {"runs": [str(s0.out_dir), str(s2.out_dir)], "states": []})
+    assert sweep_mod.tasks(sweep, sweep.cells) == [[s0, s2], [s1]]

@@ -1,4 +1,4 @@
-"""The `supermask` command line: train, eval, study, compare, path, norms, export, sweep, configs."""
+"""The `supermask` command line: train, eval, study, together, compare, path, norms, export, sweep, configs."""
 
 from __future__ import annotations
 
@@ -129,6 +129,16 @@ def _norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _together(args: argparse.Namespace) -> int:
+    from .together import read_group_file, train_together
+
+    group_dir, configs = read_group_file(args.group_file)
+    summaries = train_together(configs, group_dir, forward=args.forward, progress=not args.quiet)
+    for s in summaries:
+        print(f"{s['out_dir']}: test accuracy {100 * s['test_acc']:.2f}%")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from .sweep import load_sweep, run_sweep
 
@@ -218,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--dense", metavar="DENSE_RUN", help="a dense run of the same model: its norms and its magnitude pruning")
     no.add_argument("--out", required=True, metavar="DIR", help="where norms.json and norms.png go")
     no.set_defaults(func=_norms)
+
+    tg = sub.add_parser("together", help="train runs that differ only in their seeds at once, in this process",
+                        description="GROUP.json holds {\"group_dir\": DIR, \"runs\": [{\"config\": NAME_OR_YAML, "
+                                    "\"overrides\": {key: value, ...}}, ...]}; every run needs its own out_dir and "
+                                    "may differ from the others only in weight_seed, score_seed and data_seed. Each "
+                                    "run's directory is written as by `train`; an interrupted group resumes from "
+                                    "DIR when started again. (`study --together` and sweeps with `together: true` "
+                                    "use this.)")
+    tg.add_argument("group_file", metavar="GROUP.json")
+    tg.add_argument("--forward", choices=("auto", "loop", "vmap"), default="auto",
+                    help="vmap: one batched pass through grouped layers (GPUs); loop: the runs in turn (CPUs)")
+    tg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tg.set_defaults(func=_together)
 
     sw = sub.add_parser("sweep", help="run a grid of runs (local worker processes or a Ray cluster) and tabulate them",
                         description="Expand the grid of SWEEP.yaml, run every unfinished cell in its own process, re-run "

@@ -13,14 +13,19 @@ A sweep file (YAML):
     workers: 2                     # local worker processes (default: 1)
     gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0)
     retries: 2                     # re-runs of a cell whose worker died (default 2)
+    together: 8                    # train cells that differ only in seeds in one process, up to 8 at a time
+                                   # (true: no limit; default false)
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
-cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped.
+cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped. With
+`together`, each group of cells that differ only in weight_seed, score_seed and data_seed is one task
+(`python -m supermask together GROUP.json`, see `supermask.together`), re-run from the group's checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -41,7 +46,8 @@ from .checkpoint import atomic_write_text, write_json
 from .config import make_config
 from .errors import ConfigError, SupermaskError
 
-SPEC_KEYS = ("base", "set", "grid", "out_dir", "workers", "gpus_per_cell", "retries")
+SPEC_KEYS = ("base", "set", "grid", "out_dir", "workers", "gpus_per_cell", "retries", "together")
+SEED_KEYS = ("weight_seed", "score_seed", "data_seed")
 
 
 @dataclass
@@ -68,6 +74,7 @@ class Sweep:
     gpus_per_cell: float = 0.0
     retries: int = 2
     fixed: dict[str, Any] = field(default_factory=dict)
+    together: int = 0  # largest group of cells trained in one process (0: every cell alone)
 
 
 def _format(value: Any) -> str:
@@ -105,8 +112,15 @@ def load_sweep(path: str | Path) -> Sweep:
         overrides = {**fixed, **dict(zip(keys, values))}
         name = cell_name(overrides, keys)
         cells.append(Cell(name, overrides, Path(out_dir) / "cells" / name))
+    together = spec.get("together", False)
+    if together is True:
+        together = len(cells)
+    if together is False or together is None:
+        together = 0
+    if isinstance(together, bool) or not isinstance(together, int) or together < 0:
+        raise ConfigError(f"{path}: together must be true, false or a group size >= 1, got {together!r}")
     sweep = Sweep(spec.get("base"), cells, Path(out_dir), int(spec.get("workers", 1)),
-                  float(spec.get("gpus_per_cell", 0.0)), int(spec.get("retries", 2)), fixed)
+                  float(spec.get("gpus_per_cell", 0.0)), int(spec.get("retries", 2)), fixed, together)
     validate(sweep)
     return sweep
 
@@ -123,13 +137,58 @@ def validate(sweep: Sweep) -> None:
         make_config(cell.base or sweep.base, {**cell.overrides, "out_dir": str(cell.out_dir)})
 
 
-def _command(sweep: Sweep, cell: Cell) -> list[str]:
+def _command(sweep: Sweep, task: list[Cell]) -> list[str]:
+    """The process that runs a task: one cell with `train`, or a group of cells with `together`."""
+    if len(task) > 1 or sweep.together:
+        from .together import write_group_file
+
+        name = _group_name(task)
+        group_file = sweep.out_dir / "groups" / f"{name}.json"
+        group_file.parent.mkdir(parents=True, exist_ok=True)
+        write_group_file(group_file, sweep.out_dir / "groups" / name,
+                         [(c.base or sweep.base, {**c.overrides, "out_dir": str(c.out_dir)}) for c in task])
+        return [sys.executable, "-m", "supermask", "together", str(group_file), "-q"]
+
     def arg(k: str, v: Any) -> str:  # as parse_overrides reads it back: YAML scalars, JSON lists, empty for None
         return f"{k}=" if v is None else f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
 
+    cell = task[0]
     args = [arg(k, v) for k, v in cell.overrides.items()]
     base = [cell.base or sweep.base] if (cell.base or sweep.base) else []
     return [sys.executable, "-m", "supermask", "train", *base, *args, f"out_dir={cell.out_dir}", "--resume", "-q"]
+
+
+def _group_name(task: list[Cell]) -> str:
+    return "group-" + hashlib.sha256("\n".join(str(c.out_dir) for c in task).encode()).hexdigest()[:12]
+
+
+def tasks(sweep: Sweep, pending: list[Cell]) -> list[list[Cell]]:
+    """What runs as one process: each cell alone, or with `together`, groups of cells that differ only in their
+    seeds (at most `together` of them). A group interrupted earlier is resumed with exactly its own cells."""
+    if not sweep.together:
+        return [[c] for c in pending]
+    by_dir = {str(c.out_dir): c for c in sweep.cells}
+    out: list[list[Cell]] = []
+    taken: set[str] = set()
+    for ckpt in sorted((sweep.out_dir / "groups").glob("group-*/together.safetensors")):
+        from .together import group_runs
+
+        runs = group_runs(ckpt.parent) or []
+        if not all(r in by_dir for r in runs):
+            raise ConfigError(f"{ckpt.parent} holds an unfinished group with runs outside this sweep; delete it to start over")
+        if runs and not all(r in taken for r in runs):
+            out.append([by_dir[r] for r in runs])
+            taken.update(runs)
+    groups: dict[str, list[Cell]] = {}
+    for c in pending:
+        if str(c.out_dir) in taken:
+            continue
+        key = json.dumps([c.base or sweep.base, {k: v for k, v in c.overrides.items() if k not in SEED_KEYS}],
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(c)
+    for cells in groups.values():
+        out += [cells[i : i + sweep.together] for i in range(0, len(cells), sweep.together)]
+    return out
 
 
 def _env(sweep: Sweep) -> dict[str, str]:
@@ -171,21 +230,32 @@ class Progress:
         self.bar.close()
 
 
-def _attempt_local(sweep: Sweep, cell: Cell, progress: Progress) -> None:
-    while cell.attempts <= sweep.retries and not cell.finished:
+def _start(task: list[Cell]) -> None:
+    for cell in task:
         cell.attempts += 1
         cell.status = "running"
+
+
+def _end(task: list[Cell], error: str) -> None:
+    for cell in task:
+        cell.error = "" if cell.finished else error
+        cell.status = "done" if cell.finished else "failed"
+
+
+def _attempt_local(sweep: Sweep, task: list[Cell], progress: Progress) -> None:
+    error = ""
+    while task[0].attempts <= sweep.retries and not all(c.finished for c in task):
+        _start(task)
         progress.update()
-        code, last = run_cell_process(_command(sweep, cell), _env(sweep))
+        code, last = run_cell_process(_command(sweep, task), _env(sweep))
+        error = "" if code == 0 else (last or f"worker exited with {code}")
         if code == 2:  # bad input: re-running cannot help
-            cell.error = last
             break
-        cell.error = "" if code == 0 else (last or f"worker exited with {code}")
-    cell.status = "done" if cell.finished else "failed"
+    _end(task, error)
     progress.update()
 
 
-def _run_ray(sweep: Sweep, pending: list[Cell], progress: Progress, address: str) -> None:
+def _run_ray(sweep: Sweep, pending: list[list[Cell]], progress: Progress, address: str) -> None:
     try:
         import ray
     except ImportError:
@@ -196,21 +266,19 @@ def _run_ray(sweep: Sweep, pending: list[Cell], progress: Progress, address: str
                         num_gpus=sweep.gpus_per_cell, max_retries=sweep.retries)(run_cell_process)
     try:
         futures = {}
-        for cell in pending:
-            cell.attempts += 1
-            cell.status = "running"
-            futures[remote.remote(_command(sweep, cell), _env(sweep))] = cell
+        for task in pending:
+            _start(task)
+            futures[remote.remote(_command(sweep, task), _env(sweep))] = task
         progress.update()
         waiting = list(futures)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
-            cell = futures[done[0]]
+            task = futures[done[0]]
             try:
                 code, last = ray.get(done[0])
             except Exception as e:  # the worker died more often than retries allow
                 code, last = -1, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            cell.error = "" if code == 0 else last
-            cell.status = "done" if cell.finished else "failed"
+            _end(task, "" if code == 0 else last or f"worker exited with {code}")
             progress.update()
     finally:
         if address == "local":
@@ -222,14 +290,14 @@ def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = 
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     for cell in sweep.cells:
         cell.status = "done" if cell.finished else "pending"
-    pending = [c for c in sweep.cells if c.status == "pending"]
+    pending = tasks(sweep, [c for c in sweep.cells if c.status == "pending"])
     view = Progress(sweep, progress)
     try:
         if ray_address:
             _run_ray(sweep, pending, view, ray_address)
         else:
             with ThreadPoolExecutor(max_workers=sweep.workers) as pool:
-                for future in as_completed([pool.submit(_attempt_local, sweep, c, view) for c in pending]):
+                for future in as_completed([pool.submit(_attempt_local, sweep, t, view) for t in pending]):
                     future.result()
     finally:
         view.close()

@@ -368,3 +368,27 @@ def group_runs(group_dir: str | Path) -> list[str] | None:
         return None
     _, meta = load_tensors(ckpt)
     return list(meta["runs"]) if meta and "runs" in meta else None
+
+
+def read_group_file(path: str | Path) -> tuple[Path, list[Config]]:
+    """(group_dir, configs) of a group file: {"group_dir": DIR, "runs": [{"config": ..., "overrides": {...}}]}."""
+    from .config import make_config
+
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read group file {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    runs = spec.get("runs") if isinstance(spec, dict) else None
+    if not isinstance(runs, list) or not runs or not spec.get("group_dir") or \
+            not all(isinstance(r, dict) and isinstance(r.get("overrides", {}), dict) for r in runs):
+        raise ConfigError(f'{path}: expected {{"group_dir": DIR, "runs": [{{"config": NAME, "overrides": {{...}}}}, ...]}}')
+    return Path(spec["group_dir"]), [make_config(r.get("config"), r.get("overrides", {})) for r in runs]
+
+
+def write_group_file(path: str | Path, group_dir: str | Path, runs: list[tuple[str | None, dict[str, Any]]]) -> None:
+    from .checkpoint import write_json
+
+    write_json(path, {"group_dir": str(group_dir), "runs": [{"config": c, "overrides": o} for c, o in runs]})
