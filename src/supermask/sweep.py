@@ -167,12 +167,12 @@ def tasks(sweep: Sweep, pending: list[Cell]) -> list[list[Cell]]:
     seeds (at most `together` of them). A group interrupted earlier is resumed with exactly its own cells."""
     if not sweep.together:
         return [[c] for c in pending]
+    from .together import group_runs  # torch is imported only where a sweep needs it
+
     by_dir = {str(c.out_dir): c for c in sweep.cells}
     out: list[list[Cell]] = []
     taken: set[str] = set()
     for ckpt in sorted((sweep.out_dir / "groups").glob("group-*/together.safetensors")):
-        from .together import group_runs
-
         runs = group_runs(ckpt.parent) or []
         if not all(r in by_dir for r in runs):
             raise ConfigError(f"{ckpt.parent} holds an unfinished group with runs outside this sweep; delete it to start over")

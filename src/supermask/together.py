@@ -30,14 +30,17 @@ from tqdm.auto import tqdm
 
 from . import data as data_lib
 from . import distributed
-from .checkpoint import atomic_write_text, load_tensors, save_checkpoint, save_tensors
-from .config import Config, dump_yaml
+from .checkpoint import (atomic_write_text, load_optimizer_tensors, load_tensors, optimizer_tensors, save_checkpoint,
+                         save_tensors, write_json)
+from .config import Config, dump_yaml, make_config
 from .convert import masked_layers, random_weight
 from .errors import ConfigError
 from .mask import straight_through, topk_masks
 from .methods import PARAMETRIZATIONS
 from .models import build_model
 from .schedule import end_of_epoch, iterand_step, step_fires
+from .train import (TrainingError, _check_resumable, _finish, build, learning_rate, optimizer_for, pick_device,
+                    place)
 
 FORWARDS = ("auto", "loop", "vmap")
 GROUP_CHECKPOINT = "together.safetensors"
@@ -90,8 +93,9 @@ class Together:
         autograd is on (straight-through masks)."""
         out = []
         for scores, weights, rate in zip(self.scores, self.weights, self.prune_rates):
-            masks = topk_masks(scores.detach().abs(), rate)
-            mask = straight_through(scores.abs(), masks) if torch.is_grad_enabled() else masks.to(weights.dtype)
+            magnitudes = scores.abs()
+            masks = topk_masks(magnitudes.detach(), rate)
+            mask = straight_through(magnitudes, masks) if torch.is_grad_enabled() else masks.to(weights.dtype)
             out.append(self.combine(weights, mask, members=True))
         return out
 
@@ -198,8 +202,6 @@ def _fresh_state() -> dict[str, Any]:
 def _member_optimizer(cfg: Config, model: nn.Module, optimizer, group: Together, i: int):
     """An optimizer over one run's own score views holding its slice of the group's optimizer state, so the run's
     checkpoint resumes and reads like one trained alone."""
-    from .train import optimizer_for
-
     params = [p.scores for _, _, p in masked_layers(model)]
     own = optimizer_for(cfg, params)
     for p, stacked in zip(params, group.scores):
@@ -212,8 +214,6 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
                    progress: bool = True) -> list[dict[str, Any]]:
     """Train the runs of `cfgs` in one process (resuming from `group_dir` when it holds their checkpoint), write
     each run's directory as `supermask train` would, and return their summaries."""
-    from .train import _check_resumable, _finish, build, optimizer_for, pick_device, place
-
     check_group(cfgs)
     first = cfgs[0]
     device = pick_device(first.device)
@@ -266,8 +266,6 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
 
 
 def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, states: list[dict], progress: bool) -> None:
-    from .train import learning_rate
-
     first = cfgs[0]
     n = len(cfgs)
     epoch0, step = states[0]["epoch"], states[0]["step"]
@@ -325,8 +323,6 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
 
 
 def _check_finite(cfgs, group: Together, losses: Tensor, epoch: int, lr: float) -> None:
-    from .train import TrainingError
-
     bad = ~torch.isfinite(losses.detach())
     for scores in group.scores:
         bad |= ~torch.isfinite(scores.detach()).flatten(1).all(1)
@@ -337,8 +333,6 @@ def _check_finite(cfgs, group: Together, losses: Tensor, epoch: int, lr: float) 
 
 
 def _save_group(path: Path, cfgs, group: Together, optimizer, states) -> None:
-    from .checkpoint import optimizer_tensors
-
     tensors = {}
     for i, model in enumerate(group.models):
         tensors.update({f"run{i}.{k}": v for k, v in model.state_dict().items()})
@@ -347,8 +341,6 @@ def _save_group(path: Path, cfgs, group: Together, optimizer, states) -> None:
 
 
 def _load_group(path: Path, group: Together, optimizer, dirs: list[str]) -> list[dict]:
-    from .checkpoint import load_optimizer_tensors
-
     tensors, meta = load_tensors(path)
     if not meta or meta.get("runs") != dirs:
         raise ConfigError(f"{path} holds runs {meta.get('runs') if meta else None}, not {dirs}; delete it to start over")
@@ -372,8 +364,6 @@ def group_runs(group_dir: str | Path) -> list[str] | None:
 
 def read_group_file(path: str | Path) -> tuple[Path, list[Config]]:
     """(group_dir, configs) of a group file: {"group_dir": DIR, "runs": [{"config": ..., "overrides": {...}}]}."""
-    from .config import make_config
-
     path = Path(path)
     try:
         spec = json.loads(path.read_text())
@@ -389,6 +379,4 @@ def read_group_file(path: str | Path) -> tuple[Path, list[Config]]:
 
 
 def write_group_file(path: str | Path, group_dir: str | Path, runs: list[tuple[str | None, dict[str, Any]]]) -> None:
-    from .checkpoint import write_json
-
     write_json(path, {"group_dir": str(group_dir), "runs": [{"config": c, "overrides": o} for c, o in runs]})
