@@ -344,6 +344,7 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", data_dir: str | No
     model = load(path)
     dev = pick_device(device)
     ds = data_lib.load_dataset(header["dataset"], data_dir)
-    loss, acc = evaluate(model.to(dev), ds, 1000, dev)
+    # channels-last, as runs evaluate by default, so float rounding matches the run's recorded accuracy
+    loss, acc = evaluate(model.to(dev).to(memory_format=torch.channels_last), ds, 1000, dev)
     return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
             "dataset_source": ds.source}
