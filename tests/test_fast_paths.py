@@ -107,3 +107,15 @@ def test_data_resident_on_the_gpu_gives_the_same_batches():
     a = next(supermask.data.train_batches(ds, 32, seed=3, epoch=0, augment=True, device="cuda"))
     b = next(supermask.data.train_batches(gpu, 32, seed=3, epoch=0, augment=True, device="cuda"))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_masks_with_ties_do_not_depend_on_the_layout():
+    from supermask.mask import topk_mask
+
+    magnitudes = torch.randint(0, 3, (4, 3, 2, 2)).float()  # three values only: ties straddle every threshold
+    channels_last = magnitudes.contiguous(memory_format=torch.channels_last)
+    for rate in (0.3, 0.5, 0.8):
+        plain, fast = topk_mask(magnitudes, rate), topk_mask(channels_last, rate)
+        assert torch.equal(plain, fast)
+        assert fast.is_contiguous(memory_format=torch.channels_last)  # the mask keeps the scores' layout
+        assert int(fast.sum()) == 48 - int(rate * 48)
