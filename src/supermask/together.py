@@ -225,6 +225,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     template = place(build_model(first.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
                                  image_size=ds.image_size, width=first.width), first, device)
     template.requires_grad_(False)
+    ds = data_lib.on_device(ds, device)
     group = Together(models, template, first.method, pick_forward(forward, device, template))
     optimizer = optimizer_for(first, group.scores)
 
