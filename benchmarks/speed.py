@@ -39,7 +39,7 @@ import supermask  # noqa: E402
 from supermask.allocator import keep_freed_memory  # noqa: E402
 from supermask import data as data_lib  # noqa: E402
 from supermask.config import make_config  # noqa: E402
-from supermask.together import Together, _batches, _prepare, per_run_losses  # noqa: E402
+from supermask.together import Together, group_batches, per_run_losses, to_layout  # noqa: E402
 from supermask.train import build, optimizer_for, place  # noqa: E402
 
 CONTENDERS = ("dense", "edge-popup", "biprop", "peer")
@@ -182,11 +182,11 @@ def bench_together(n, batch, device, ds, rounds, steps) -> dict:
             template = place(supermask.build_model("conv4", width=0.25), base, device)
             group = Together(models, template, "edge-popup", forward)
             opt = optimizer_for(base, group.scores)
-            it = iter(_forever(lambda e: _batches(ds, cfgs, e, device)))
+            it = iter(_forever(lambda e: group_batches(ds, cfgs, e, device)))
 
             def together(group=group, opt=opt, it=it):
                 x, y = next(it)
-                losses = per_run_losses(group(_prepare(x, base.channels_last)), y)
+                losses = per_run_losses(group(to_layout(x, base.channels_last)), y)
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()

@@ -151,7 +151,7 @@ def pick_forward(forward: str, device: torch.device, template: nn.Module) -> str
     return "vmap" if device.type == "cuda" and not has_bn else "loop"
 
 
-def _batches(ds, cfgs: list[Config], epoch: int, device):
+def group_batches(ds, cfgs: list[Config], epoch: int, device):
     """Each step's batches: one (x, y) shared by all runs when they share a data seed, else a list per run."""
     seeds = sorted({c.data_seed for c in cfgs})
     streams = [data_lib.train_batches(ds, cfgs[0].batch_size, seed=s, epoch=epoch, augment=cfgs[0].augment,
@@ -164,7 +164,8 @@ def _batches(ds, cfgs: list[Config], epoch: int, device):
             yield [drawn[j][0] for j in where], torch.stack([drawn[j][1] for j in where])
 
 
-def _prepare(x, channels_last: bool):
+def to_layout(x: Tensor | list[Tensor], channels_last: bool) -> Tensor | list[Tensor]:
+    """Image batches (one, or a list of one per run) in the layout the runs compute in."""
     if not channels_last:
         return x
     if isinstance(x, list):
@@ -187,7 +188,7 @@ def evaluate_together(group: Together, ds, batch_size: int, device, channels_las
     weights = group.effective_weights()
     sums = torch.zeros(len(group), 2, dtype=torch.float64, device=device)
     for x, y in data_lib.eval_batches(ds, batch_size, device=device):
-        logits = group(_prepare(x, channels_last), weights)
+        logits = group(to_layout(x, channels_last), weights)
         sums[:, 0] += nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(len(group)), reduction="none").view(len(group), -1).sum(1)
         sums[:, 1] += (logits.argmax(-1) == y).sum(1)
     group.train(True)
@@ -282,8 +283,8 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
             start = time.perf_counter()
             group.train(True)
             sums = torch.zeros(n, 3, dtype=torch.float64, device=device)  # loss, correct, seen
-            for x, y in _batches(ds, cfgs, epoch, device):
-                logits = group(_prepare(x, first.channels_last))
+            for x, y in group_batches(ds, cfgs, epoch, device):
+                logits = group(to_layout(x, first.channels_last))
                 losses = per_run_losses(logits, y, first.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()  # run i's scores get exactly the gradient of run i's loss
