@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supermask: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("supermask: interrupted; continue with the same command and --resume", file=sys.stderr)
+        again = "the same command with --resume" if args.command == "train" else "the same command again"
+        print(f"supermask: interrupted; continue with {again}", file=sys.stderr)
         return 130
 
 
