@@ -50,18 +50,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _config(model: str, width: float, method: str, batch: int, device) -> "supermask.config.Config":
+def _config(model: str, width: float, method: str, batch: int, device, score_seed: int = 0) -> "supermask.config.Config":
     base = "edge-popup" if method == "peer" else method
     return make_config({"model": model, "width": width, "method": base, "prune_rate": 0.5, "batch_size": batch,
-                        "epochs": 1, "device": device.type, "dataset": "cifar10"})
+                        "epochs": 1, "device": device.type, "dataset": "cifar10", "score_seed": score_seed})
 
 
 class _Shape:  # the dataset facts `build` needs, without loading data for the synthetic-batch section
     num_classes, in_channels, image_size = 10, 3, 32
 
 
-def make_model(model: str, width: float, method: str, batch: int, device):
-    cfg = _config(model, width, method, batch, device)
+def make_model(model: str, width: float, method: str, batch: int, device, score_seed: int = 0):
+    cfg = _config(model, width, method, batch, device, score_seed)
     if method == "peer":
         net = peer_model(supermask.build_model(model, width=width), 0.5).to(device)
         channels_last = False
@@ -166,7 +166,7 @@ def bench_together(n, batch, device, ds, rounds, steps) -> dict:
         base.augment = True
         cfgs = [dataclasses.replace(base, score_seed=i, data_seed=0 if data_mode == "shared batches" else i)
                 for i in range(n)]
-        alone = [make_model("conv4", 0.25, "edge-popup", batch, device) for _ in range(n)]
+        alone = [make_model("conv4", 0.25, "edge-popup", batch, device, c.score_seed) for c in cfgs]
         alone_iters = [iter(_forever(lambda e, c=c: data_lib.train_batches(ds, batch, seed=c.data_seed, epoch=e,
                                                                           augment=True, device=device)))
                        for c in cfgs]
