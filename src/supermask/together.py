@@ -39,8 +39,8 @@ from .mask import straight_through, topk_masks
 from .methods import PARAMETRIZATIONS
 from .models import build_model
 from .schedule import end_of_epoch, iterand_step, step_fires
-from .train import (TrainingError, _check_resumable, _finish, build, learning_rate, optimizer_for, pick_device,
-                    place)
+from .train import (TrainingError, _check_resumable, _finish, build, input_layout, learning_rate, new_state,
+                    optimizer_for, pick_device, place, record_epoch, write_logs)
 
 FORWARDS = ("auto", "loop", "vmap")
 GROUP_CHECKPOINT = "together.safetensors"
@@ -166,11 +166,7 @@ def group_batches(ds, cfgs: list[Config], epoch: int, device):
 
 def to_layout(x: Tensor | list[Tensor], channels_last: bool) -> Tensor | list[Tensor]:
     """Image batches (one, or a list of one per run) in the layout the runs compute in."""
-    if not channels_last:
-        return x
-    if isinstance(x, list):
-        return [xi.contiguous(memory_format=torch.channels_last) if xi.dim() == 4 else xi for xi in x]
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    return [input_layout(xi, channels_last) for xi in x] if isinstance(x, list) else input_layout(x, channels_last)
 
 
 def per_run_losses(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -194,10 +190,6 @@ def evaluate_together(group: Together, ds, batch_size: int, device, channels_las
     group.train(True)
     n = len(ds.test_y)
     return [(loss / n, correct / n) for loss, correct in sums.tolist()]
-
-
-def _fresh_state() -> dict[str, Any]:
-    return {"epoch": 0, "step": 0, "history": [], "schedule": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
 
 
 def _member_optimizer(cfg: Config, model: nn.Module, optimizer, group: Together, i: int):
@@ -248,7 +240,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
             elif found:
                 raise ConfigError(f"out_dir {out} already holds a run; finish it alone (supermask train --resume) "
                                   "or choose another out_dir")
-        states = [_fresh_state() for _ in cfgs]
+        states = [new_state() for _ in cfgs]
         try:
             group_dir.mkdir(parents=True, exist_ok=True)
             for cfg in cfgs:
@@ -307,21 +299,12 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
             for i, (cfg, model, state) in enumerate(zip(cfgs, group.models, states)):
                 state["schedule"] += end_of_epoch(model, cfg, epoch, step)
                 loss_sum, correct, seen = sums[i].tolist()
-                test_loss, test_acc = results[i]
-                state["history"].append({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen,
-                                         "train_acc": correct / seen, "test_loss": test_loss, "test_acc": test_acc,
-                                         "seconds": round(seconds, 3)})
-                state["epoch"] = epoch + 1
-                state["seconds"] += seconds
-                if test_acc > state["best_test_acc"]:
-                    state["best_test_acc"], state["best_epoch"] = test_acc, epoch + 1
+                record_epoch(state, lr, (loss_sum / seen, correct / seen), results[i], seconds)
             accs = [r[1] for r in results]
             bar.set_postfix(test_acc=f"{min(accs):.3f}-{max(accs):.3f}", refresh=True)
             _save_group(group_dir / GROUP_CHECKPOINT, cfgs, group, optimizer, states)
             for cfg, state in zip(cfgs, states):
-                atomic_write_text(Path(cfg.out_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
-                if state["schedule"]:
-                    atomic_write_text(Path(cfg.out_dir) / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
+                write_logs(Path(cfg.out_dir), state)
 
 
 def _check_finite(cfgs, group: Together, losses: Tensor, epoch: int, lr: float) -> None:

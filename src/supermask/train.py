@@ -90,6 +90,36 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return total, total - pruned
 
 
+def new_state() -> dict[str, Any]:
+    """A run's progress before its first epoch (what its checkpoint's metadata holds)."""
+    return {"epoch": 0, "step": 0, "history": [], "schedule": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
+
+
+def record_epoch(state: dict[str, Any], lr: float, train: tuple[float, float], test: tuple[float, float],
+                 seconds: float) -> None:
+    """Add one finished epoch (train and test (loss, accuracy)) to a run's state."""
+    epoch = state["epoch"] + 1
+    state["history"].append({"epoch": epoch, "lr": lr, "train_loss": train[0], "train_acc": train[1],
+                             "test_loss": test[0], "test_acc": test[1], "seconds": round(seconds, 3)})
+    state["epoch"] = epoch
+    state["seconds"] += seconds
+    if test[1] > state["best_test_acc"]:
+        state["best_test_acc"], state["best_epoch"] = test[1], epoch
+
+
+def write_logs(out_dir: Path, state: dict[str, Any]) -> None:
+    """metrics.jsonl (and schedule.jsonl), rewritten whole from the state after its checkpoint: a kill between
+    the writes cannot duplicate or lose a line."""
+    atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+    if state["schedule"]:
+        atomic_write_text(out_dir / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
+
+
+def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An image batch in the layout the model computes in."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def autocast(amp: bool, device: torch.device):
     """Mixed precision where configured: float16 on GPUs, bfloat16 elsewhere. Masks are computed from the float32
     scores either way, so they do not depend on it."""
@@ -160,8 +190,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     batches = data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
                                      device=device, shard=(group.rank, group.world))
     for step, (x, y) in enumerate(batches):
-        if cfg.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = input_layout(x, cfg.channels_last)
         with autocast(cfg.amp, device):
             logits = net(x).float()
             loss = loss_fn(logits, y)
@@ -217,7 +246,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
     cfg.out_dir = str(out_dir)
     ckpt = out_dir / CHECKPOINT
-    state = {"epoch": 0, "step": 0, "history": [], "schedule": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
+    state = new_state()
     if ckpt.exists():
         if not resume:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
@@ -265,25 +294,14 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             if events:
                 distributed.check_agreement(model, group, f"the schedule steps of epoch {epoch + 1}")
             state["schedule"] += events
-            seconds = time.perf_counter() - start
-            record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                      "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3)}
-            state["history"].append(record)
-            state["epoch"] = epoch + 1
-            state["seconds"] += seconds
-            if test_acc > state["best_test_acc"]:
-                state["best_test_acc"], state["best_epoch"] = test_acc, epoch + 1
+            record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start)
             if scaler.is_enabled():
                 state["grad_scaler"] = scaler.state_dict()
             bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
             if not group.main:
                 continue
-            # The checkpoint is the source of truth; metrics.jsonl is rewritten from it, so a kill between the
-            # two writes cannot duplicate or lose a line.
-            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)
-            atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
-            if state["schedule"]:
-                atomic_write_text(out_dir / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
+            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)  # the source of truth
+            write_logs(out_dir, state)
 
 
 def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
