@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .allocator import keep_freed_memory
 from .config import builtin_configs, config_help, make_config, parse_overrides, read_config_source
 from .errors import SupermaskError
+from .together import FORWARDS
 
 DEFAULT_CONFIG = "digits"
 
@@ -94,17 +96,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .analysis import mask_path
-    from .checkpoint import write_json
     from .plots import path_plot
 
     result = mask_path(args.run_a, args.run_b, steps=args.steps, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "path.json", result)
-    path_plot(result, out / "path.png")
+    out = _save_result(args.out, "path", result, path_plot)
     for p in result["points"]:
         print(f"t={p['t']:.2f}  test accuracy {100 * p['test_acc']:.2f}%  Hamming to A {p['hamming_to_a']:.3f}")
     print(f"mask path written to {out}")
@@ -112,21 +108,26 @@ def _path(args: argparse.Namespace) -> int:
 
 
 def _norms(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .analysis import layer_norms
-    from .checkpoint import write_json
     from .plots import norms_plot
 
     result = layer_norms(args.run_dir, dense_run=args.dense)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "norms.json", result)
-    norms_plot(result, out / "norms.png")
+    out = _save_result(args.out, "norms", result, norms_plot)
     for r in result["layers"]:
         print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     print(f"norms written to {out}")
     return 0
+
+
+def _save_result(out_dir: str, stem: str, result: dict, plot) -> Path:
+    """OUT_DIR/<stem>.json and its plot OUT_DIR/<stem>.png; returns the folder."""
+    from .checkpoint import write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", result)
+    plot(result, out / f"{stem}.png")
+    return out
 
 
 def _together(args: argparse.Namespace) -> int:
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--together", action="store_true",
                     help="train the runs at once in this process (stacked scores, one optimizer, shared batches); "
                          "same masks as separate runs, higher throughput for small networks")
-    st.add_argument("--forward", choices=("auto", "loop", "vmap"), default="auto",
+    st.add_argument("--forward", choices=FORWARDS, default="auto",
                     help="with --together: vmap batches the runs into grouped layers (GPUs), loop runs them in "
                          "turn (faster on CPUs); auto picks by device (default)")
     st.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "DIR when started again. (`study --together` and sweeps with `together: true` "
                                     "use this.)")
     tg.add_argument("group_file", metavar="GROUP.json")
-    tg.add_argument("--forward", choices=("auto", "loop", "vmap"), default="auto",
+    tg.add_argument("--forward", choices=FORWARDS, default="auto",
                     help="vmap: one batched pass through grouped layers (GPUs); loop: the runs in turn (CPUs)")
     tg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tg.set_defaults(func=_together)
