@@ -40,16 +40,18 @@ MAX_HEADER = 1 << 24
 MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float32)
 
 
-def _rebuild_config(header: dict) -> dict[str, Any]:
-    keys = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
-    return {k: header[k] for k in keys}
+# The config keys that, with the input shape, rebuild a run's network from its seed.
+REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
+
+
+def _architecture(header: dict) -> nn.Module:
+    return build_model(header["model"], num_classes=header["num_classes"], in_channels=header["in_channels"],
+                       image_size=header["image_size"], width=header["width"])
 
 
 def _skeleton(header: dict) -> nn.Module:
     """The architecture with the seed's random weights, converted as the run was (scores are irrelevant)."""
-    model = build_model(header["model"], num_classes=header["num_classes"], in_channels=header["in_channels"],
-                        image_size=header["image_size"], width=header["width"])
-    return convert(model, header["method"], header["prune_rate"], weight_init=header["weight_init"],
+    return convert(_architecture(header), header["method"], header["prune_rate"], weight_init=header["weight_init"],
                    scale_fan=header["scale_fan"], weight_seed=header["weight_seed"], skip=header["skip_layers"])
 
 
@@ -66,8 +68,8 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     if cfg.weight_init == "keep":
         raise ConfigError(f"{run_dir} searched masks over weights it was given (weight_init=keep): no seed rebuilds them")
     header: dict[str, Any] = {
-        "format": "supermask", "version": VERSION, **{k: v for k, v in cfg.to_dict().items() if k in
-        ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers", "dataset")},
+        "format": "supermask", "version": VERSION,
+        **{k: v for k, v in cfg.to_dict().items() if k in REBUILD_KEYS + ("dataset",)},
         "label": cfg.label, "test_acc": summary.get("test_acc"),
     }
     shape_keys = ("num_classes", "in_channels", "image_size")
@@ -166,13 +168,12 @@ def load(path: str | Path) -> nn.Module:
     try:
         if header.get("model") not in MODELS:
             raise ConfigError(f"{where}: unknown architecture {header.get('model')!r}")
-        make_config(None, {k: v for k, v in _rebuild_config(header).items()})  # validates every value
+        make_config(None, {k: header[k] for k in REBUILD_KEYS})  # validates every value
         for key in ("num_classes", "in_channels", "image_size"):
             if not isinstance(header.get(key), int) or not 0 < header[key] < 1 << 20:
                 raise ConfigError(f"{where}: bad {key} {header.get(key)!r}")
         with torch.device("meta"):  # count the parameters before allocating any
-            probe = build_model(header["model"], num_classes=header["num_classes"], in_channels=header["in_channels"],
-                                image_size=header["image_size"], width=header["width"])
+            probe = _architecture(header)
         if sum(p.numel() for p in probe.parameters()) > MAX_ELEMENTS:
             raise ConfigError(f"{where}: describes a network of more than {MAX_ELEMENTS:,} parameters")
         model = _skeleton(header)
