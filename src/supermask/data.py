@@ -909,6 +909,12 @@ def on_device(ds: Dataset, device: torch.device | str, *, budget: float = 0.5) -
                    test_y=ds.test_y.to(device))
 
 
+def _part(t: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Process `rank`'s contiguous part of `t` when it is split among `world` processes."""
+    rank, world = shard
+    return torch.tensor_split(t, world)[rank] if world > 1 else t
+
+
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -939,9 +945,7 @@ def train_batches(
         y = ds.train_y.index_select(0, idx).to(device, non_blocking=True)
         if augment:
             x = augment_batch(x, gen)
-        if shard[1] > 1:
-            x, y = torch.tensor_split(x, shard[1])[shard[0]], torch.tensor_split(y, shard[1])[shard[0]]
-        yield normalize(x, ds.mean, ds.std), y
+        yield normalize(_part(x, shard), ds.mean, ds.std), _part(y, shard)
 
 
 def eval_batches(
@@ -954,8 +958,7 @@ def eval_batches(
     if split not in _SPLITS:
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     xs, ys = (ds.train_x, ds.train_y) if split == "train" else (ds.test_x, ds.test_y)
-    if shard[1] > 1:
-        xs, ys = torch.tensor_split(xs, shard[1])[shard[0]], torch.tensor_split(ys, shard[1])[shard[0]]
+    xs, ys = _part(xs, shard), _part(ys, shard)
     for start in range(0, len(ys), batch_size):
         x = xs[start : start + batch_size].to(device, non_blocking=True)
         y = ys[start : start + batch_size].to(device, non_blocking=True)

@@ -63,11 +63,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def shard(x: torch.Tensor, group: Group) -> torch.Tensor:
-    """This process's contiguous slice of a global batch."""
-    return x if not group.active else torch.tensor_split(x, group.world)[group.rank]
-
-
 def all_sum(values: torch.Tensor, group: Group) -> torch.Tensor:
     if group.active:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
