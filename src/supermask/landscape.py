@@ -213,13 +213,14 @@ def summarize(rows: list[dict], runs: list[Run]) -> dict:
             "layers": list(runs[0].masks) + [TOTAL], "by_method_pair": out}
 
 
-def hamming_matrix(runs: list[Run]) -> np.ndarray:
-    """Normalized Hamming distances between the runs' whole masks."""
-    n = len(runs)
-    d = np.zeros((n, n))
-    for i, j in itertools.combinations(range(n), 2):
-        total = pair_counts(runs[i].masks, runs[j].masks)[TOTAL]
-        d[i, j] = d[j, i] = 1.0 - total.matching
+def hamming_matrix(runs: list[Run], rows: list[dict]) -> np.ndarray:
+    """Normalized Hamming distances between the runs' whole masks, read off `compare`'s rows."""
+    index = {r.name: i for i, r in enumerate(runs)}
+    d = np.zeros((len(runs), len(runs)))
+    for row in rows:
+        if row["layer"] == TOTAL:
+            i, j = index[row["run_a"]], index[row["run_b"]]
+            d[i, j] = d[j, i] = 1.0 - row["matching"]
     return d
 
 
@@ -235,10 +236,7 @@ def classical_mds(distances: np.ndarray, dims: int = 2) -> np.ndarray:
 
 def write_comparison(run_dirs: list[str | Path], out_dir: str | Path, *, plots: bool = True) -> dict:
     """Compare the runs' masks: writes pairs.csv, summary.json and (with matplotlib) PNG plots to out_dir."""
-    import csv
-    import io
-
-    from .checkpoint import atomic_write_text, write_json
+    from .checkpoint import write_csv, write_json
 
     paths = [Path(p) for p in run_dirs]
     runs = [load_run(p) for p in paths]
@@ -248,12 +246,7 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path, *, plots: 
     summary = summarize(rows, runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    fields = ["run_a", "run_b", "layer", "matching", "jaccard", "chance_matching", "chance_jaccard"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / "pairs.csv", buf.getvalue())
+    write_csv(out_dir / "pairs.csv", rows, ["run_a", "run_b", "layer", "matching", "jaccard", "chance_matching", "chance_jaccard"])
     write_json(out_dir / "summary.json", summary)
     if plots:
         from . import plots as plots_lib

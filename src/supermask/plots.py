@@ -33,7 +33,7 @@ def draw_landscape(runs: list[Run], rows: list[dict], summary: dict, out_dir: Pa
     """The heatmap, the per-layer curves and the MDS map; returns the files written."""
     plt = _pyplot()
     written = [heatmap(plt, runs, rows, out_dir / "heatmap.png"), layer_curves(plt, summary, out_dir / "layers.png"),
-               mds_map(plt, runs, out_dir / "mds.png")]
+               mds_map(plt, runs, rows, out_dir / "mds.png")]
     return [str(p.name) for p in written if p is not None]
 
 
@@ -106,11 +106,11 @@ def layer_curves(plt, summary: dict, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def mds_map(plt, runs: list[Run], path: Path) -> Path | None:
+def mds_map(plt, runs: list[Run], rows: list[dict], path: Path) -> Path | None:
     """All masks in 2-D (classical MDS on Hamming distances), coloured by test accuracy."""
     if len(runs) < 3:
         return None
-    points = classical_mds(hamming_matrix(runs))
+    points = classical_mds(hamming_matrix(runs, rows))
     acc = np.array([r.test_acc if r.test_acc is not None else np.nan for r in runs], dtype=float)
     fig, ax = plt.subplots(figsize=(5, 4))
     markers = dict(zip(_groups(runs), "osD^v<>p"))

@@ -24,9 +24,7 @@ cell with it, and the cell is re-run from its last checkpoint. Cells that alread
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -42,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_text, write_json
+from .checkpoint import atomic_write_text, write_csv, write_json
 from .config import make_config
 from .errors import ConfigError, SupermaskError
 
@@ -320,11 +318,7 @@ def aggregate(sweep: Sweep) -> dict[str, Any]:
                          "data_seed": s["data_seed"], "epochs": s["epochs"], "test_acc": s["test_acc"],
                          "best_test_acc": s["best_test_acc"], "seconds": s["seconds"]})
     if rows:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(sweep.out_dir / "results.csv", buf.getvalue())
+        write_csv(sweep.out_dir / "results.csv", rows, list(rows[0]))
         atomic_write_text(sweep.out_dir / "results.md", results_table(rows))
         results_plot(rows, sweep.out_dir / "results.png")
     return {"cells": len(sweep.cells), "finished": len(rows), "rows": rows}
