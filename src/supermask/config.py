@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .init import WEIGHT_INITS
 from .methods import MASK_METHODS, METHODS
 from .models import MODELS
+from .trackers import TRACKERS
 
 
 # Method names of the papers' tables that are a base method plus a schedule, with the paper's settings.
@@ -68,10 +69,13 @@ class Config:
     amp: bool = _opt(False, "mixed precision: float16 autocast with loss scaling on GPUs, bfloat16 on CPUs")
     compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
+    logger: list[str] = _opt(None, "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (a list or comma-separated)")
 
     def __post_init__(self) -> None:
         if self.skip_layers is None:
             self.skip_layers = []
+        if self.logger is None:
+            self.logger = []
 
     @property
     def masked(self) -> bool:
@@ -217,6 +221,9 @@ def resolve(cfg: Config) -> Config:
     _choice("lr_schedule", cfg.lr_schedule, ("cosine", "constant"))
     if not 0.0 <= cfg.prune_rate < 1.0:
         raise ConfigError(f"prune_rate {cfg.prune_rate!r} is outside [0, 1): it is the fraction of weights removed")
+    cfg.logger = list(dict.fromkeys(n.strip() for item in cfg.logger for n in item.split(",") if n.strip()))
+    for name in cfg.logger:
+        _choice("logger", name, TRACKERS)
     if cfg.weight_init is not None:
         _choice("weight_init", cfg.weight_init, WEIGHT_INITS + ("keep",))
     for name in ("width", "batch_size", "eval_batch_size"):

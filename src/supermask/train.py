@@ -22,6 +22,7 @@ from .convert import convert, eligible_layers, masks
 from .errors import ConfigError, SupermaskError
 from .models import build_model
 from .schedule import end_of_epoch, iterand_step, step_fires
+from .trackers import Trackers, check_available, open_trackers
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -88,6 +89,11 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     total = sum(layer.weight.numel() for _, layer in eligible_layers(model))
     pruned = sum(int((~m).sum()) for m in masks(model).values())
     return total, total - pruned
+
+
+def kept_fractions(model: nn.Module) -> dict[str, float]:
+    """Each masked layer's kept fraction, as tracker scalars."""
+    return {f"kept_fraction/{name}": m.float().mean().item() for name, m in masks(model).items()}
 
 
 def new_state() -> dict[str, Any]:
@@ -178,7 +184,7 @@ def _check_finite(model: nn.Module, loss: float, where: str, lr: float,
 
 def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
                 group: distributed.Group = distributed.Group(), net: nn.Module | None = None,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+                scaler: torch.amp.GradScaler | None = None, trackers: Trackers = Trackers()) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy). Counts steps and logs IteRand in `state`.
     `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run, or the
     compiled model)."""
@@ -199,8 +205,11 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         scaler.step(optimizer)
         scaler.update()
         state["step"] += 1
+        trackers.step_loss(state["step"], loss, optimizer.param_groups[0]["lr"])
         if step_fires(state["step"], cfg.iterand_every_steps):
-            state["schedule"] += iterand_step(model, cfg, state["step"], epoch)
+            events = iterand_step(model, cfg, state["step"], epoch)
+            state["schedule"] += events
+            trackers.schedule(events)
             distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
         sums[0] += loss.detach() * len(y)
         sums[1] += (logits.detach().argmax(1) == y).sum()
@@ -210,6 +219,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
             value = loss.item()
             _check_finite(model, value, f"epoch {epoch + 1} step {step + 1}", optimizer.param_groups[0]["lr"], group)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+            trackers.flush()  # the host has synchronized anyway
     loss_sum, correct, seen = distributed.all_sum(sums, group).tolist()
     _check_finite(model, loss_sum / seen, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"], group)
     return loss_sum / seen, correct / seen
@@ -234,6 +244,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
         raise ConfigError("--resume needs the run's out_dir=DIR")
     if distributed.launched() and not cfg.out_dir:
         raise ConfigError("a data-parallel run needs out_dir=DIR (every process must write to the same run)")
+    check_available(cfg.logger)
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.augment is None:
@@ -265,12 +276,19 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
                 raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
             atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
 
-    _train(cfg, model, optimizer, ds, device, out_dir, state, progress and group.main, group)
-    return _finish(cfg, model, ds, out_dir, state, device, group)
+    trackers = open_trackers(cfg.logger, out_dir, out_dir.name, state["step"]) if group.main else Trackers()
+    try:
+        if not state["history"]:
+            trackers.hparams(cfg.to_dict(), {"epoch/test_acc": 0.0, "epoch/train_acc": 0.0, "epoch/test_loss": 0.0})
+            trackers.scalars(kept_fractions(model), 0)
+        _train(cfg, model, optimizer, ds, device, out_dir, state, progress and group.main, group, trackers)
+        return _finish(cfg, model, ds, out_dir, state, device, group)
+    finally:
+        trackers.close()
 
 
 def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progress: bool,
-           group: distributed.Group = distributed.Group()) -> None:
+           group: distributed.Group = distributed.Group(), trackers: Trackers = Trackers()) -> None:
     net = distributed.wrap(model, group, device)
     if cfg.compile:
         net = torch.compile(net)
@@ -287,7 +305,8 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
             start = time.perf_counter()
-            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net, scaler)
+            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net, scaler,
+                                                trackers)
             test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
             # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
             events = end_of_epoch(model, cfg, epoch, state["step"])
@@ -295,6 +314,8 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
                 distributed.check_agreement(model, group, f"the schedule steps of epoch {epoch + 1}")
             state["schedule"] += events
             record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start)
+            trackers.epoch(state["history"][-1], state["step"])
+            trackers.schedule(events)
             if scaler.is_enabled():
                 state["grad_scaler"] = scaler.state_dict()
             bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
