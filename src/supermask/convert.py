@@ -216,11 +216,12 @@ class Report:
                 "totals": self.totals(), "unsupported": self.unsupported, "parameters": self.parameters}
 
     def __str__(self) -> str:
-        lines = [f"{'parameter':<40} {'shape':<18} {'status':<8} {'source':<6} {'kept / n':>20}"]
+        w = max([len("parameter")] + [len(n) for n in self.parameters])
+        lines = [f"{'parameter':<{w}} {'shape':<18} {'status':<8} {'source':<6} {'kept / n':>20}"]
         for name, r in self.parameters.items():
             kept = f"{r['kept']} / {r['numel']}" if "kept" in r else str(r["numel"])
             note = f"  ({r['note']})" if r.get("note") else ""
-            lines.append(f"{name:<40} {str(tuple(r['shape'])):<18} {r['status']:<8} {r['source']:<6} {kept:>20}{note}")
+            lines.append(f"{name:<{w}} {str(tuple(r['shape'])):<18} {r['status']:<8} {r['source']:<6} {kept:>20}{note}")
         t = self.totals()
         lines.append(f"masked {t['masked']} weights, keeping {t['kept']}; frozen {t['frozen']}, trained {t['trained']}; "
                      f"{t['not_from_seed']} not drawn from the seed")
