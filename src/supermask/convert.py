@@ -220,7 +220,8 @@ class Report:
         lines = [f"{'parameter':<{w}} {'shape':<18} {'status':<8} {'source':<6} {'kept / n':>20}"]
         for name, r in self.parameters.items():
             kept = f"{r['kept']} / {r['numel']}" if "kept" in r else str(r["numel"])
-            note = f"  ({r['note']})" if r.get("note") else ""
+            notes = ([r["note"]] if r.get("note") else []) + ([f"shared with {', '.join(r['tied'])}"] if r.get("tied") else [])
+            note = f"  ({'; '.join(notes)})" if notes else ""
             lines.append(f"{name:<{w}} {str(tuple(r['shape'])):<18} {r['status']:<8} {r['source']:<6} {kept:>20}{note}")
         t = self.totals()
         lines.append(f"masked {t['masked']} weights, keeping {t['kept']}; frozen {t['frozen']}, trained {t['trained']}; "
