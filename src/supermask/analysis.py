@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .convert import eligible_layers, masked_layers, random_weight
+from .convert import masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
 from .mask import kth_smallest, num_pruned, topk_mask
 from .train import evaluate, load_run_model, pick_device
@@ -42,8 +42,8 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
     layers_a, layers_b = list(masked_layers(model)), list(masked_layers(model_b))
     if not layers_a:
         raise ConfigError(f"{run_a} is a dense run; a mask path needs mask searches")
-    for (name, la, _), (_, lb, _) in zip(layers_a, layers_b):
-        if not torch.equal(random_weight(la), random_weight(lb)):
+    for (name, la, pa), (_, lb, pb) in zip(layers_a, layers_b):
+        if not torch.equal(random_weight(la, pa), random_weight(lb, pb)):
             raise ConfigError(f"runs {run_a} and {run_b} have different weights in layer {name} (another weight seed, "
                               "or IWR/IteRand rewrote them); a mask path needs the same random weights")
     ends = [(_normalized_magnitudes(pa.scores, pa.prune_rate), _normalized_magnitudes(pb.scores, pb.prune_rate))
@@ -79,10 +79,10 @@ def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> 
         dcfg, _, dense, _ = load_run_model(dense_run, device="cpu")
         if dcfg.method != "dense" or (dcfg.model, dcfg.width) != (cfg.model, cfg.width):
             raise ConfigError(f"{dense_run} must be a dense run of {cfg.model} at width {cfg.width}")
-        dense_weights = {name: layer.weight for name, layer in eligible_layers(dense)}
+        dense_weights = weight_tensors(dense)
     rows = []
     for name, layer, p in layers:
-        w, m = random_weight(layer), p.mask()
+        w, m = random_weight(layer, p), p.mask()
         row = {"layer": name, "kept": float(w[m].norm()), "pruned": float(w[~m].norm())}
         if dense_weights is not None:
             d = dense_weights[name]

@@ -38,6 +38,8 @@ class Config:
     weight_init: str | None = _opt(None, f"{', '.join(WEIGHT_INITS)} (default: signed-constant for edge-popup, kaiming-normal otherwise)")
     scale_fan: bool | None = _opt(None, "divide fan_in by the keep fraction in the weight init (default: true for biprop)")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
+    skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
+    include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
     iwr_every: int | None = _opt(None, "IWR: recycle every F epochs (off when unset)")
     iwr_every_fraction: float | None = _opt(None, "IWR: F as a fraction of the epochs, for short runs (F = max(1, round(f * epochs)))")
     iwr_rate: float = _opt(0.1, "IWR: fraction r of each layer's weights overwritten per step, in [0, 0.5]")
@@ -72,10 +74,9 @@ class Config:
     logger: list[str] = _opt(None, "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (a list or comma-separated)")
 
     def __post_init__(self) -> None:
-        if self.skip_layers is None:
-            self.skip_layers = []
-        if self.logger is None:
-            self.logger = []
+        for key in ("skip_layers", "skip_params", "include_params", "logger"):
+            if getattr(self, key) is None:
+                setattr(self, key, [])
 
     @property
     def masked(self) -> bool:

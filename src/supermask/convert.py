@@ -1,41 +1,232 @@
-"""Turn the Conv and Linear layers of any PyTorch model into masked layers, and read their masks back."""
+"""Turn every weight of any PyTorch model into a masked weight, say what was done, and read the masks back.
+
+A "target" is a floating-point parameter of two or more dimensions that a module of a known kind uses as a
+weight. Its init reads the fan-in off the layer's meaning, not off the tensor's layout:
+
+    module                      parameters (shape)                              fan_in                    gain
+    Conv1d/2d/3d                weight (out, in/g, *k)                          in/g * prod(k)            sqrt 2
+    ConvTranspose1d/2d/3d       weight (in, out/g, *k)                          in/g * prod(k) / prod(s)  sqrt 2
+    Linear                      weight (out, in)                                in                        sqrt 2
+    Hugging Face Conv1D         weight (in, out)                                in                        sqrt 2
+    MultiheadAttention          in_proj_weight (3E, E), or q/k/v_proj_weight    E, kdim, vdim             sqrt 2
+                                (E, E/kdim/vdim); out_proj is a Linear
+    Embedding, EmbeddingBag     weight (num, dim)                               1                         1
+    RNN, LSTM, GRU              weight_ih_l*, weight_hh_l*, weight_hr_l*        the matrix's input width  1
+                                (_reverse too)
+
+A transposed conv's output sums in/g * prod(k) / prod(stride) weighted inputs on average, so that is its fan-in.
+An embedding is a lookup, not a sum: it is drawn like PyTorch's N(0, 1) (std 1, or 1/sqrt(k) with the scaled fan
+so a looked-up vector keeps its mean square after pruning), its padding row zero. Recurrent gates are tanh and
+sigmoid, not ReLU, so RNN weights use gain 1 (LeCun's 1/sqrt(fan_in), close to PyTorch's U(+-1/sqrt(hidden))).
+
+Everything else is frozen (or trained, for `method="dense"`). A network is its seeds plus its masks, so unless
+`weight_init="keep"` the frozen parameters of known layers are drawn from the weight seed too: biases of
+Conv/Linear/Conv1D layers U(+-1/sqrt(fan_in)), RNN biases U(+-1/sqrt(hidden)), attention's in_proj_bias zero and
+bias_k/bias_v N(0, 1/E) (PyTorch's own choices), norm layers' affine ones and zeros (running statistics reset).
+A parameter of an unknown module keeps the model's value; the report says so (a `.smask` stores it as it is).
+
+Shared tensors (`b.weight = a.weight`, e.g. GPT-2's lm_head and wte) get one mask: the first owner in module order
+decides the init and names the mask; the others compute the same effective weight from the same scores.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import math
+import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .errors import ConfigError
-from .init import WEIGHT_INITS, draw_scores, draw_weight
+from .init import RELU_GAIN, WEIGHT_INITS, draw_scores, draw_uniform, draw_weight, generator
+from .mask import num_pruned
 from .methods import METHODS, PARAMETRIZATIONS, ScoredWeight
 
-LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 DEFAULT_WEIGHT_INIT = {"edge-popup": "signed-constant", "biprop": "kaiming-normal", "dense": "kaiming-normal"}
 DEFAULT_SCALE_FAN = {"edge-popup": False, "biprop": True, "dense": False}
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
-def eligible_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The Conv/Linear layers of `model` in module order, by qualified name."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    """transformers.pytorch_utils.Conv1D (GPT-2's projections), by duck typing: transformers stays optional."""
+    w = _original(m, "weight") if type(m).__name__ == "Conv1D" else None
+    return isinstance(w, Tensor) and isinstance(getattr(m, "nf", None), int) and w.dim() == 2 and w.shape[1] == m.nf
 
 
-def _select_skipped(names: list[str], skip: Iterable[str]) -> set[str]:
-    skipped: set[str] = set()
-    for pattern in skip:
-        if pattern == "first":
-            skipped.update(names[:1])
-        elif pattern == "last":
-            skipped.update(names[-1:])
-        else:
-            hits = fnmatch.filter(names, pattern)
-            if not hits:
-                raise ConfigError(f"skip pattern {pattern!r} matches no Conv/Linear layer; layers are: {', '.join(names)}")
-            skipped.update(hits)
-    return skipped
+def _weight_fans(m: nn.Module) -> dict[str, tuple[float, float]]:
+    """{parameter name: (fan_in, gain)} of the weights of `m` that supermask masks (see the module docstring)."""
+    p = m._parameters
+    if isinstance(m, nn.modules.conv._ConvNd):
+        w = _original(m, "weight")
+        if m.transposed:
+            return {"weight": (w.shape[0] / m.groups * math.prod(w.shape[2:]) / math.prod(m.stride), RELU_GAIN)}
+        return {"weight": (w.shape[1] * math.prod(w.shape[2:]), RELU_GAIN)}
+    if isinstance(m, nn.Linear):
+        return {"weight": (_original(m, "weight").shape[1], RELU_GAIN)}
+    if _is_hf_conv1d(m):
+        return {"weight": (_original(m, "weight").shape[0], RELU_GAIN)}
+    if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+        return {"weight": (1.0, 1.0)}
+    if isinstance(m, nn.MultiheadAttention):
+        names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+        return {n: (_original(m, n).shape[1], RELU_GAIN) for n in names if _original(m, n) is not None}
+    if isinstance(m, nn.RNNBase):
+        return {n: (_original(m, n).shape[1], 1.0) for n in m._flat_weights_names if n.startswith("weight_")}
+    return {}
+
+
+def _frozen_init(m: nn.Module, name: str, fans: dict[str, tuple[float, float]]) -> Callable[[tuple, int, str], Tensor] | None:
+    """How a known layer's non-masked parameter is drawn from the weight seed, as (shape, seed, stream) -> tensor;
+    None for parameters of unknown modules, which keep the model's values."""
+    uniform = lambda bound: lambda shape, seed, stream: draw_uniform(shape, bound, seed=seed, name=stream)  # noqa: E731
+    if isinstance(m, _NORMS):
+        fill = 1.0 if name == "weight" else 0.0
+        return lambda shape, seed, stream: torch.full(shape, fill)
+    if isinstance(m, nn.MultiheadAttention):
+        if name in ("bias_k", "bias_v"):  # xavier_normal of (1, 1, E), as PyTorch: std 1/sqrt(E)
+            return lambda shape, seed, stream: torch.randn(shape, generator=generator(seed, stream)) / math.sqrt(m.embed_dim)
+        if name == "in_proj_bias":
+            return lambda shape, seed, stream: torch.zeros(shape)
+    if isinstance(m, nn.RNNBase) and name.startswith("bias_"):
+        return uniform(1.0 / math.sqrt(m.hidden_size))
+    if name == "bias" and "weight" in fans:
+        return uniform(1.0 / math.sqrt(fans["weight"][0]))
+    return None
+
+
+def _original(m: nn.Module, name: str) -> Tensor | None:
+    """A module's own tensor `name`: the parameter, or under a parametrization its original."""
+    if parametrize.is_parametrized(m, name):
+        return m.parametrizations[name].original
+    return m._parameters.get(name)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One parameter of a model, at its first owner in module order."""
+
+    module_name: str
+    module: nn.Module
+    name: str
+    fan: tuple[float, float] | None  # (fan_in, gain) when it is a weight supermask masks
+    aliases: tuple[str, ...] = ()   # qualified names of later owners of the same tensor
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module_name}.{self.name}" if self.module_name else self.name
+
+    @property
+    def key(self) -> str:
+        """Its name in `masks`, the checkpoint's masks file and the .smask: the layer name for a `weight`
+        (as before other weights were masked), the qualified parameter name otherwise."""
+        return self.module_name if self.name == "weight" and self.module_name else self.qualname
+
+    @property
+    def tensor(self) -> Tensor:
+        return _original(self.module, self.name)
+
+    @property
+    def unsupported(self) -> bool:
+        """A floating-point tensor of two or more dimensions that supermask does not know how to mask."""
+        t = self.tensor
+        return (self.fan is None and t.is_floating_point() and t.dim() >= 2
+                and _frozen_init(self.module, self.name, _weight_fans(self.module)) is None)
+
+
+def parameter_slots(model: nn.Module) -> list[Slot]:
+    """Every parameter of `model` (converted or not) once, in module order, with its owners."""
+    first: dict[int, int] = {}
+    slots: list[Slot] = []
+    aliases: dict[int, list[str]] = {}
+    for mname, m in model.named_modules():
+        if isinstance(m, (parametrize.ParametrizationList, ScoredWeight)):
+            continue  # supermask's own modules: their tensors are the originals and scores of a layer's slots
+        fans = _weight_fans(m)
+        names = list(m._parameters) + (list(m.parametrizations) if parametrize.is_parametrized(m) else [])
+        for name in names:
+            t = _original(m, name)
+            if t is None:
+                continue
+            if id(t) in first:
+                aliases.setdefault(id(t), []).append(f"{mname}.{name}" if mname else name)
+                continue
+            first[id(t)] = len(slots)
+            fan = fans.get(name) if t.is_floating_point() and t.dim() >= 2 else None
+            slots.append(Slot(mname, m, name, fan))
+    return [Slot(s.module_name, s.module, s.name, s.fan, tuple(aliases.get(id(s.tensor), ()))) for s in slots]
+
+
+def weight_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """{key: tensor} of every weight supermask masks by default (under a mask, the frozen original)."""
+    return {s.key: s.tensor for s in parameter_slots(model) if s.fan is not None}
+
+
+def _patterns(value: str | Iterable[str], what: str) -> list[str]:
+    if isinstance(value, str):  # one pattern, not its characters
+        return [value]
+    patterns = list(value)
+    if not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"{what} patterns must be strings, got {patterns!r}")
+    return patterns
+
+
+def _matching(slots: list[Slot], patterns: list[str], what: str) -> set[str]:
+    """Qualified names of the slots a pattern names: by key, qualified parameter name or layer name (globs
+    allowed), or "first"/"last" in module order."""
+    hit: set[str] = set()
+    for pattern in patterns:
+        if pattern in ("first", "last"):
+            hit.update(s.qualname for s in slots[:1] if pattern == "first")
+            hit.update(s.qualname for s in slots[-1:] if pattern == "last")
+            continue
+        found = {s.qualname for s in slots
+                 if any(fnmatch.fnmatchcase(n, pattern) for n in (s.key, s.qualname, s.module_name))}
+        if not found:
+            raise ConfigError(f"{what} pattern {pattern!r} matches no maskable weight; they are: "
+                              f"{', '.join(s.qualname for s in slots)}")
+        hit |= found
+    return hit
+
+
+@dataclass
+class Report:
+    """What `convert` did to each parameter: masked (with its kept count), frozen or trained, and where its
+    value comes from ("seed": drawn from the weight seed; "kept": the model's own value)."""
+
+    method: str
+    prune_rate: float
+    weight_init: str
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unsupported: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, int]:
+        rows = self.parameters.values()
+        count = lambda **kw: sum(r["numel"] for r in rows if all(r.get(k) == v for k, v in kw.items()))  # noqa: E731
+        return {"masked": count(status="masked"), "kept": sum(r.get("kept", 0) for r in rows),
+                "frozen": count(status="frozen"), "trained": count(status="trained"),
+                "not_from_seed": count(source="kept")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "prune_rate": self.prune_rate, "weight_init": self.weight_init,
+                "totals": self.totals(), "unsupported": self.unsupported, "parameters": self.parameters}
+
+    def __str__(self) -> str:
+        w = max([len("parameter")] + [len(n) for n in self.parameters])
+        lines = [f"{'parameter':<{w}} {'shape':<18} {'status':<8} {'source':<6} {'kept / n':>20}"]
+        for name, r in self.parameters.items():
+            kept = f"{r['kept']} / {r['numel']}" if "kept" in r else str(r["numel"])
+            notes = ([r["note"]] if r.get("note") else []) + ([f"shared with {', '.join(r['tied'])}"] if r.get("tied") else [])
+            note = f"  ({'; '.join(notes)})" if notes else ""
+            lines.append(f"{name:<{w}} {str(tuple(r['shape'])):<18} {r['status']:<8} {r['source']:<6} {kept:>20}{note}")
+        t = self.totals()
+        lines.append(f"masked {t['masked']} weights, keeping {t['kept']}; frozen {t['frozen']}, trained {t['trained']}; "
+                     f"{t['not_from_seed']} not drawn from the seed")
+        return "\n".join(lines)
 
 
 def convert(
@@ -47,16 +238,22 @@ def convert(
     scale_fan: bool | None = None,
     weight_seed: int = 0,
     score_seed: int = 0,
-    skip: Iterable[str] = (),
+    skip: str | Iterable[str] = (),
+    include: str | Iterable[str] = (),
+    strict: bool = False,
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
 
-    Every Conv1d/2d/3d and Linear layer gets fresh random weights from `weight_seed` (unless
-    `weight_init="keep"`, which keeps the model's current weights, e.g. pretrained ones). For the mask methods
-    each such layer gets trainable scores from `score_seed` and its `weight` becomes the method's effective
-    weight; every other parameter (biases, BatchNorm affine, skipped layers) is frozen, since only scores are
-    searched. `skip` names layers to leave dense: qualified names, glob patterns, or "first"/"last".
-    For `method="dense"` the layers are only re-initialised and everything stays trainable.
+    Every weight listed in the module docstring gets fresh random values from `weight_seed` (unless
+    `weight_init="keep"`, which keeps the model's current weights, e.g. pretrained ones), and so do the biases
+    and norm affines of known layers. For the mask methods each such weight gets trainable scores from
+    `score_seed` and becomes the method's effective weight; every other parameter is frozen, since only scores
+    are searched. `include` (default: all) and `skip` choose the masked weights by key, qualified parameter name
+    or layer name, glob patterns, or "first"/"last". For `method="dense"` the weights are only re-initialised
+    and everything stays trainable.
+
+    A float parameter of two or more dimensions of a module supermask does not know is left as it is, named in
+    the report and in a warning; `strict=True` refuses it instead. The report: `report(model)`.
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
     fan scaled by the keep fraction, dense Kaiming normal.
@@ -70,45 +267,101 @@ def convert(
         raise ConfigError(f"unknown weight_init {weight_init!r}: expected one of {', '.join(WEIGHT_INITS + ('keep',))}")
     if scale_fan is None:
         scale_fan = DEFAULT_SCALE_FAN[method]
-    layers = eligible_layers(model)
-    if any(parametrize.is_parametrized(m, "weight") for _, m in layers):
-        raise ConfigError("model is already converted (a layer's weight is parametrized)")
-    if not layers:
-        raise ConfigError(f"{type(model).__name__} has no Conv or Linear layer to convert")
-    skipped = _select_skipped([n for n, _ in layers], skip)
+    skip, include = _patterns(skip, "skip"), _patterns(include, "include")
+    done = next((n for n, m in model.named_modules() if parametrize.is_parametrized(m)), None)
+    if done is not None:
+        raise ConfigError(f"model is already converted (layer {done or type(model).__name__} is parametrized)")
+    slots = parameter_slots(model)
+    targets = [s for s in slots if s.fan is not None]
+    if not targets:
+        raise ConfigError(f"{type(model).__name__} has no weight supermask can mask (Conv, Linear, attention, "
+                          "embedding or recurrent layers)")
+    unsupported = [s.qualname for s in slots if s.unsupported]
+    if unsupported and strict:
+        raise ConfigError(f"strict: supermask cannot mask {', '.join(unsupported)} (a weight of a module it does not know)")
+    chosen = _matching(targets, include, "include") if include else {s.qualname for s in targets}
+    chosen -= _matching(targets, skip, "skip")
     masked = method != "dense"
     keep_fraction = 1.0 - float(prune_rate) if (scale_fan and masked) else 1.0
+    report = Report(method, float(prune_rate), weight_init, unsupported=unsupported)
 
     if masked:
         model.requires_grad_(False)
-    for name, layer in layers:
-        w = layer.weight
-        with torch.no_grad():
-            if weight_init != "keep":
-                lk = 1.0 if name in skipped else keep_fraction
-                w.copy_(draw_weight(w.shape, weight_init, seed=weight_seed, name=name, keep_fraction=lk))
-        if not masked or name in skipped:
+    for s in slots:
+        w = s.tensor
+        row: dict[str, Any] = {"shape": list(w.shape), "numel": w.numel(), "status": "trained" if not masked else "frozen",
+                               "source": "kept"}
+        if s.aliases:
+            row["tied"] = list(s.aliases)
+        if weight_init != "keep":
+            fresh = None
+            if s.fan is not None:
+                fan, gain = s.fan
+                lk = keep_fraction if s.qualname in chosen else 1.0
+                fresh = draw_weight(w.shape, weight_init, seed=weight_seed, name=s.key, keep_fraction=lk, fan=fan, gain=gain)
+                pad = getattr(s.module, "padding_idx", None)
+                if pad is not None:
+                    fresh[pad] = 0  # nn.Embedding's padding vector is zero
+            elif (init := _frozen_init(s.module, s.name, _weight_fans(s.module))) is not None:
+                fresh = init(tuple(w.shape), weight_seed, f"frozen/{s.qualname}")
+            if fresh is not None:
+                with torch.no_grad():
+                    w.copy_(fresh)
+                row["source"] = "seed"
+        if s.unsupported:
+            row["note"] = "unsupported: a weight of a module supermask does not know"
+        elif s.fan is not None and s.qualname not in chosen:
+            row["note"] = "skipped"
+        report.parameters[s.qualname] = row
+        if not masked or s.qualname not in chosen:
             continue
-        scores = draw_scores(w.shape, seed=score_seed, name=name).to(device=w.device, dtype=w.dtype)
+        fan, gain = s.fan
+        scores = draw_scores(w.shape, seed=score_seed, name=s.key, fan=fan).to(device=w.device, dtype=w.dtype)
         scored = PARAMETRIZATIONS[method](scores, prune_rate)
+        scored.param_name = s.name
         # IteRand redraws pruned weights from the layer's own init distribution.
         scored.weight_init = None if weight_init == "keep" else (weight_init, keep_fraction)
-        parametrize.register_parametrization(layer, "weight", scored)
-        layer.parametrizations.weight.original.requires_grad_(False)
+        scored.init_fan = s.fan
+        for owner in (s.qualname,) + s.aliases:  # a shared tensor: one mask, every owner computes from it
+            module_name, _, pname = owner.rpartition(".")
+            parametrize.register_parametrization(model.get_submodule(module_name), pname, scored)
+        s.module.parametrizations[s.name].original.requires_grad_(False)
+        row.update(status="masked", kept=w.numel() - num_pruned(w.numel(), prune_rate))
+    if weight_init != "keep":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                m.reset_running_stats()  # statistics of earlier batches are no part of a seed
+    if unsupported:
+        warnings.warn(f"supermask cannot mask {', '.join(unsupported)}: left unmasked (see supermask.report(model))",
+                      stacklevel=2)
+    model.supermask_report = report
     return model
 
 
+def report(model: nn.Module) -> Report:
+    """The report `convert` made for `model`."""
+    found = getattr(model, "supermask_report", None)
+    if not isinstance(found, Report):
+        raise ConfigError(f"{type(model).__name__} was not converted by supermask.convert: it has no report")
+    return found
+
+
 def masked_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, ScoredWeight]]:
-    """(qualified name, layer, its scored-weight parametrization) for every masked layer."""
+    """(key, layer, its scored-weight parametrization) for every masked weight, shared ones once. The key is the
+    layer name for a `weight`, the qualified parameter name otherwise (`p.param_name` names the parameter)."""
+    seen: set[int] = set()
     for name, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations.weight:
-                if isinstance(p, ScoredWeight):
-                    yield name, module, p
+        if not parametrize.is_parametrized(module):
+            continue
+        for pname, plist in module.parametrizations.items():
+            for p in plist:
+                if isinstance(p, ScoredWeight) and id(p) not in seen:
+                    seen.add(id(p))
+                    yield (name if pname == "weight" and name else f"{name}.{pname}" if name else pname), module, p
 
 
 def masks(model: nn.Module) -> dict[str, Tensor]:
-    """The current masks, {qualified layer name: bool tensor shaped like the layer's weight}."""
+    """The current masks, {key (see `masked_layers`): bool tensor shaped like the weight}."""
     return {name: p.mask().detach().clone() for name, _, p in masked_layers(model)}
 
 
@@ -116,20 +369,34 @@ def score_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p.scores for _, _, p in masked_layers(model)]
 
 
-def random_weight(layer: nn.Module) -> Tensor:
-    """The frozen random weight underneath a masked layer's effective weight."""
-    return layer.parametrizations.weight.original
+def random_weight(layer: nn.Module, p: ScoredWeight | str | None = None) -> Tensor:
+    """The frozen random tensor underneath a masked weight: the layer's `weight`, or the parameter that `p` (a
+    parametrization from `masked_layers`, or a parameter name) computes."""
+    name = "weight" if p is None else p if isinstance(p, str) else getattr(p, "param_name", "weight")
+    return layer.parametrizations[name].original
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Replace every masked layer's parametrization by its current effective weight, in place: a plain model
-    for deployment, with frozen weights."""
-    for _, module, _ in list(masked_layers(model)):
+    """Replace every masked weight's parametrization by its current effective weight, in place: a plain model
+    for deployment, with frozen weights (a shared tensor stays shared)."""
+    baked: dict[int, nn.Parameter] = {}
+    for _, module in list(model.named_modules()):
+        if not parametrize.is_parametrized(module):
+            continue
+        weights = {}
         with torch.no_grad():
-            weight = module.weight.detach().clone()
+            for name, plist in module.parametrizations.items():
+                if not any(isinstance(p, ScoredWeight) for p in plist):
+                    continue
+                if id(plist[0]) not in baked:
+                    baked[id(plist[0])] = nn.Parameter(getattr(module, name).detach().clone(), requires_grad=False)
+                weights[name] = baked[id(plist[0])]
+        if not weights:
+            continue
         # parametrize gives each layer a generated subclass, which copy.deepcopy shares between copies; its own
         # remove_parametrizations edits that class and would break the other copies, so undo it per instance.
         module.__class__ = module.__class__.__bases__[0]
         del module._modules["parametrizations"]
-        module.weight = nn.Parameter(weight, requires_grad=False)
+        for name, w in weights.items():
+            setattr(module, name, w)
     return model

@@ -90,7 +90,7 @@ def check_agreement(model: nn.Module, group: Group, what: str) -> None:
         return
     sums = []
     for _, layer, p in masked_layers(model):
-        w = random_weight(layer).double()
+        w = random_weight(layer, p).double()
         positions = torch.arange(1, w.numel() + 1, device=w.device, dtype=torch.float64).view_as(w)
         sums += [(w * positions).sum(), p.mask().double().mul(positions).sum()]
     local = torch.stack(sums) if sums else torch.zeros(1, dtype=torch.float64, device=next(model.parameters()).device)

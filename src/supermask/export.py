@@ -27,7 +27,7 @@ from torch import nn
 from . import codec
 from .checkpoint import atomic_write_bytes, load_checkpoint
 from .config import make_config
-from .convert import convert, eligible_layers, masked_layers, random_weight
+from .convert import convert, masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
 from .methods import biprop_alpha
 from .models import MODELS, build_model
@@ -42,6 +42,7 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 
 # The config keys that, with the input shape, rebuild a run's network from its seed.
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
+OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params")  # absent from files written before they existed
 
 
 def _architecture(header: dict) -> nn.Module:
@@ -52,7 +53,8 @@ def _architecture(header: dict) -> nn.Module:
 def _skeleton(header: dict) -> nn.Module:
     """The architecture with the seed's random weights, converted as the run was (scores are irrelevant)."""
     return convert(_architecture(header), header["method"], header["prune_rate"], weight_init=header["weight_init"],
-                   scale_fan=header["scale_fan"], weight_seed=header["weight_seed"], skip=header["skip_layers"])
+                   scale_fan=header["scale_fan"], weight_seed=header["weight_seed"],
+                   skip=header["skip_layers"] + header.get("skip_params", []), include=header.get("include_params", []))
 
 
 def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     header: dict[str, Any] = {
         "format": "supermask", "version": VERSION,
         **{k: v for k, v in cfg.to_dict().items() if k in REBUILD_KEYS + ("dataset",)},
+        **{k: v for k, v in cfg.to_dict().items() if k in OPTIONAL_REBUILD_KEYS and v},
         "label": cfg.label, "test_acc": summary.get("test_acc"),
     }
     shape_keys = ("num_classes", "in_channels", "image_size")
@@ -83,7 +86,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     trained = _skeleton(header)
     load_checkpoint(run_dir / "checkpoint.safetensors", trained)
     seeded = _skeleton(header)
-    seeded_weights = {name: random_weight(layer) for name, layer, _ in masked_layers(seeded)}
+    seeded_weights = {name: random_weight(layer, p) for name, layer, p in masked_layers(seeded)}
 
     payload = bytearray()
 
@@ -92,11 +95,9 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         return [len(payload) - len(data), len(data)]
 
     layers, mask_bytes, entropy = [], 0, 0.0
-    masked_names = set()
     for name, layer, p in masked_layers(trained):
-        masked_names.add(name)
         mask = p.mask().cpu()
-        weight = random_weight(layer).detach().cpu()
+        weight = random_weight(layer, p).detach().cpu()
         changed = mask & (weight != seeded_weights[name])
         blob = codec.encode(mask.numpy())
         entry = {"name": name, "shape": list(weight.shape), "kept": int(mask.sum()), "mask": put(blob)}
@@ -110,9 +111,8 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         layers.append(entry)
     others = []
     for key, tensor in trained.state_dict().items():
-        owner = key.rsplit(".parametrizations.", 1)[0] if ".parametrizations." in key else None
-        if owner in masked_names:
-            continue  # rebuilt from the seed, the mask and the changes
+        if ".parametrizations." in f".{key}":
+            continue  # a masked weight (every parametrization is convert's): rebuilt from the seed, mask and changes
         t = tensor.detach().cpu().contiguous()
         others.append({"key": key, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                        "data": put(t.numpy().tobytes())})
@@ -121,7 +121,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     body = _PREFIX.pack(MAGIC, VERSION, len(head)) + head + bytes(payload)
     data = body + hashlib.sha256(body).digest()
     atomic_write_bytes(path, data)
-    dense_bytes = 4 * sum(layer.weight.numel() for _, layer in eligible_layers(trained))
+    dense_bytes = 4 * sum(w.numel() for w in weight_tensors(trained).values())
     return {"file": str(path), "bytes": len(data), "mask_bytes": mask_bytes, "entropy_bytes": round(entropy, 1),
             "mask_vs_entropy": round(mask_bytes / entropy, 4) if entropy else None,
             "overhead_bytes": len(data) - mask_bytes, "dense_float32_bytes": dense_bytes,
@@ -168,7 +168,7 @@ def load(path: str | Path) -> nn.Module:
     try:
         if header.get("model") not in MODELS:
             raise ConfigError(f"{where}: unknown architecture {header.get('model')!r}")
-        make_config(None, {k: header[k] for k in REBUILD_KEYS})  # validates every value
+        make_config(None, {k: header[k] for k in REBUILD_KEYS + tuple(k for k in OPTIONAL_REBUILD_KEYS if k in header)})
         for key in ("num_classes", "in_channels", "image_size"):
             if not isinstance(header.get(key), int) or not 0 < header[key] < 1 << 20:
                 raise ConfigError(f"{where}: bad {key} {header.get(key)!r}")
@@ -183,11 +183,11 @@ def load(path: str | Path) -> nn.Module:
     entries = header.get("layers")
     if not isinstance(entries, list) or sorted(str(e.get("name")) for e in entries if isinstance(e, dict)) != sorted(layers):
         raise ConfigError(f"{where}: its masked layers do not match the {header['model']} architecture")
-    plain: dict[str, torch.Tensor] = {}
+    plain: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
     with torch.no_grad():
         for e in entries:
             layer, p = layers[e["name"]]
-            weight = random_weight(layer)
+            weight = random_weight(layer, p)
             if list(weight.shape) != e.get("shape"):
                 raise ConfigError(f"{where}: layer {e['name']} has shape {e.get('shape')}, the architecture {list(weight.shape)}")
             n = weight.numel()
@@ -201,7 +201,7 @@ def load(path: str | Path) -> nn.Module:
             if "alpha" in e:
                 if float(biprop_alpha(weight, mask)) != e["alpha"]:
                     raise ConfigError(f"{where}: layer {e['name']} rebuilds with a different alpha than it was saved with")
-            plain[e["name"]] = p.effective_weight(weight, mask.to(weight.dtype)).detach().clone()
+            plain[e["name"]] = (layer, p.param_name, p.effective_weight(weight, mask.to(weight.dtype)).detach().clone())
     _bake_plain(model, plain)
     state = model.state_dict()
     for t in header.get("tensors", []):
@@ -215,14 +215,13 @@ def load(path: str | Path) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _bake_plain(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+def _bake_plain(model: nn.Module, weights: dict[str, tuple[nn.Module, str, torch.Tensor]]) -> None:
     from .convert import bake
 
     bake(model)
-    modules = dict(model.named_modules())
     with torch.no_grad():
-        for name, w in weights.items():
-            modules[name].weight.copy_(w)
+        for layer, name, w in weights.values():
+            getattr(layer, name).copy_(w)
 
 
 def header_of(path: str | Path) -> dict[str, Any]:

@@ -33,15 +33,17 @@ def fan_in(shape: torch.Size | tuple[int, ...]) -> int:
     return int(shape[1] * math.prod(shape[2:]))
 
 
-def weight_std(shape, keep_fraction: float = 1.0) -> float:
-    """Kaiming std sqrt(2 / fan_in); with the scaled fan, sqrt(2 / (k * fan_in)) keeps the signal's scale after
-    pruning (layers without BatchNorm otherwise shrink the activations by about sqrt(k) each)."""
-    return RELU_GAIN / math.sqrt(keep_fraction * fan_in(shape))
+def weight_std(shape, keep_fraction: float = 1.0, fan: float | None = None, gain: float = RELU_GAIN) -> float:
+    """Kaiming std gain / sqrt(fan_in); with the scaled fan, gain / sqrt(k * fan_in) keeps the signal's scale after
+    pruning (layers without BatchNorm otherwise shrink the activations by about sqrt(k) each). `fan` overrides
+    the (out, in, *kernel) reading of the shape for layers that store their weight otherwise (see convert)."""
+    return gain / math.sqrt(keep_fraction * (fan_in(shape) if fan is None else fan))
 
 
-def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float = 1.0) -> Tensor:
+def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float = 1.0, fan: float | None = None,
+                gain: float = RELU_GAIN) -> Tensor:
     """A float32 CPU tensor of random weights of the given kind."""
-    std = weight_std(shape, keep_fraction)
+    std = weight_std(shape, keep_fraction, fan, gain)
     gen = generator(seed, f"weight/{name}")
     if kind == "signed-constant":
         return torch.randn(shape, generator=gen).sign_().mul_(std)
@@ -53,8 +55,11 @@ def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float 
     raise ValueError(f"unknown weight_init {kind!r}: expected one of {', '.join(WEIGHT_INITS)}")
 
 
-def draw_scores(shape, *, seed: int, name: str) -> Tensor:
+def draw_scores(shape, *, seed: int, name: str, fan: float | None = None) -> Tensor:
     """Scores as PyTorch's default layer init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in(shape))
-    gen = generator(seed, f"scores/{name}")
-    return torch.rand(shape, generator=gen).mul_(2 * bound).sub_(bound)
+    return draw_uniform(shape, 1.0 / math.sqrt(fan_in(shape) if fan is None else fan), seed=seed, name=f"scores/{name}")
+
+
+def draw_uniform(shape, bound: float, *, seed: int, name: str) -> Tensor:
+    """U(-bound, bound) from the named stream (scores, and biases drawn the layers' default way)."""
+    return torch.rand(shape, generator=generator(seed, name)).mul_(2 * bound).sub_(bound)

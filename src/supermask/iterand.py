@@ -14,12 +14,13 @@ from torch import nn
 
 from .convert import masked_layers, random_weight
 from .errors import ConfigError
-from .init import draw_weight, generator
+from .init import RELU_GAIN, draw_weight, generator
 
 
 @torch.no_grad()
 def rerandomize_(model: nn.Module, rate: float, seed: int) -> dict[str, int]:
-    """One IteRand step on every masked layer; returns {layer name: weights redrawn}. Kept weights never change."""
+    """One IteRand step on every masked weight; returns {key (see `masked_layers`): weights redrawn}. Kept weights
+    never change."""
     if not 0.0 <= rate <= 1.0:
         raise ConfigError(f"rerandomize rate {rate!r} is outside [0, 1]")
     layers = list(masked_layers(model))
@@ -30,10 +31,12 @@ def rerandomize_(model: nn.Module, rate: float, seed: int) -> dict[str, int]:
         if p.weight_init is None:
             raise ConfigError(f"layer {name} kept its own weights (weight_init=keep): IteRand has no init to redraw from")
         kind, keep_fraction = p.weight_init
-        weight = random_weight(layer)
+        fan, gain = getattr(p, "init_fan", (None, RELU_GAIN))  # the layer's own fan-in (see convert)
+        weight = random_weight(layer, p)
         coin = torch.rand(weight.shape, generator=generator(seed, f"iterand-coin/{name}")) < rate
         redraw = (coin.to(weight.device) & ~p.mask())
-        fresh = draw_weight(weight.shape, kind, seed=seed, name=f"iterand/{name}", keep_fraction=keep_fraction)
+        fresh = draw_weight(weight.shape, kind, seed=seed, name=f"iterand/{name}", keep_fraction=keep_fraction,
+                            fan=fan, gain=gain)
         weight.copy_(torch.where(redraw, fresh.to(device=weight.device, dtype=weight.dtype), weight))
         changed[name] = int(redraw.sum())
     return changed

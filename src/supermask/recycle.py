@@ -48,8 +48,8 @@ def recycle_layer_(weight: Tensor, scores: Tensor, rate: float, *, ablation: boo
 
 
 def recycle_(model: nn.Module, rate: float, ablation: bool = False) -> dict[str, int]:
-    """One IWR step on every masked layer of `model`; returns {layer name: weights changed}."""
+    """One IWR step on every masked weight of `model`; returns {key (see `masked_layers`): weights changed}."""
     layers = list(masked_layers(model))
     if not layers:
         raise ConfigError("recycle_ needs a model converted with a mask method (edge-popup or biprop)")
-    return {name: recycle_layer_(random_weight(layer), p.scores, rate, ablation=ablation) for name, layer, p in layers}
+    return {name: recycle_layer_(random_weight(layer, p), p.scores, rate, ablation=ablation) for name, layer, p in layers}

@@ -18,7 +18,7 @@ from . import data as data_lib
 from . import distributed
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_tensors, write_json
 from .config import Config, dump_yaml, make_config
-from .convert import convert, eligible_layers, masks
+from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
 from .models import build_model
 from .schedule import end_of_epoch, iterand_step, step_fires
@@ -61,7 +61,8 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
         # Search masks over a dense run's trained weights instead of random ones (weight_init is "keep").
         load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
     return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
-                   weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers)
+                   weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
+                   include=cfg.include_params)
 
 
 def place(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
@@ -85,8 +86,8 @@ def optimizer_for(cfg: Config, params: list[torch.Tensor]) -> torch.optim.Optimi
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(weights in Conv/Linear layers, how many of them the subnetwork keeps)."""
-    total = sum(layer.weight.numel() for _, layer in eligible_layers(model))
+    """(weights supermask can mask, how many of them the subnetwork keeps)."""
+    total = sum(w.numel() for w in weight_tensors(model).values())
     pruned = sum(int((~m).sum()) for m in masks(model).values())
     return total, total - pruned
 
@@ -347,6 +348,8 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
         "out_dir": str(out_dir), "processes": group.world, **(extra or {}),
     }
+    if isinstance(getattr(model, "supermask_report", None), Report):  # what convert masked, froze or trained
+        summary["convert"] = model.supermask_report.to_dict()
     if group.main:
         write_json(out_dir / "summary.json", summary)
     distributed.barrier(group)  # the run's files are complete when any process returns
