@@ -120,6 +120,7 @@ def main(argv=None) -> None:
     ap.add_argument("--together", type=int, default=0, metavar="N",
                     help="train up to N seeds of a cell in one process (0: every run alone, the default)")
     ap.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: auto, local, or a cluster address")
+    ap.add_argument("--retrain", action="store_true", help="train again the cells run before with another config")
     args = ap.parse_args(argv)
     prof = dict(PROFILES[args.profile])
     for key, conv in (("models", str), ("widths", float), ("prune_rates", float), ("seeds", int)):
@@ -147,7 +148,7 @@ def main(argv=None) -> None:
     sweep = Sweep(None, cells, Path(args.runs), workers=args.workers, together=args.together, grid=[*AXES, "method"])
     validate(sweep)
     try:
-        run_sweep(sweep, ray_address=args.ray, progress=sys.stderr.isatty())
+        run_sweep(sweep, ray_address=args.ray, progress=sys.stderr.isatty(), retrain=args.retrain)
     finally:  # whatever finished is reported, also when some cells failed
         rows = [row_of(json.loads((c.out_dir / "summary.json").read_text())) for c in cells if c.finished]
         estimates, differences = seed_estimates(rows, AXES), paired_differences(rows, AXES)

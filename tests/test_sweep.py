@@ -189,3 +189,47 @@ def test_seeds_give_intervals_and_paired_differences(tmp_path):
     assert (d50["prune_rate"], d50["verdict"], d50["n"]) == (0.5, "ahead", 3)
     assert d90["ci_low"] == pytest.approx(2 / 3 - 3.7945, abs=1e-3)
     assert (sweep.out_dir / "results.png").stat().st_size > 1000
+
+
+def _run_fake(sweep):
+    """Stand-in for a worker process: the cell's directory as a finished `train` leaves it (config and summary)."""
+    from supermask.checkpoint import atomic_write_text
+    from supermask.config import dump_yaml
+
+    by_dir = {f"out_dir={c.out_dir}": c for c in sweep.cells}
+    launched = []
+
+    def run(command, env):
+        cell = next(by_dir[a] for a in command if a in by_dir)
+        launched.append(cell.name)
+        cfg = sweep_mod.cell_config(sweep, cell)
+        cfg.augment = False
+        _finished(cell, 0.5)
+        atomic_write_text(cell.out_dir / "config.yaml", dump_yaml(cfg))
+        return 0, ""
+
+    return run, launched
+
+
+def test_a_changed_config_is_never_reused_silently(tmp_path, monkeypatch, capsys):
+    sweep = load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1]}))
+    fake, launched = _run_fake(sweep)
+    monkeypatch.setattr(sweep_mod, "run_cell_process", fake)
+    assert run_sweep(sweep, progress=False)["finished"] == 2 and len(launched) == 2
+    launched.clear()
+    assert run_sweep(load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1]})), progress=False)["finished"] == 2
+    assert launched == []  # same config: reused
+
+    changed = _spec(tmp_path, grid={"score_seed": [0, 1]}, set={"model": "small-conv", "width": 0.25, "epochs": 2})
+    assert main(["sweep", str(changed), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epochs=1 there, epochs=2 now" in err and "(and 1 more runs)" in err and "--retrain" in err
+    assert len(err.splitlines()) == 1 and launched == []
+
+    sweep = load_sweep(changed)
+    fake, launched = _run_fake(sweep)
+    monkeypatch.setattr(sweep_mod, "run_cell_process", fake)
+    assert run_sweep(sweep, progress=False, retrain=True)["finished"] == 2
+    assert sorted(launched) == ["score_seed=0", "score_seed=1"]
+    from supermask.config import make_config
+    assert all(make_config(str(c.out_dir / "config.yaml")).epochs == 2 for c in sweep.cells)

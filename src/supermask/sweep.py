@@ -17,7 +17,8 @@ A sweep file (YAML):
                                    # (true: no limit; default false)
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
-cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped. With
+cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped; a cell run
+before with another config (say `set: {epochs: 4}` after 3) is refused, or deleted and re-run with `--retrain`. With
 `together`, each group of cells that differ only in weight_seed, score_seed and data_seed is one task
 (`python -m supermask together GROUP.json`, see `supermask.together`), re-run from the group's checkpoint.
 """
@@ -40,8 +41,9 @@ from typing import Any
 import yaml
 
 from .checkpoint import atomic_write_text, write_csv, write_json
-from .config import make_config
+from .config import Config, make_config
 from .errors import ConfigError, SupermaskError
+from .reuse import check_reuse, drop_groups
 from .stats import Estimate, estimate, paired_difference, verdict
 
 SPEC_KEYS = ("base", "set", "grid", "out_dir", "workers", "gpus_per_cell", "retries", "together")
@@ -145,7 +147,11 @@ def validate(sweep: Sweep) -> None:
     for cell in sweep.cells:
         if "out_dir" in cell.overrides:
             raise ConfigError("out_dir is set by the sweep for each cell; remove it from set/grid")
-        make_config(cell.base or sweep.base, {**cell.overrides, "out_dir": str(cell.out_dir)})
+        cell_config(sweep, cell)
+
+
+def cell_config(sweep: Sweep, cell: Cell) -> Config:
+    return make_config(cell.base or sweep.base, {**cell.overrides, "out_dir": str(cell.out_dir)})
 
 
 def _command(sweep: Sweep, task: list[Cell]) -> list[str]:
@@ -296,8 +302,13 @@ def _run_ray(sweep: Sweep, pending: list[list[Cell]], progress: Progress, addres
             ray.shutdown()
 
 
-def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished cell, then aggregate; returns the aggregate (and raises if cells failed)."""
+def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = True,
+              retrain: bool = False) -> dict[str, Any]:
+    """Run every unfinished cell, then aggregate; returns the aggregate (and raises if cells failed). A cell run
+    before with another config is refused, or with `retrain` deleted and run again."""
+    deleted = check_reuse([cell_config(sweep, c) for c in sweep.cells], retrain=retrain)
+    if deleted:
+        drop_groups(sorted((sweep.out_dir / "groups").glob("group-*")), deleted)
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     for cell in sweep.cells:
         cell.status = "done" if cell.finished else "pending"
