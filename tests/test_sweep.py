@@ -233,3 +233,17 @@ def test_a_changed_config_is_never_reused_silently(tmp_path, monkeypatch, capsys
     assert sorted(launched) == ["score_seed=0", "score_seed=1"]
     from supermask.config import make_config
     assert all(make_config(str(c.out_dir / "config.yaml")).epochs == 2 for c in sweep.cells)
+
+
+def test_cells_that_cannot_train_together_run_alone(tmp_path, monkeypatch):
+    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "dense"], "amp": [False, True],
+                                             "score_seed": [0, 1]}, together=True))
+    groups = sweep_mod.tasks(sweep, sweep.cells)
+    grouped = [g for g in groups if len(g) > 1]
+    assert [[c.name for c in g] for g in grouped] == [["amp=False-method=edge-popup-score_seed=0",
+                                                      "amp=False-method=edge-popup-score_seed=1"]]
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 1, 1, 2]  # dense and amp cells each alone
+    commands = {g[0].overrides["method"] + str(g[0].overrides["amp"]) + str(len(g)): sweep_mod._command(sweep, g)[3]
+                for g in groups}
+    assert commands == {"edge-popupFalse2": "together", "edge-popupTrue1": "train", "denseFalse1": "train",
+                        "denseTrue1": "train"}

@@ -14,6 +14,7 @@ A sweep file (YAML):
     gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0)
     retries: 2                     # re-runs of a cell whose worker died (default 2)
     together: 8                    # train cells that differ only in seeds in one process, up to 8 at a time
+                                   # (dense, amp and compile cells, which `together` refuses, run alone)
                                    # (true: no limit; default false)
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
@@ -156,7 +157,7 @@ def cell_config(sweep: Sweep, cell: Cell) -> Config:
 
 def _command(sweep: Sweep, task: list[Cell]) -> list[str]:
     """The process that runs a task: one cell with `train`, or a group of cells with `together`."""
-    if len(task) > 1 or sweep.together:
+    if len(task) > 1 or (sweep.together and _groupable(sweep, task[0])):
         from .together import write_group_file
 
         name = _group_name(task)
@@ -175,13 +176,25 @@ def _command(sweep: Sweep, task: list[Cell]) -> list[str]:
     return [sys.executable, "-m", "supermask", "train", *base, *args, f"out_dir={cell.out_dir}", "--resume", "-q"]
 
 
+def _groupable(sweep: Sweep, cell: Cell) -> bool:
+    """Whether `supermask together` takes the cell (dense, amp and compile cells it refuses run alone)."""
+    from .together import check_group
+
+    try:
+        check_group([cell_config(sweep, cell)])
+    except ConfigError:
+        return False
+    return True
+
+
 def _group_name(task: list[Cell]) -> str:
     return "group-" + hashlib.sha256("\n".join(str(c.out_dir) for c in task).encode()).hexdigest()[:12]
 
 
 def tasks(sweep: Sweep, pending: list[Cell]) -> list[list[Cell]]:
     """What runs as one process: each cell alone, or with `together`, groups of cells that differ only in their
-    seeds (at most `together` of them). A group interrupted earlier is resumed with exactly its own cells."""
+    seeds (at most `together` of them); cells that `together` refuses (dense, amp, compile) run alone. A group
+    interrupted earlier is resumed with exactly its own cells."""
     if not sweep.together:
         return [[c] for c in pending]
     from .together import group_runs  # torch is imported only where a sweep needs it
@@ -199,6 +212,9 @@ def tasks(sweep: Sweep, pending: list[Cell]) -> list[list[Cell]]:
     groups: dict[str, list[Cell]] = {}
     for c in pending:
         if str(c.out_dir) in taken:
+            continue
+        if not _groupable(sweep, c):
+            out.append([c])
             continue
         key = json.dumps([c.base or sweep.base, {k: v for k, v in c.overrides.items() if k not in SEED_KEYS}],
                          sort_keys=True, default=str)
