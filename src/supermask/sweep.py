@@ -14,8 +14,7 @@ A sweep file (YAML):
     gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0)
     retries: 2                     # re-runs of a cell whose worker died (default 2)
     together: 8                    # train cells that differ only in seeds in one process, up to 8 at a time
-                                   # (dense, amp and compile cells, which `together` refuses, run alone)
-                                   # (true: no limit; default false)
+                                   # (true: no limit; default false); dense, amp and compile cells run alone
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
 cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped; a cell run
