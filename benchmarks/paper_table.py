@@ -3,10 +3,13 @@
     SUPERMASK_DATA=../shared/datasets python benchmarks/paper_table.py --profile cpu     # ~1 hour on 2 cores
     python benchmarks/paper_table.py --profile full                                     # the paper's recipe (GPU)
 
-The grid runs on `supermask.sweep` (local worker processes, or Ray with --ray): each cell is an ordinary run under
-runs/paper_table/, a finished cell is reused and a killed one resumed.
-Writes benchmarks/results/<name>.json (a row per cell plus the machine), <name>.md (the table beside the
-published figures) and <name>.png (test accuracy against prune rate).
+The grid runs on `supermask.sweep` (local worker processes, or Ray with --ray; --together N trains up to N seeds
+of a cell in one process): each cell is an ordinary run under runs/paper_table/, a finished cell is reused and a
+killed one resumed. Each seed sets the weight, score and data seeds together. Aggregated as `supermask sweep` does:
+Writes benchmarks/results/<name>.json (a row per run, per cell n, mean and 95% interval over the seeds, and the
+paired differences IWR - base and IteRand - Edge-Popup with their verdicts, plus the machine), <name>.md (the table
+beside the published figures, then the differences) and <name>.png (accuracy against prune rate with error bars,
+and the differences).
 
 Short runs scale the IWR period with the run (F as a fraction of training: the paper's F / 250 epochs), or the
 schedule would never fire; IteRand keeps its period of 300 iterations.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,9 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from supermask.config import paper_schedule  # noqa: E402
-from supermask.sweep import Cell, Sweep, results_plot, run_sweep, validate  # noqa: E402
+from supermask.errors import ConfigError  # noqa: E402
+from supermask.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text, paired_differences,  # noqa: E402
+                             run_sweep, seed_estimates, validate)
 
 METHODS = ("edge-popup", "biprop", "iterand", "edge-popup+iwr", "biprop+iwr", "dense")
+AXES = ["model", "width", "prune_rate", "epochs"]  # a row of the table; methods are its columns
 PAPER_EPOCHS = 250
 
 # Published CIFAR-10 test accuracy (%), 250 epochs, official binaries: {(model, width, prune rate): {method: acc}}.
@@ -68,27 +73,32 @@ def cell_name(o: dict) -> str:
 
 
 def row_of(summary: dict) -> dict:
-    keys = ("method", "model", "width", "prune_rate", "epochs", "test_acc", "best_test_acc", "seconds",
-            "params_total", "params_kept", "dataset_source", "out_dir")
+    keys = ("method", "model", "width", "prune_rate", "epochs", "weight_seed", "score_seed", "data_seed", "test_acc",
+            "best_test_acc", "seconds", "params_total", "params_kept", "dataset_source", "out_dir")
     return {**{k: summary[k] for k in keys}, "seed": summary["weight_seed"]}
 
 
-def markdown(rows: list[dict], methods: list[str]) -> str:
-    cells: dict[tuple, dict[str, list[float]]] = {}
-    for r in rows:
-        cells.setdefault((r["model"], r["width"], r["prune_rate"], r["epochs"]), {}).setdefault(r["method"], []).append(100 * r["test_acc"])
+def markdown(cells: list[dict], differences: list[dict], methods: list[str]) -> str:
+    """The measured table (mean ± 95% interval, n seeds) beside the published figures, then the paired differences."""
+    by_row: dict[tuple, dict[str, dict]] = {}
+    for c in cells:
+        by_row.setdefault(tuple(c[k] for k in AXES), {})[c["method"]] = c
     lines = ["| model, width, % pruned, epochs | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    for (model, width, p, epochs), by_method in sorted(cells.items()):
+    for (model, width, p, epochs), by_method in by_row.items():
         published = PUBLISHED.get((model, width, p), {})
         entries = []
         for m in methods:
-            accs = by_method.get(m)
-            ours = "-" if not accs else f"{statistics.mean(accs):.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
+            ours = estimate_text(by_method[m]) if m in by_method else "-"
             entries.append(f"{ours} ({published[m]:.2f})" if m in published else ours)
         lines.append(f"| {model}, {width:g}, {100 * p:g}, {epochs} | " + " | ".join(entries) + " |")
-    lines.append("")
-    lines.append("Test accuracy (%) measured here; the published figure (250 epochs, official CIFAR-10 binaries) in "
-                 "parentheses. Mean ± standard deviation over seeds where there are several.")
+    lines += ["", f"Test accuracy (%) measured here: {STATS_NOTE} The published figure (250 epochs, official CIFAR-10 "
+              "binaries) in parentheses."]
+    if differences:
+        lines += ["", "| model, width, % pruned, epochs | method - base | difference | verdict |", "|---|---|---|---|"]
+        for d in differences:
+            lines.append(f"| {d['model']}, {d['width']:g}, {100 * d['prune_rate']:g}, {d['epochs']} | "
+                         f"{d['method']} - {d['base']} | {estimate_text(d, sign=True)} | {d['verdict']} |")
+        lines += ["", PAIRED_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -102,10 +112,15 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", help="comma-separated")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--data-dir", help="default: $SUPERMASK_DATA")
+    ap.add_argument("--base", help="the config every cell starts from (default: the built-in config of its model)")
     ap.add_argument("--runs", default="runs/paper_table", help="where the cells' run directories go")
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results"), help="where <name>.json/md/png go")
     ap.add_argument("--name", help="results file name (default: paper_table_<profile>)")
     ap.add_argument("--workers", type=int, default=1, help="cells run at once by local worker processes")
+    ap.add_argument("--together", type=int, default=0, metavar="N",
+                    help="train up to N seeds of a cell in one process (0: every run alone, the default)")
     ap.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: auto, local, or a cluster address")
+    ap.add_argument("--retrain", action="store_true", help="train again the cells run before with another config")
     args = ap.parse_args(argv)
     prof = dict(PROFILES[args.profile])
     for key, conv in (("models", str), ("widths", float), ("prune_rates", float), ("seeds", int)):
@@ -119,7 +134,7 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown method {unknown[0]!r}: expected some of {', '.join(METHODS)}")
     name = args.name or f"paper_table_{args.profile}"
-    out = Path(__file__).parent / "results"
+    out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
 
     cells = []
@@ -129,19 +144,25 @@ def main(argv=None) -> None:
                 for seed in prof["seeds"]:
                     for method in methods:
                         o = cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir)
-                        cells.append(Cell(cell_name(o), o, Path(args.runs) / cell_name(o), base=model))
-    sweep = Sweep(None, cells, Path(args.runs), workers=args.workers)
+                        cells.append(Cell(cell_name(o), o, Path(args.runs) / cell_name(o), base=args.base or model))
+    sweep = Sweep(None, cells, Path(args.runs), workers=args.workers, together=args.together, grid=[*AXES, "method"])
     validate(sweep)
     try:
-        run_sweep(sweep, ray_address=args.ray, progress=sys.stderr.isatty())
+        run_sweep(sweep, ray_address=args.ray, progress=sys.stderr.isatty(), retrain=args.retrain)
     finally:  # whatever finished is reported, also when some cells failed
         rows = [row_of(json.loads((c.out_dir / "summary.json").read_text())) for c in cells if c.finished]
+        estimates, differences = seed_estimates(rows, AXES), paired_differences(rows, AXES)
         (out / f"{name}.json").write_text(json.dumps(
-            {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows, "machine": machine()},
-            indent=2) + "\n")
+            {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows, "cells": estimates,
+             "differences": differences, "machine": machine()}, indent=2) + "\n")
         if rows:
-            (out / f"{name}.md").write_text(markdown(rows, methods))
-            results_plot(rows, out / f"{name}.png")
+            (out / f"{name}.md").write_text(markdown(estimates, differences, methods))
+            try:
+                from supermask.plots import seed_plot
+
+                seed_plot(estimates, differences, AXES, out / f"{name}.png")
+            except ConfigError:  # no matplotlib
+                pass
             print((out / f"{name}.md").read_text())
 
 

@@ -101,8 +101,8 @@ def test_compare_refuses_mismatched_runs(tmp_path, capsys):
 
 
 def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
-    overrides = {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 1, "out_dir": str(tmp_path / "st")}
-    summary = run_study(None, overrides, score_seeds=3, progress=False, log=lambda *_: None)
+    overrides = {"model": "small-conv", "width": 0.25, "epochs": 1, "out_dir": str(tmp_path / "st")}
+    summary = run_study("digits", overrides, score_seeds=3, progress=False, log=lambda *_: None)
     runs = sorted((tmp_path / "st" / "runs").iterdir())
     assert [r.name for r in runs] == ["edge-popup-w0-s0", "edge-popup-w0-s1", "edge-popup-w0-s2"]
     assert summary["by_method_pair"]["edge-popup|edge-popup"][TOTAL]["pairs"] == 3
@@ -116,7 +116,7 @@ def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, ca
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(supermask.train, "run", no_training)
+    monkeypatch.setattr(supermask.train, "run", no_training)  # the same config as above: every run is reused
     assert main(["study", "digits", "model=small-conv", "width=0.25", "epochs=1", f"out_dir={tmp_path / 'st'}",
                  "--score-seeds", "3", "-q"]) == 0
     assert "Jaccard" in capsys.readouterr().out

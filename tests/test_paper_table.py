@@ -1,6 +1,7 @@
 """The paper-table benchmark's pure parts: schedule scaling for short runs, and the markdown table."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,35 @@ def test_short_runs_scale_the_iwr_period(method, model, epochs, every):
     assert cfg.iwr_every == every and cfg.label == method
 
 
+def _row(method, p, seed, acc):
+    return {"model": "conv4", "width": 0.25, "prune_rate": p, "epochs": 10, "method": method, "test_acc": acc,
+            "weight_seed": seed, "score_seed": seed, "data_seed": seed, "seed": seed}
+
+
 def test_markdown_table_beside_published():
-    rows = [
-        {"model": "conv4", "width": 0.25, "prune_rate": 0.5, "epochs": 10, "method": "edge-popup", "test_acc": 0.6},
-        {"model": "conv4", "width": 0.25, "prune_rate": 0.5, "epochs": 10, "method": "edge-popup", "test_acc": 0.62},
-        {"model": "conv4", "width": 0.25, "prune_rate": 0.9, "epochs": 10, "method": "biprop", "test_acc": 0.5},
-    ]
-    table = paper_table.markdown(rows, ["edge-popup", "biprop"])
-    lines = table.splitlines()
-    assert lines[2] == "| conv4, 0.25, 50, 10 | 61.00 ± 1.41 (73.34) | - (73.23) |"
-    assert lines[3] == "| conv4, 0.25, 90, 10 | - | 50.00 |"
+    rows = [_row("edge-popup", 0.5, 0, 0.60), _row("edge-popup", 0.5, 1, 0.62),
+            _row("edge-popup+iwr", 0.5, 0, 0.63), _row("edge-popup+iwr", 0.5, 1, 0.64), _row("biprop", 0.9, 0, 0.5)]
+    cells = paper_table.seed_estimates(rows, paper_table.AXES)
+    differences = paper_table.paired_differences(rows, paper_table.AXES)
+    lines = paper_table.markdown(cells, differences, ["edge-popup", "biprop", "edge-popup+iwr"]).splitlines()
+    # 61 ± t(0.975, 1) * sqrt(2) / sqrt(2) = 61 ± 12.71; one seed: no interval
+    assert lines[2] == "| conv4, 0.25, 50, 10 | 61.00 ± 12.71 (n=2) (73.34) | - (73.23) | 63.50 ± 6.35 (n=2) (78.92) |"
+    assert lines[3] == "| conv4, 0.25, 90, 10 | - | 50.00 (1 seed) | - |"
+    # differences 3 and 2: mean 2.5, s / sqrt(2) = 0.5, half-width 12.706 * 0.5
+    assert "| conv4, 0.25, 50, 10 | edge-popup+iwr - edge-popup | +2.50 ± 6.35 (n=2) | within noise |" in lines
+
+
+def test_a_tiny_digits_grid_with_seeds(tmp_path):
+    paper_table.main(["--base", "digits", "--models", "small-conv", "--widths", "0.25", "--prune-rates", "0.5",
+                      "--methods", "edge-popup,edge-popup+iwr", "--seeds", "0,1", "--epochs", "1", "--together", "2",
+                      "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--name", "t"])
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert sorted((r["method"], r["weight_seed"], r["score_seed"], r["data_seed"]) for r in out["rows"]) == [
+        ("edge-popup", 0, 0, 0), ("edge-popup", 1, 1, 1), ("edge-popup+iwr", 0, 0, 0), ("edge-popup+iwr", 1, 1, 1)]
+    assert [(c["method"], c["n"]) for c in out["cells"]] == [("edge-popup", 2), ("edge-popup+iwr", 2)]
+    (d,) = out["differences"]
+    acc = {(r["method"], r["seed"]): 100 * r["test_acc"] for r in out["rows"]}
+    diffs = [acc["edge-popup+iwr", s] - acc["edge-popup", s] for s in (0, 1)]
+    assert d["mean"] == pytest.approx(sum(diffs) / 2) and d["verdict"] in ("ahead", "behind", "within noise")
+    assert d["ci_half_width"] == pytest.approx(12.7062 * abs(diffs[0] - diffs[1]) / 2, abs=1e-3)
+    assert "(n=2)" in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 1000

@@ -57,7 +57,8 @@ def test_local_sweep_then_restart_runs_only_missing_cells(tmp_path, monkeypatch,
     assert sorted((r["method"], r["score_seed"]) for r in rows) == [("biprop", "0"), ("biprop", "1"),
                                                                    ("edge-popup", "0"), ("edge-popup", "1")]
     table = (tmp_path / "sw" / "results.md").read_text()
-    assert "| small-conv | 0.25 | 50 | 1 |" in table and " ± " in table
+    assert table.startswith("| runs | biprop | edge-popup |\n|---|---|---|\n| all | ")  # method is the only axis
+    assert table.count("(n=2)") == 2 and "edge-popup - " not in table  # no base pairs in this grid
     assert (tmp_path / "sw" / "results.png").stat().st_size > 1000
     status = json.loads((tmp_path / "sw" / "status.json").read_text())
     assert (status["done"], status["failed"], status["running"]) == (4, 0, 0)
@@ -141,3 +142,108 @@ def test_an_interrupted_group_is_resumed_with_exactly_its_own_cells(tmp_path):
     save_tensors(started / "together.safetensors", {"x": __import__("torch").zeros(1)},
                  {"runs": [str(s0.out_dir), str(s2.out_dir)], "states": []})
     assert sweep_mod.tasks(sweep, sweep.cells) == [[s0, s2], [s1]]
+
+
+def _finished(cell, acc, method=None):
+    """A cell as if it had run: its summary.json only (aggregation reads nothing else)."""
+    from supermask.checkpoint import write_json
+
+    o = cell.overrides
+    cell.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cell.out_dir / "summary.json", {
+        "method": method or o.get("method", "edge-popup"), "model": "small-conv", "width": 0.25,
+        "prune_rate": o.get("prune_rate", 0.5), "weight_seed": o.get("weight_seed", 0),
+        "score_seed": o.get("score_seed", 0), "data_seed": o.get("data_seed", 0), "epochs": 1, "test_acc": acc,
+        "best_test_acc": acc, "seconds": 1.0})
+
+
+def test_grid_keys_that_are_not_seeds_are_never_averaged(tmp_path):
+    sweep = load_sweep(_spec(tmp_path, grid={"lr": [0.1, 0.001]}))
+    for cell, acc in zip(sweep.cells, (0.953, 0.123)):
+        _finished(cell, acc)
+    sweep_mod.aggregate(sweep)
+    with open(sweep.out_dir / "results.csv") as f:
+        assert [(r["lr"], r["test_acc"]) for r in csv.DictReader(f)] == [("0.1", "0.953"), ("0.001", "0.123")]
+    table = (sweep.out_dir / "results.md").read_text()
+    assert "| 0.001 | 12.30 (1 seed) |" in table and "| 0.1 | 95.30 (1 seed) |" in table
+    assert "±" not in table.split("\n\n")[0]  # one seed per cell: no interval anywhere in the table
+    assert (sweep.out_dir / "results.png").stat().st_size > 1000
+
+
+def test_seeds_give_intervals_and_paired_differences(tmp_path):
+    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "edge-popup+iwr"], "prune_rate": [0.5, 0.9],
+                                             "score_seed": [0, 1, 2]}))
+    accs = {("edge-popup", 0.5): [60, 61, 62], ("edge-popup+iwr", 0.5): [62, 64, 66],    # differences 2, 3, 4
+            ("edge-popup", 0.9): [40, 45, 50], ("edge-popup+iwr", 0.9): [41, 44, 52]}    # differences 1, -1, 2
+    for cell in sweep.cells:
+        o = cell.overrides
+        _finished(cell, accs[o["method"], o["prune_rate"]][o["score_seed"]] / 100)
+    result = sweep_mod.aggregate(sweep)
+    table = (sweep.out_dir / "results.md").read_text()
+    # 61 ± t(0.975, 2) * 1 / sqrt(3) = 61 ± 2.48; 64 ± 4.30 * 2 / sqrt(3) = 64 ± 4.97
+    assert "| 0.5 | 61.00 ± 2.48 (n=3) | 64.00 ± 4.97 (n=3) |" in table
+    assert "| 0.5 | edge-popup+iwr - edge-popup | +3.00 ± 2.48 (n=3) | ahead |" in table
+    # differences 1, -1, 2: mean 2/3, s = sqrt(7/3), half-width 4.30265 * s / sqrt(3) = 3.795
+    assert "| 0.9 | edge-popup+iwr - edge-popup | +0.67 ± 3.79 (n=3) | within noise |" in table
+    (d50, d90) = result["differences"]
+    assert (d50["prune_rate"], d50["verdict"], d50["n"]) == (0.5, "ahead", 3)
+    assert d90["ci_low"] == pytest.approx(2 / 3 - 3.7945, abs=1e-3)
+    assert (sweep.out_dir / "results.png").stat().st_size > 1000
+
+
+def _run_fake(sweep):
+    """Stand-in for a worker process: the cell's directory as a finished `train` leaves it (config and summary)."""
+    from supermask.checkpoint import atomic_write_text
+    from supermask.config import dump_yaml
+
+    by_dir = {f"out_dir={c.out_dir}": c for c in sweep.cells}
+    launched = []
+
+    def run(command, env):
+        cell = next(by_dir[a] for a in command if a in by_dir)
+        launched.append(cell.name)
+        cfg = sweep_mod.cell_config(sweep, cell)
+        cfg.augment = False
+        _finished(cell, 0.5)
+        atomic_write_text(cell.out_dir / "config.yaml", dump_yaml(cfg))
+        return 0, ""
+
+    return run, launched
+
+
+def test_a_changed_config_is_never_reused_silently(tmp_path, monkeypatch, capsys):
+    sweep = load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1]}))
+    fake, launched = _run_fake(sweep)
+    monkeypatch.setattr(sweep_mod, "run_cell_process", fake)
+    assert run_sweep(sweep, progress=False)["finished"] == 2 and len(launched) == 2
+    launched.clear()
+    assert run_sweep(load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1]})), progress=False)["finished"] == 2
+    assert launched == []  # same config: reused
+
+    changed = _spec(tmp_path, grid={"score_seed": [0, 1]}, set={"model": "small-conv", "width": 0.25, "epochs": 2})
+    assert main(["sweep", str(changed), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epochs=1 there, epochs=2 now" in err and "(and 1 more runs)" in err and "--retrain" in err
+    assert len(err.splitlines()) == 1 and launched == []
+
+    sweep = load_sweep(changed)
+    fake, launched = _run_fake(sweep)
+    monkeypatch.setattr(sweep_mod, "run_cell_process", fake)
+    assert run_sweep(sweep, progress=False, retrain=True)["finished"] == 2
+    assert sorted(launched) == ["score_seed=0", "score_seed=1"]
+    from supermask.config import make_config
+    assert all(make_config(str(c.out_dir / "config.yaml")).epochs == 2 for c in sweep.cells)
+
+
+def test_cells_that_cannot_train_together_run_alone(tmp_path, monkeypatch):
+    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "dense"], "amp": [False, True],
+                                             "score_seed": [0, 1]}, together=True))
+    groups = sweep_mod.tasks(sweep, sweep.cells)
+    grouped = [g for g in groups if len(g) > 1]
+    assert [[c.name for c in g] for g in grouped] == [["amp=False-method=edge-popup-score_seed=0",
+                                                      "amp=False-method=edge-popup-score_seed=1"]]
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 1, 1, 2]  # dense and amp cells each alone
+    commands = {g[0].overrides["method"] + str(g[0].overrides["amp"]) + str(len(g)): sweep_mod._command(sweep, g)[3]
+                for g in groups}
+    assert commands == {"edge-popupFalse2": "together", "edge-popupTrue1": "train", "denseFalse1": "train",
+                        "denseTrue1": "train"}

@@ -72,7 +72,7 @@ def _study(args: argparse.Namespace) -> int:
 
     summary = run_study(args.config, parse_overrides(args.overrides), score_seeds=args.score_seeds,
                         weight_seeds=args.weight_seeds, progress=not args.quiet,
-                        together=args.together, forward=args.forward)
+                        together=args.together, forward=args.forward, retrain=args.retrain)
     _print_landscape(summary)
     return 0
 
@@ -146,7 +146,7 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep_file)
     if args.workers:
         sweep.workers = args.workers
-    result = run_sweep(sweep, ray_address=args.ray, progress=not args.quiet)
+    result = run_sweep(sweep, ray_address=args.ray, progress=not args.quiet, retrain=args.retrain)
     print(f"{result['finished']} of {result['cells']} cells finished; results in {sweep.out_dir}/results.csv, "
           f"results.md and results.png")
     return 0
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("study", help="train runs that differ only in their seeds, then compare their masks",
                         description="Runs share the weight seed and differ in score seed (with --weight-seeds M, M "
                                     "weight seeds x N score seeds). Runs go to OUT_DIR/runs, the comparison to "
-                                    "OUT_DIR/compare; finished runs are reused when the study is run again.")
+                                    "OUT_DIR/compare; finished runs are reused when the study is run again with "
+                                    "the same config (another config is refused, or retrained with --retrain).")
     st.add_argument("config", help="a built-in config name or a YAML file")
     st.add_argument("overrides", nargs="*", metavar="key=value", help="config values; out_dir=DIR is required")
     st.add_argument("--score-seeds", type=int, required=True, metavar="N", help="score seeds per weight seed")
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--forward", choices=FORWARDS, default="auto",
                     help="with --together: vmap batches the runs into grouped layers (GPUs), loop runs them in "
                          "turn (faster on CPUs); auto picks by device (default)")
+    st.add_argument("--retrain", action="store_true",
+                    help="delete and train again the runs trained with another config (default: refuse)")
     st.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=_study)
 
@@ -245,11 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="run a grid of runs (local worker processes or a Ray cluster) and tabulate them",
                         description="Expand the grid of SWEEP.yaml, run every unfinished cell in its own process, re-run "
-                                    "cells whose worker died, and write results.csv, results.md and results.png.")
+                                    "cells whose worker died, and write results.csv, results.md and results.png. "
+                                    "A cell already run with another config is refused (or retrained with --retrain).")
     sw.add_argument("sweep_file", metavar="SWEEP.yaml")
     sw.add_argument("--workers", type=int, help="local worker processes (overrides the file's workers)")
     sw.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: 'auto' (the running cluster), "
                                                      "'local' (start one on this machine) or a cluster address")
+    sw.add_argument("--retrain", action="store_true",
+                    help="delete and train again the cells run with another config (default: refuse)")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)
 

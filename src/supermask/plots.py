@@ -156,3 +156,53 @@ def norms_plot(result: dict, path: Path) -> Path:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     return _save(plt, fig, path)
+
+
+def seed_plot(cells: list[dict], differences: list[dict], axes: list[str], path: Path) -> Path:
+    """Test accuracy per cell (mean with its 95% interval as error bars, one line per method), one panel per value
+    of the axes besides the x axis (prune_rate when it varies); below, the paired differences from the base methods.
+    A one-seed point is drawn hollow, without an error bar."""
+    plt = _pyplot()
+    x_key = "prune_rate" if "prune_rate" in axes else (axes[0] if axes else None)
+    panel_keys = [k for k in axes if k != x_key]
+    panels = list(dict.fromkeys(tuple(c[k] for k in panel_keys) for c in cells))
+    xs = list(dict.fromkeys(c[x_key] for c in cells)) if x_key else [None]
+    rows = 2 if differences else 1
+    fig, grid = plt.subplots(rows, len(panels), figsize=(5.5 * len(panels), 4 * rows), squeeze=False)
+
+    def draw(ax, entries: list[dict], series: str) -> None:
+        names = list(dict.fromkeys(e[series] for e in entries))
+        for i, name in enumerate(names):
+            shift = 0.06 * (i - (len(names) - 1) / 2)  # error bars of one x side by side, not on top of each other
+            pts = [(xs.index(e[x_key] if x_key else None) + shift, e) for e in entries if e[series] == name]
+            pos = [p for p, _ in pts]
+            line = ax.plot(pos, [e["mean"] for _, e in pts], label=name, color=f"C{i}")[0]
+            for p, e in pts:
+                seeded = e["ci_half_width"] is not None
+                ax.errorbar(p, e["mean"], yerr=e["ci_half_width"] if seeded else None, capsize=3, marker="o",
+                            color=line.get_color(), mfc=line.get_color() if seeded else "white")
+        ax.set_xticks(range(len(xs)), [_tick(x) for x in xs])
+        ax.set_xlabel(x_key or "")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    for j, panel in enumerate(panels):
+        title = ", ".join(f"{k}={_tick(v)}" for k, v in zip(panel_keys, panel))
+        at = dict(zip(panel_keys, panel))
+        ax = grid[0][j]
+        draw(ax, [c for c in cells if all(c[k] == v for k, v in at.items())], "method")
+        ax.set(title=title or "test accuracy", ylabel="test accuracy (%), mean ± 95% CI")
+        if differences:
+            ax = grid[1][j]
+            diffs = [{**d, "pair": f"{d['method']} - {d['base']}"} for d in differences
+                     if all(d[k] == v for k, v in at.items())]
+            if diffs:
+                draw(ax, diffs, "pair")
+            ax.axhline(0, color="gray", lw=1, ls="--")
+            ax.set(ylabel="paired difference (points), ± 95% CI")
+    fig.text(0.01, 0.005, "hollow points: one seed, no interval", fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _tick(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -8,6 +8,7 @@ from typing import Any
 
 from .config import Config, make_config
 from .errors import ConfigError
+from .reuse import check_reuse, drop_groups
 
 
 def study_configs(base: Config, score_seeds: int, weight_seeds: int = 1) -> list[Config]:
@@ -27,26 +28,30 @@ def study_configs(base: Config, score_seeds: int, weight_seeds: int = 1) -> list
 
 
 def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int, weight_seeds: int = 1,
-              progress: bool = True, log=print, together: bool = False, forward: str = "auto") -> dict:
-    """Train (or reuse) every run of the study, then compare their masks into <out_dir>/compare. With
-    `together`, the runs still to train are trained at once in this process (see `supermask.together`)."""
-    from .landscape import write_comparison
-    from .train import run
+              progress: bool = True, log=print, together: bool = False, forward: str = "auto",
+              retrain: bool = False) -> dict:
+    """Train (or reuse) every run of the study, then compare their masks into <out_dir>/compare. A run is reused
+    only when trained with the same config; otherwise the study is refused, or with `retrain` trains it again.
+    With `together`, the runs still to train are trained at once in this process (see `supermask.together`)."""
+    from . import landscape, train
 
     overrides = dict(overrides)
     if not overrides.get("out_dir"):
         raise ConfigError("a study needs out_dir=DIR (its runs go to DIR/runs, the comparison to DIR/compare)")
     base = make_config(source, overrides)
     configs = study_configs(base, score_seeds, weight_seeds)
+    deleted = check_reuse(configs, retrain=retrain)
+    if deleted:
+        drop_groups([Path(base.out_dir) / "together"], deleted)
     if together:
         _train_together(configs, Path(base.out_dir) / "together", forward, progress, log)
     for i, cfg in enumerate(configs, 1):
         if (Path(cfg.out_dir) / "summary.json").is_file():
             log(f"[{i}/{len(configs)}] {cfg.out_dir}: finished, reused")
             continue
-        summary = run(cfg, resume=True, progress=progress)
+        summary = train.run(cfg, resume=True, progress=progress)
         log(f"[{i}/{len(configs)}] {cfg.out_dir}: test accuracy {100 * summary['test_acc']:.2f}%")
-    return write_comparison([c.out_dir for c in configs], Path(base.out_dir) / "compare")
+    return landscape.write_comparison([c.out_dir for c in configs], Path(base.out_dir) / "compare")
 
 
 def _train_together(configs: list[Config], group_dir: Path, forward: str, progress: bool, log) -> None:

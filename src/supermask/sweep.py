@@ -14,10 +14,11 @@ A sweep file (YAML):
     gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0)
     retries: 2                     # re-runs of a cell whose worker died (default 2)
     together: 8                    # train cells that differ only in seeds in one process, up to 8 at a time
-                                   # (true: no limit; default false)
+                                   # (true: no limit; default false); dense, amp and compile cells run alone
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
-cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped. With
+cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped; a cell run
+before with another config (say `set: {epochs: 4}` after 3) is refused, or deleted and re-run with `--retrain`. With
 `together`, each group of cells that differ only in weight_seed, score_seed and data_seed is one task
 (`python -m supermask together GROUP.json`, see `supermask.together`), re-run from the group's checkpoint.
 """
@@ -28,7 +29,6 @@ import hashlib
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -41,11 +41,19 @@ from typing import Any
 import yaml
 
 from .checkpoint import atomic_write_text, write_csv, write_json
-from .config import make_config
+from .config import Config, make_config
 from .errors import ConfigError, SupermaskError
+from .reuse import check_reuse, drop_groups
+from .stats import Estimate, estimate, paired_difference, verdict
 
 SPEC_KEYS = ("base", "set", "grid", "out_dir", "workers", "gpus_per_cell", "retries", "together")
 SEED_KEYS = ("weight_seed", "score_seed", "data_seed")
+SEED_COLUMNS = (*SEED_KEYS, "seed")  # "seed": one axis that sets all three (benchmarks/paper_table.py)
+# The columns every row of results.csv has, from the run's summary.
+ROW_KEYS = ("method", "model", "width", "prune_rate", "epochs", "weight_seed", "score_seed", "data_seed", "test_acc",
+            "best_test_acc", "seconds")
+# A method and the base it is compared with on the same seeds.
+PAIRED_BASES = {"edge-popup+iwr": "edge-popup", "biprop+iwr": "biprop", "iterand": "edge-popup"}
 
 
 @dataclass
@@ -73,6 +81,13 @@ class Sweep:
     retries: int = 2
     fixed: dict[str, Any] = field(default_factory=dict)
     together: int = 0  # largest group of cells trained in one process (0: every cell alone)
+    grid: list[str] = field(default_factory=list)  # the keys the grid varies
+
+    def axes(self) -> list[str]:
+        """What a table splits by: the grid keys other than seeds (else whatever varies across cells)."""
+        keys = self.grid or list(dict.fromkeys(k for c in self.cells for k in c.overrides
+                                               if len({json.dumps(d.overrides.get(k), default=str) for d in self.cells}) > 1))
+        return [k for k in keys if k not in SEED_COLUMNS]
 
 
 def _format(value: Any) -> str:
@@ -118,7 +133,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if isinstance(together, bool) or not isinstance(together, int) or together < 0:
         raise ConfigError(f"{path}: together must be true, false or a group size >= 1, got {together!r}")
     sweep = Sweep(spec.get("base"), cells, Path(out_dir), int(spec.get("workers", 1)),
-                  float(spec.get("gpus_per_cell", 0.0)), int(spec.get("retries", 2)), fixed, together)
+                  float(spec.get("gpus_per_cell", 0.0)), int(spec.get("retries", 2)), fixed, together, keys)
     validate(sweep)
     return sweep
 
@@ -132,12 +147,16 @@ def validate(sweep: Sweep) -> None:
     for cell in sweep.cells:
         if "out_dir" in cell.overrides:
             raise ConfigError("out_dir is set by the sweep for each cell; remove it from set/grid")
-        make_config(cell.base or sweep.base, {**cell.overrides, "out_dir": str(cell.out_dir)})
+        cell_config(sweep, cell)
+
+
+def cell_config(sweep: Sweep, cell: Cell) -> Config:
+    return make_config(cell.base or sweep.base, {**cell.overrides, "out_dir": str(cell.out_dir)})
 
 
 def _command(sweep: Sweep, task: list[Cell]) -> list[str]:
     """The process that runs a task: one cell with `train`, or a group of cells with `together`."""
-    if len(task) > 1 or sweep.together:
+    if len(task) > 1 or (sweep.together and _groupable(sweep, task[0])):
         from .together import write_group_file
 
         name = _group_name(task)
@@ -156,13 +175,25 @@ def _command(sweep: Sweep, task: list[Cell]) -> list[str]:
     return [sys.executable, "-m", "supermask", "train", *base, *args, f"out_dir={cell.out_dir}", "--resume", "-q"]
 
 
+def _groupable(sweep: Sweep, cell: Cell) -> bool:
+    """Whether `supermask together` takes the cell (dense, amp and compile cells it refuses run alone)."""
+    from .together import check_group
+
+    try:
+        check_group([cell_config(sweep, cell)])
+    except ConfigError:
+        return False
+    return True
+
+
 def _group_name(task: list[Cell]) -> str:
     return "group-" + hashlib.sha256("\n".join(str(c.out_dir) for c in task).encode()).hexdigest()[:12]
 
 
 def tasks(sweep: Sweep, pending: list[Cell]) -> list[list[Cell]]:
     """What runs as one process: each cell alone, or with `together`, groups of cells that differ only in their
-    seeds (at most `together` of them). A group interrupted earlier is resumed with exactly its own cells."""
+    seeds (at most `together` of them); cells that `together` refuses (dense, amp, compile) run alone. A group
+    interrupted earlier is resumed with exactly its own cells."""
     if not sweep.together:
         return [[c] for c in pending]
     from .together import group_runs  # torch is imported only where a sweep needs it
@@ -180,6 +211,9 @@ def tasks(sweep: Sweep, pending: list[Cell]) -> list[list[Cell]]:
     groups: dict[str, list[Cell]] = {}
     for c in pending:
         if str(c.out_dir) in taken:
+            continue
+        if not _groupable(sweep, c):
+            out.append([c])
             continue
         key = json.dumps([c.base or sweep.base, {k: v for k, v in c.overrides.items() if k not in SEED_KEYS}],
                          sort_keys=True, default=str)
@@ -283,8 +317,13 @@ def _run_ray(sweep: Sweep, pending: list[list[Cell]], progress: Progress, addres
             ray.shutdown()
 
 
-def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished cell, then aggregate; returns the aggregate (and raises if cells failed)."""
+def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = True,
+              retrain: bool = False) -> dict[str, Any]:
+    """Run every unfinished cell, then aggregate; returns the aggregate (and raises if cells failed). A cell run
+    before with another config is refused, or with `retrain` deleted and run again."""
+    deleted = check_reuse([cell_config(sweep, c) for c in sweep.cells], retrain=retrain)
+    if deleted:
+        drop_groups(sorted((sweep.out_dir / "groups").glob("group-*")), deleted)
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     for cell in sweep.cells:
         cell.status = "done" if cell.finished else "pending"
@@ -308,60 +347,97 @@ def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = 
 
 
 def aggregate(sweep: Sweep) -> dict[str, Any]:
-    """results.csv (a row per finished cell), results.md (mean ± std over seeds) and results.png."""
+    """results.csv (a row per finished cell, a column per grid key), results.md (per cell of the grid, mean ± 95%
+    interval over its seeds, and each method's paired difference from its base) and results.png."""
+    extra = [k for k in sweep.axes() if k not in ROW_KEYS]
     rows = []
     for cell in sweep.cells:
         if cell.finished:
             s = json.loads((cell.out_dir / "summary.json").read_text())
-            rows.append({"cell": cell.name, "method": s["method"], "model": s["model"], "width": s["width"],
-                         "prune_rate": s["prune_rate"], "weight_seed": s["weight_seed"], "score_seed": s["score_seed"],
-                         "data_seed": s["data_seed"], "epochs": s["epochs"], "test_acc": s["test_acc"],
-                         "best_test_acc": s["best_test_acc"], "seconds": s["seconds"]})
+            row = {"cell": cell.name, **{k: s[k] for k in ROW_KEYS}}
+            row.update({k: _column(cell.overrides.get(k)) for k in extra})
+            rows.append(row)
+    axes = [k for k in sweep.axes() if k != "method"]
+    cells, differences = seed_estimates(rows, axes), paired_differences(rows, axes)
     if rows:
-        write_csv(sweep.out_dir / "results.csv", rows, list(rows[0]))
-        atomic_write_text(sweep.out_dir / "results.md", results_table(rows))
-        results_plot(rows, sweep.out_dir / "results.png")
-    return {"cells": len(sweep.cells), "finished": len(rows), "rows": rows}
+        write_csv(sweep.out_dir / "results.csv", rows, ["cell", *ROW_KEYS[:5], *extra, *ROW_KEYS[5:]])
+        atomic_write_text(sweep.out_dir / "results.md", results_table(cells, differences, axes))
+        try:
+            from .plots import seed_plot
+
+            seed_plot(cells, differences, axes, sweep.out_dir / "results.png")
+        except ConfigError:  # no matplotlib: the table and CSV still hold everything
+            pass
+    return {"cells": len(sweep.cells), "finished": len(rows), "rows": rows, "estimates": cells,
+            "differences": differences}
 
 
-def results_table(rows: list[dict]) -> str:
-    """Markdown: a row per (model, width, prune rate, epochs), a column per method, mean ± std over seeds."""
-    methods = sorted({r["method"] for r in rows})
-    groups: dict[tuple, dict[str, list[float]]] = {}
+def _column(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _order(key: tuple) -> tuple:
+    """Sort numbers as numbers and everything else as text."""
+    return tuple((0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v)) for v in key)
+
+
+def _seeds(row: dict) -> tuple:
+    return tuple(row.get(k) for k in SEED_COLUMNS)
+
+
+def seed_estimates(rows: list[dict], axes: list[str]) -> list[dict]:
+    """One entry per (axes..., method): the cells that differ only in seeds, as n, mean, std and 95% interval of
+    the test accuracy in %."""
+    groups: dict[tuple, list[float]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["width"], r["prune_rate"], r["epochs"]), {}).setdefault(r["method"], []).append(100 * r["test_acc"])
-    lines = ["| model | width | % pruned | epochs | " + " | ".join(methods) + " |", "|---" * (4 + len(methods)) + "|"]
-    for (model, width, p, epochs), by in sorted(groups.items()):
-        cells = []
-        for m in methods:
-            accs = by.get(m, [])
-            cells.append("-" if not accs else f"{statistics.mean(accs):.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""))
-        lines.append(f"| {model} | {width:g} | {100 * p:g} | {epochs} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nTest accuracy (%), mean ± standard deviation over the seeds of each cell group.\n"
+        groups.setdefault((*(r[k] for k in axes), r["method"]), []).append(100 * r["test_acc"])
+    return [{**dict(zip([*axes, "method"], key)), **estimate(groups[key]).to_dict()} for key in sorted(groups, key=_order)]
 
 
-def results_plot(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def paired_differences(rows: list[dict], axes: list[str]) -> list[dict]:
+    """Per value of the axes, each method minus its base (PAIRED_BASES) on the seeds both ran, in points of
+    accuracy, with its 95% interval and verdict."""
+    acc: dict[tuple, dict[tuple, float]] = {}
+    for r in rows:
+        acc.setdefault((*(r[k] for k in axes), r["method"]), {})[_seeds(r)] = 100 * r["test_acc"]
+    out = []
+    for key in sorted(acc, key=_order):
+        *at, method = key
+        base = acc.get((*at, PAIRED_BASES.get(method)))
+        diff = paired_difference(acc[key], base) if base else None
+        if diff:
+            out.append({**dict(zip(axes, at)), "method": method, "base": PAIRED_BASES[method], **diff.to_dict(),
+                        "verdict": verdict(diff)})
+    return out
 
-    groups = sorted({(r["model"], r["width"], r["epochs"]) for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
-    for ax, (model, width, epochs) in zip(axes[0], groups):
-        for method in sorted({r["method"] for r in rows}):
-            pts: dict[float, list[float]] = {}
-            for r in rows:
-                if (r["model"], r["width"], r["epochs"], r["method"]) == (model, width, epochs, method):
-                    pts.setdefault(r["prune_rate"], []).append(100 * r["test_acc"])
-            if pts:
-                xs = sorted(pts)
-                ax.plot([100 * x for x in xs], [statistics.mean(pts[x]) for x in xs], marker="o", label=method)
-        ax.set(title=f"{model}, width {width:g}, {epochs} epochs", xlabel="% of weights pruned", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def estimate_text(entry: dict, sign: bool = False) -> str:
+    return Estimate(entry["n"], entry["mean"], entry["std"], entry["ci_half_width"]).text(sign=sign)
+
+
+STATS_NOTE = ("mean ± half-width of the 95% confidence interval (Student t) over the seeds of each cell, n seeds; "
+              "a cell of one seed has no interval.")
+PAIRED_NOTE = ("Paired differences (points of test accuracy, over the seeds both methods ran): ahead or behind when "
+               "the 95% interval excludes 0, within noise when it holds 0.")
+
+
+def results_table(cells: list[dict], differences: list[dict], axes: list[str]) -> str:
+    """Markdown: a row per value of the axes, a column per method; then the paired differences."""
+    methods = sorted({c["method"] for c in cells})
+    by_row: dict[tuple, dict[str, dict]] = {}
+    for c in cells:
+        by_row.setdefault(tuple(c[k] for k in axes), {})[c["method"]] = c
+    head = axes or ["runs"]
+    lines = ["| " + " | ".join(head + methods) + " |", "|---" * (len(head) + len(methods)) + "|"]
+    for key, by in by_row.items():
+        labels = [_format(v) for v in key] or ["all"]
+        lines.append("| " + " | ".join(labels + [estimate_text(by[m]) if m in by else "-" for m in methods]) + " |")
+    text = "\n".join(lines) + f"\n\nTest accuracy (%): {STATS_NOTE}\n"
+    if differences:
+        lines = ["| " + " | ".join(head + ["method - base", "difference", "verdict"]) + " |", "|---" * (len(head) + 3) + "|"]
+        for d in differences:
+            labels = [_format(d[k]) for k in axes] or ["all"]
+            lines.append("| " + " | ".join(labels + [f"{d['method']} - {d['base']}", estimate_text(d, sign=True),
+                                                     d["verdict"]]) + " |")
+        text += "\n" + "\n".join(lines) + f"\n\n{PAIRED_NOTE}\n"
+    return text

@@ -1,0 +1,49 @@
+"""Reusing run directories: a run already there (finished or not) stands for a requested config only when its
+resolved config equals the requested one. Sweeps and studies check every run before training anything."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .config import Config, make_config
+from .errors import ConfigError
+
+
+def differing_keys(requested: Config, run_dir: str | Path) -> list[str]:
+    """The config keys whose value in the run directory's config.yaml differs from `requested`, out_dir aside.
+    An unset `augment` is resolved from the dataset when a run starts, so it accepts the run's value."""
+    saved = make_config(str(Path(run_dir) / "config.yaml")).to_dict()
+    return [k for k, v in requested.to_dict().items()
+            if k != "out_dir" and v != saved[k] and not (k == "augment" and v is None)]
+
+
+def check_reuse(configs: list[Config], *, retrain: bool) -> list[str]:
+    """Refuse, in one line naming the keys that differ, when a run directory holds a run of another config; with
+    `retrain`, delete those directories instead so that they train again. Returns the deleted directories."""
+    stale = []
+    for cfg in configs:
+        if (Path(cfg.out_dir) / "config.yaml").is_file():
+            keys = differing_keys(cfg, cfg.out_dir)
+            if keys:
+                stale.append((cfg, keys))
+    if stale and not retrain:
+        cfg, keys = stale[0]
+        saved = make_config(str(Path(cfg.out_dir) / "config.yaml"))
+        diff = ", ".join(f"{k}={getattr(saved, k)!r} there, {k}={getattr(cfg, k)!r} now" for k in keys)
+        more = f" (and {len(stale) - 1} more runs)" if len(stale) > 1 else ""
+        raise ConfigError(f"{cfg.out_dir}{more} was trained with another config: {diff}; pass --retrain to train "
+                          "again over it, or choose another out_dir")
+    for cfg, _ in stale:
+        shutil.rmtree(cfg.out_dir)
+    return [cfg.out_dir for cfg, _ in stale]
+
+
+def drop_groups(group_dirs: list[Path], deleted: list[str]) -> None:
+    """Delete the checkpoints of interrupted groups (`supermask.together`) that hold a run deleted for retraining."""
+    from .together import group_runs
+
+    for group_dir in group_dirs:
+        runs = group_runs(group_dir) or []
+        if any(r in deleted for r in runs):
+            shutil.rmtree(group_dir)

@@ -1,0 +1,77 @@
+"""Studies reuse a finished run only when it was trained with the requested config."""
+
+from pathlib import Path
+
+import pytest
+
+import supermask.landscape
+import supermask.train
+from supermask import ConfigError
+from supermask.checkpoint import atomic_write_text, write_json
+from supermask.cli import main
+from supermask.config import dump_yaml, make_config
+from supermask.reuse import differing_keys
+from supermask.study import run_study, study_configs
+
+
+def fake_run(cfg, *, resume=False, progress=True):
+    """What a finished run leaves behind, as far as reuse looks: its resolved config and its summary."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.augment = False if cfg.augment is None else cfg.augment  # resolved from the dataset by a real run
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    write_json(out / "summary.json", {"test_acc": 0.5, "epochs": cfg.epochs})
+    return {"test_acc": 0.5}
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch):
+    """A study of 3 runs trained with epochs=3; training and comparing are faked (reuse reads only files)."""
+    trains = []
+    monkeypatch.setattr(supermask.train, "run", lambda cfg, **kw: (trains.append(cfg.out_dir), fake_run(cfg))[1])
+    monkeypatch.setattr(supermask.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
+    overrides = {"epochs": 3, "out_dir": str(tmp_path / "st")}
+    run_study("digits", overrides, score_seeds=3, progress=False, log=lambda *_: None)
+    assert len(trains) == 3
+    trains.clear()
+    return overrides, trains
+
+
+def test_same_config_is_reused(trained):
+    overrides, trains = trained
+    logs = []
+    run_study("digits", overrides, score_seeds=3, progress=False, log=logs.append)
+    assert trains == [] and all("finished, reused" in line for line in logs)
+
+
+def test_changed_config_is_refused_naming_the_keys(trained):
+    overrides, trains = trained
+    with pytest.raises(ConfigError, match=r"epochs=3 .*epochs=5.*--retrain") as e:
+        run_study("digits", {**overrides, "epochs": 5, "lr": 0.05}, score_seeds=3, progress=False, log=print)
+    assert "lr=" in str(e.value) and "\n" not in str(e.value)
+    assert trains == []  # refused before anything trained
+
+
+def test_retrain_trains_the_stale_runs_again(trained):
+    overrides, trains = trained
+    logs = []
+    run_study("digits", {**overrides, "epochs": 5}, score_seeds=3, progress=False, log=logs.append, retrain=True)
+    assert len(trains) == 3 and not any("reused" in line for line in logs)
+    assert all(make_config(str(Path(d) / "config.yaml")).epochs == 5 for d in trains)
+
+
+def test_the_cli_refuses_in_one_line(trained, capsys):
+    overrides, trains = trained
+    assert main(["study", "digits", "epochs=5", f"out_dir={overrides['out_dir']}", "--score-seeds", "3", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epochs" in err and "--retrain" in err and len(err.splitlines()) == 1 and trains == []
+
+
+def test_differing_keys(tmp_path):
+    cfg = make_config("digits", {"out_dir": str(tmp_path / "r"), "epochs": 3})
+    fake_run(cfg)
+    same = make_config("digits", {"out_dir": str(tmp_path / "elsewhere"), "epochs": 3})
+    assert differing_keys(same, tmp_path / "r") == []  # out_dir is where, not what; augment is resolved at run time
+    other = make_config("digits", {"epochs": 4, "method": "biprop"})
+    assert differing_keys(other, tmp_path / "r") == ["method", "weight_init", "scale_fan", "epochs"]
+    assert study_configs(same, 2)[1].score_seed == 1
