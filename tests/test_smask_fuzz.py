@@ -1,12 +1,22 @@
 """Hostile `.smask` files and mask blobs: every malformed input is refused with a ConfigError, never decoded
 into something else and never a traceback of another kind."""
 
+import hashlib
+import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from supermask import ConfigError, codec
+from supermask.checkpoint import save_checkpoint
+from supermask.config import dump_yaml, make_config
+from supermask.convert import masked_layers, random_weight
+from supermask.data import load_dataset
+from supermask.export import MAGIC, export_run, load, read
+from supermask.train import build, make_optimizer, new_state, place
 
 
 def _blob(n: int, quotients: list[int], remainders: list[int], b: int, minority: int = 1) -> bytes:
@@ -87,3 +97,170 @@ def test_random_blobs_decode_consistently_or_are_refused():
         except ConfigError:
             continue
         assert bits.size == n and int(np.count_nonzero(bits == bool(minority))) == count
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# Whole files, resealed with a valid checksum so that only the validation past the checksum can refuse them
+
+
+def _fake_run(out: Path, **overrides) -> Path:
+    """A run directory as `train` leaves it, without training: a ResNet-18 (width 1/16, BatchNorm statistics moved
+    off their initial values) searched with Biprop, one layer's kept weights changed as IWR or IteRand would."""
+    cfg = make_config(None, {"model": "resnet18", "dataset": "digits", "width": 0.0625, "method": "biprop",
+                             "prune_rate": 0.5, "epochs": 1, "out_dir": str(out), **overrides})
+    ds = load_dataset("digits")
+    model = place(build(cfg, ds), cfg, torch.device("cpu"))
+    with torch.no_grad():
+        model.train()(torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 3 + 1)
+        _, layer, p = next(iter(masked_layers(model)))
+        random_weight(layer)[p.mask()] += 0.5
+    out.mkdir()
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    save_checkpoint(out / "checkpoint.safetensors", model, make_optimizer(cfg, model), new_state())
+    (out / "summary.json").write_text(json.dumps({"test_acc": 0.5, "num_classes": 10, "in_channels": 1,
+                                                  "image_size": 8}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def smask(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    path = root / "net.smask"
+    export_run(_fake_run(root / "run"), path)
+    return path
+
+
+def _split(data: bytes) -> tuple[dict, bytes]:
+    (head_len,) = struct.unpack_from("<I", data, 12)
+    return json.loads(data[16:16 + head_len]), data[16 + head_len:-32]
+
+
+def _seal(header: dict, payload: bytes) -> bytes:
+    head = json.dumps(header).encode()
+    body = MAGIC + struct.pack("<II", 1, len(head)) + head + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def _outcome(tmp_path: Path, data: bytes) -> str:
+    """'refused' (a ConfigError) or 'loaded'; any other exception fails the test."""
+    path = tmp_path / "case.smask"
+    path.write_bytes(data)
+    try:
+        load(path)
+    except ConfigError:
+        return "refused"
+    return "loaded"
+
+
+def test_the_fixture_file_loads_and_stores_what_the_fuzz_edits(smask):
+    header, _ = read(smask)
+    assert any("running_mean" in t["key"] for t in header["tensors"]) and any("changed" in e for e in header["layers"])
+    assert all("alpha" in e for e in header["layers"])
+    load(smask)
+
+
+def test_a_file_without_its_batchnorm_statistics_is_refused(smask, tmp_path):
+    header, payload = _split(smask.read_bytes())
+    header["tensors"] = [t for t in header["tensors"] if "running" not in t["key"]]
+    with pytest.raises(ConfigError, match="stored tensors do not match the architecture.*missing"):
+        (tmp_path / "x.smask").write_bytes(_seal(header, payload))
+        load(tmp_path / "x.smask")
+
+
+EDITS = {
+    "one tensor left out": lambda h: h["tensors"].pop(7),
+    "a tensor twice": lambda h: h["tensors"].append(dict(h["tensors"][3])),
+    "an unknown tensor": lambda h: h["tensors"].append({**h["tensors"][3], "key": "fc.bias"}),
+    "a tensor of another dtype": lambda h: h["tensors"][3].update(dtype="float64"),
+    "a tensor with a short blob": lambda h: h["tensors"][3]["data"].__setitem__(1, h["tensors"][3]["data"][1] - 4),
+    "a layer twice": lambda h: h["layers"].append(dict(h["layers"][2])),
+    "a layer left out": lambda h: h["layers"].pop(2),
+    "kept one more": lambda h: h["layers"][2].update(kept=h["layers"][2]["kept"] + 1),
+    "kept one fewer": lambda h: h["layers"][2].update(kept=h["layers"][2]["kept"] - 1),
+    "a layer without its alpha": lambda h: h["layers"][2].pop("alpha"),
+    "changed without values": lambda h: next(e for e in h["layers"] if "changed" in e).pop("changed_values"),
+    "an int among the layers": lambda h: h["layers"].append(5),
+    "a string among the tensors": lambda h: h["tensors"].insert(0, "x"),
+    "layers not a list": lambda h: h.update(layers={"a": 1}),
+    "tensors null": lambda h: h.update(tensors=None),
+    "a field the format lacks": lambda h: h["layers"][0].update(extra=1),
+    "a negative blob offset": lambda h: h["layers"][0]["mask"].__setitem__(0, -1),
+    "a blob range past the payload": lambda h: h["layers"][0].update(mask=[h["payload_length"], 1]),
+    "a float seed": lambda h: h.update(weight_seed=0.5),
+    "skip_layers a string": lambda h: h.update(skip_layers="first"),
+    "an infinite width": lambda h: h.update(width=float("inf")),
+    "another format": lambda h: h.update(format="other"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_inconsistent_headers_are_refused(smask, tmp_path, edit):
+    header, payload = _split(smask.read_bytes())
+    EDITS[edit](header)
+    assert _outcome(tmp_path, _seal(header, payload)) == "refused"
+
+
+def test_a_kept_count_that_disagrees_with_the_mask_is_refused(smask, tmp_path):
+    """The header's count agrees with the prune rate, but the mask blob is another layer's with another count."""
+    header, payload = _split(smask.read_bytes())
+    a, b = header["layers"][1], header["layers"][-1]
+    assert a["kept"] != b["kept"]
+    a["mask"] = b["mask"]
+    assert _outcome(tmp_path, _seal(header, payload)) == "refused"
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, path + (k,))
+    elif isinstance(value, list) and value and isinstance(value[0], (dict, list)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, path + (i,))
+    else:
+        yield path
+
+
+def test_random_values_in_the_header_never_give_a_traceback(smask, tmp_path):
+    header, payload = _split(smask.read_bytes())
+    leaves = list(_leaves(header))
+    junk = [None, "x", -1, 0, 1.5, [], {}, True, 2 ** 70, [1, 2, 3], {"a": None}]
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for _ in range(60):
+        h = json.loads(json.dumps(header))
+        *parents, last = leaves[rng.integers(len(leaves))]
+        node = h
+        for key in parents:
+            node = node[key]
+        node[last] = junk[rng.integers(len(junk))]
+        outcomes.append(_outcome(tmp_path, _seal(h, payload)))
+    assert outcomes.count("refused") > 40  # most edits break the file; a few (label, test_acc) are harmless
+
+
+def test_random_payload_bits_never_give_a_traceback(smask, tmp_path):
+    header, payload = _split(smask.read_bytes())
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        flipped = bytearray(payload)
+        for _ in range(3):
+            flipped[rng.integers(len(flipped))] ^= 1 << rng.integers(8)
+        _outcome(tmp_path, _seal(header, bytes(flipped)))
+
+
+def test_a_damaged_version_field_reads_as_damage(smask, tmp_path):
+    data = bytearray(smask.read_bytes())
+    data[10] ^= 0xFF  # inside the u32 version
+    (tmp_path / "x.smask").write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="corrupt: its checksum does not match"):
+        load(tmp_path / "x.smask")
+
+
+def test_exporting_a_run_that_keeps_every_weight(tmp_path, capsys):
+    from supermask.cli import main
+
+    run = _fake_run(tmp_path / "run", prune_rate=0.0)
+    assert main(["export", str(run), "-o", str(tmp_path / "x.smask")]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "every weight kept" in out
+    assert all(e["kept"] == np.prod(e["shape"]) for e in read(tmp_path / "x.smask")[0]["layers"])
+    load(tmp_path / "x.smask")
