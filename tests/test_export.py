@@ -221,3 +221,39 @@ def test_a_mismatched_init_from_names_what_differs(tmp_path):
     cfg = make_config(None, {**BASE, "width": 0.5, "init_from": str(tmp_path / "dense"), "weight_init": "keep"})
     with pytest.raises(ConfigError, match=r"4 of another shape \(0.weight \[16, 1, 3, 3\] in the file, \[32, 1, 3, 3\]"):
         build(cfg, load_dataset("digits"))
+
+
+def test_a_run_on_a_relative_folder_evaluates_from_anywhere(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    rng = random.Random(0)
+    for split, n in (("train", 12), ("test", 6)):
+        for cls in ("a", "b"):
+            (work / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (8, 8), rng.randrange(256)).save(work / "imgs" / split / cls / f"{i}.png")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", "digits", "model=small-conv", "width=0.25", "epochs=1", "dataset=imgs", "out_dir=run",
+                 "-q"]) == 0
+    assert main(["export", "run", "-o", "net.smask"]) == 0
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    # results name the data and its checksum, not this machine's path; the config keeps the path for re-runs
+    assert (summary["dataset"], summary["dataset_source"], len(summary["dataset_sha256"])) == ("imgs", "imgs", 64)
+    assert str(tmp_path) not in (work / "run" / "summary.json").read_text()
+    assert make_config(str(work / "run" / "config.yaml")).dataset == str(work / "imgs")
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    for target in (work / "run", work / "net.smask"):
+        assert main(["eval", str(target)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["test_acc"] == summary["test_acc"] and result["same_data_as_run"] is True
+    (work / "imgs").rename(work / "moved")  # the data moved (or another machine): eval is told where it is
+    assert main(["eval", str(work / "run")]) == 2
+    capsys.readouterr()
+    for target in (work / "run", work / "net.smask"):
+        assert main(["eval", str(target), f"dataset={work / 'moved'}"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["test_acc"] == summary["test_acc"] and result["same_data_as_run"] is True
+    assert main(["eval", str(work / "run"), "lr=0.1"]) == 2
