@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -17,7 +18,7 @@ from supermask import ConfigError
 from supermask.cli import main
 from supermask.config import make_config
 from supermask.export import MAGIC, export_run, load, read
-from supermask.train import build, run
+from supermask.train import load_run_model, run
 
 BASE = {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 2, "batch_size": 128}
 VARIANTS = {
@@ -25,7 +26,7 @@ VARIANTS = {
     "edge-popup+iwr": {"method": "edge-popup", "prune_rate": 0.5, "iwr_every": 1, "iwr_rate": 0.5, "epochs": 4},
     "biprop+iwr": {"method": "biprop", "prune_rate": 0.5, "iwr_every": 1, "iwr_rate": 0.5, "epochs": 4},
     "iterand": {"method": "edge-popup", "prune_rate": 0.5, "iterand_every_steps": 3, "iterand_rate": 0.5},
-    "skip-first": {"method": "biprop", "prune_rate": 0.5, "skip_layers": ["first"]},
+    "skip-first": {"method": "biprop", "prune_rate": 0.5, "skip_layers": ["first"], "channels_last": False},
 }
 
 
@@ -41,12 +42,8 @@ def runs(tmp_path_factory):
 
 
 def _trained_outputs(run_dir, x):
-    from supermask import data
-    from supermask.checkpoint import load_checkpoint
-
-    cfg = make_config(str(run_dir / "config.yaml"))
-    model = build(cfg, data.load_dataset("digits"))
-    load_checkpoint(run_dir / "checkpoint.safetensors", model)
+    """The run's model as it ran (its device and memory layout) on x."""
+    _, _, model, _ = load_run_model(run_dir, device="cpu")
     with torch.no_grad():
         return model.eval()(x)
 
@@ -57,8 +54,9 @@ def test_rebuild_is_exact(runs, tmp_path, name):
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     rebuilt = load(tmp_path / "net.smask")
     assert not any("parametrizations" in k for k in rebuilt.state_dict())  # an ordinary module
-    with torch.no_grad():
-        assert torch.equal(rebuilt(x), _trained_outputs(runs[name], x))
+    with torch.no_grad():  # equal to the last bit in the run's layout (channels-last except skip-first's run)
+        for batch in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(rebuilt(batch), _trained_outputs(runs[name], batch))
     assert report["bytes"] < report["dense_float32_bytes"] / 8
     header, _ = read(tmp_path / "net.smask")
     if name in ("edge-popup+iwr", "biprop+iwr", "iterand"):
@@ -185,3 +183,77 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_run(tmp_path):
     a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, target))
     assert a["test_acc"] == b["test_acc"]
     assert not [p.name for p in target.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("outputs", [
+    ["-o", "{tmp}"],                                            # an existing directory
+    ["-o", "{tmp}/missing/x.smask"],                            # a folder that does not exist
+    ["-o", "{tmp}/x.smask", "--onnx", "/nonexistent_dir/x.onnx"],
+    ["-o", "{tmp}/x.smask", "--safetensors", "{tmp}/missing/w.safetensors"],
+])
+def test_unwritable_outputs_are_one_line_errors(runs, tmp_path, capsys, outputs):
+    argv = ["export", str(runs["edge-popup"])] + [a.format(tmp=tmp_path) for a in outputs]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("supermask: error:")
+    assert not (tmp_path / "x.smask").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("content", ["{", "[1, 2]", "\xff"])
+def test_a_corrupt_summary_is_a_one_line_error(runs, tmp_path, capsys, content):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["edge-popup"], run_dir)
+    (run_dir / "summary.json").write_bytes(content.encode("latin-1"))
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "x.smask")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "summary.json is corrupt" in err[0]
+
+
+def test_a_mismatched_init_from_names_what_differs(tmp_path):
+    from supermask.checkpoint import save_checkpoint
+    from supermask.data import load_dataset
+    from supermask.train import build, make_optimizer, new_state
+
+    dense = make_config(None, {**BASE, "method": "dense"})
+    model = build(dense, load_dataset("digits"))
+    (tmp_path / "dense").mkdir()
+    save_checkpoint(tmp_path / "dense" / "checkpoint.safetensors", model, make_optimizer(dense, model), new_state())
+    cfg = make_config(None, {**BASE, "width": 0.5, "init_from": str(tmp_path / "dense"), "weight_init": "keep"})
+    with pytest.raises(ConfigError, match=r"4 of another shape \(0.weight \[16, 1, 3, 3\] in the file, \[32, 1, 3, 3\]"):
+        build(cfg, load_dataset("digits"))
+
+
+def test_a_run_on_a_relative_folder_evaluates_from_anywhere(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    rng = random.Random(0)
+    for split, n in (("train", 12), ("test", 6)):
+        for cls in ("a", "b"):
+            (work / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (8, 8), rng.randrange(256)).save(work / "imgs" / split / cls / f"{i}.png")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", "digits", "model=small-conv", "width=0.25", "epochs=1", "dataset=imgs", "out_dir=run",
+                 "-q"]) == 0
+    assert main(["export", "run", "-o", "net.smask"]) == 0
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    # results name the data and its checksum, not this machine's path; the config keeps the path for re-runs
+    assert (summary["dataset"], summary["dataset_source"], len(summary["dataset_sha256"])) == ("imgs", "imgs", 64)
+    assert str(tmp_path) not in (work / "run" / "summary.json").read_text()
+    assert make_config(str(work / "run" / "config.yaml")).dataset == str(work / "imgs")
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    for target in (work / "run", work / "net.smask"):
+        assert main(["eval", str(target)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["test_acc"] == summary["test_acc"] and result["same_data_as_run"] is True
+    (work / "imgs").rename(work / "moved")  # the data moved (or another machine): eval is told where it is
+    assert main(["eval", str(work / "run")]) == 2
+    capsys.readouterr()
+    for target in (work / "run", work / "net.smask"):
+        assert main(["eval", str(target), f"dataset={work / 'moved'}"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["test_acc"] == summary["test_acc"] and result["same_data_as_run"] is True
+    assert main(["eval", str(work / "run"), "lr=0.1"]) == 2

@@ -53,6 +53,20 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object written by supermask (summary.json and the like); unreadable or corrupt is a ConfigError."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ConfigError(f"{path} is corrupt: not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path} is corrupt: it holds {type(obj).__name__}, not a JSON object")
+    return obj
+
+
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {META_KEY: json.dumps(meta)} if meta is not None else None
@@ -102,10 +116,25 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     save_tensors(path, tensors, meta)
 
 
+def state_mismatch(own: dict[str, Tensor], given: dict[str, Tensor], shown: int = 3) -> str:
+    """How a state dict differs from a model's, in one line ('' when the names and shapes agree)."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    shapes = [f"{k} {list(given[k].shape)} in the file, {list(v.shape)} in the model"
+              for k, v in own.items() if k in given and given[k].shape != v.shape]
+    parts = [f"{len(items)} {label} ({', '.join(items[:shown])}{', ...' if len(items) > shown else ''})"
+             for label, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+             if items]
+    return "; ".join(parts)
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Restore model (and optimizer) state in place; returns the checkpoint's metadata."""
     tensors, meta = load_tensors(path)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    mismatch = state_mismatch(model.state_dict(), model_state)
+    if mismatch:
+        raise ConfigError(f"{path} does not match this model: {mismatch}")
     try:
         model.load_state_dict(model_state, strict=True)
         if optimizer is not None:

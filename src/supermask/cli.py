@@ -40,10 +40,11 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .train import evaluate_run, evaluate_smask
 
-    if args.run_dir.endswith(".smask"):
-        result = evaluate_smask(args.run_dir, device=args.device)
-    else:
-        result = evaluate_run(args.run_dir, device=args.device)
+    data = parse_overrides(args.overrides)
+    if set(data) - {"dataset", "data_dir"}:
+        raise SupermaskError(f"eval takes only dataset=PATH and data_dir=DIR, not {sorted(set(data) - {'dataset', 'data_dir'})[0]}=")
+    evaluate = evaluate_smask if args.run_dir.endswith(".smask") else evaluate_run
+    result = evaluate(args.run_dir, device=args.device, **{k: str(v) for k, v in data.items() if v is not None})
     print(json.dumps(result, indent=2))
     return 0
 
@@ -80,10 +81,15 @@ def _study(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from . import export
 
+    for what, path in (("-o", args.output), ("--safetensors", args.safetensors), ("--onnx", args.onnx)):
+        if path:
+            export.check_output(path, what)
     report = export.export_run(args.run_dir, args.output)
+    masks = (f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes"
+             if report["mask_vs_entropy"] is not None else "every weight kept, so the entropy bound is 0 bytes")
     print(f"{report['file']}: {report['bytes']:,} bytes ({report['compression']}x smaller than the "
           f"{report['dense_float32_bytes']:,} bytes of dense float32 weights); masks {report['mask_bytes']:,} bytes, "
-          f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes")
+          f"{masks}")
     if args.safetensors or args.onnx:
         model = export.load(args.output)
         if args.safetensors:
@@ -183,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="re-evaluate a finished run, or a .smask file, on its test set")
     ev.add_argument("run_dir", metavar="RUN_DIR|NET.smask", help="a run directory or an exported .smask file")
+    ev.add_argument("overrides", nargs="*", metavar="dataset=PATH|data_dir=DIR",
+                    help="where to find the data, when not where the run found it (another machine, a moved copy)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.set_defaults(func=_eval)
 
@@ -273,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     # argparse fills a nargs="*" positional only once, so key=value pairs after a flag
     # (`train digits --resume epochs=3`) come back unrecognized: they are overrides too.
     if extra:
-        if getattr(args, "command", None) in ("train", "study") and all("=" in a and not a.startswith("-") for a in extra):
+        if getattr(args, "command", None) in ("train", "study", "eval") and all("=" in a and not a.startswith("-") for a in extra):
             args.overrides.extend(extra)
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 _HEAD = struct.Struct("<QQBBQ")
 _MAX_B = 40
+MAX_BITS = 1 << 31  # bits per mask: keeps every sum of gaps below 2**62
 
 
 def entropy_bits(n: int, kept: int) -> float:
@@ -57,26 +58,40 @@ def encode(mask: np.ndarray) -> bytes:
     return _HEAD.pack(n, gaps.size, b, minority, len(u)) + u + np.packbits(rem).tobytes()
 
 
-def decode(blob: bytes, expected_n: int | None = None) -> np.ndarray:
-    """The flat boolean mask of `encode`; a malformed blob raises ConfigError (never a huge allocation)."""
+def decode(blob: bytes, expected_n: int) -> np.ndarray:
+    """The flat boolean mask of `encode` for a layer of `expected_n` weights (so nothing larger is ever
+    allocated); a malformed blob raises ConfigError.
+
+    Every gap is checked before the positions are summed (so the sum cannot overflow int64), which makes the
+    positions strictly increasing and inside the layer; padding bits must be zero, so a blob has one reading.
+    """
     if len(blob) < _HEAD.size:
         raise ConfigError("mask blob is truncated")
     n, count, b, minority, u_len = _HEAD.unpack_from(blob)
-    if expected_n is not None and n != expected_n:
+    if n != expected_n:
         raise ConfigError(f"mask blob holds {n} bits where the layer has {expected_n}")
-    if count > n or b >= _MAX_B or minority > 1 or _HEAD.size + u_len > len(blob):
+    if n > MAX_BITS or count > n or b >= _MAX_B or minority > 1:
         raise ConfigError("mask blob header is inconsistent")
+    # a quotient is at most n >> b, so the unary stream holds at most n + count bits
     r_len = (count * b + 7) // 8
-    if _HEAD.size + u_len + r_len != len(blob) or u_len * 8 > 8 * n + 8 * count + 64 * count:
+    if u_len > (n + count + 7) // 8 or _HEAD.size + u_len + r_len != len(blob):
         raise ConfigError("mask blob has the wrong length")
     unary = np.unpackbits(np.frombuffer(blob, np.uint8, u_len, _HEAD.size))
     zeros = np.flatnonzero(unary == 0)[:count]
     if zeros.size != count:
         raise ConfigError("mask blob quotient stream is truncated")
+    used = int(zeros[-1]) + 1 if count else 0
+    rem_bits = np.unpackbits(np.frombuffer(blob, np.uint8, r_len, _HEAD.size + u_len))
+    if u_len != (used + 7) // 8 or unary[used:].any() or rem_bits[count * b:].any():
+        raise ConfigError("mask blob has stray bits after its codes")
     q = np.diff(zeros, prepend=-1) - 1
-    rem_bits = np.unpackbits(np.frombuffer(blob, np.uint8, r_len, _HEAD.size + u_len))[: count * b]
-    r = (rem_bits.reshape(count, b).astype(np.int64) << np.arange(b - 1, -1, -1)).sum(axis=1) if b else 0
-    positions = np.cumsum((q << b) + r + 1) - 1
+    if count and int(q.max()) > n >> b:
+        raise ConfigError("mask blob points past the end of the layer")
+    r = (rem_bits[: count * b].reshape(count, b).astype(np.int64) << np.arange(b - 1, -1, -1)).sum(axis=1) if b else 0
+    gaps = (q << b) + r  # q << b <= n and r < 2**b: no overflow
+    if count and int(gaps.max()) >= n:
+        raise ConfigError("mask blob points past the end of the layer")
+    positions = np.cumsum(gaps + 1) - 1  # at most count * n <= 2**62; strictly increasing as every gap >= 0
     if count and positions[-1] >= n:
         raise ConfigError("mask blob points past the end of the layer")
     bits = np.full(n, not minority, dtype=bool)

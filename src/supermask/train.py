@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_lib
 from . import distributed
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_tensors, write_json
+from .checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint, save_tensors, write_json
 from .config import Config, dump_yaml, make_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
@@ -239,6 +239,15 @@ def _check_resumable(out_dir: Path, cfg: Config) -> None:
         raise ConfigError(f"cannot resume {out_dir}: {k}={getattr(cfg, k)!r} differs from the run's {k}={getattr(saved, k)!r}")
 
 
+def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
+    """Absolute paths in place of relative ones in `cfg`, so that the saved config.yaml re-runs and evaluates from
+    any directory (summary.json records the data by file name and checksum instead)."""
+    if cfg.dataset.strip().lower() not in data_lib.DATASET_NAMES:
+        cfg.dataset = ds.source  # an image folder or archive, found and resolved by load_dataset
+    if cfg.data_dir:
+        cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+
+
 def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
     if resume and not cfg.out_dir:
@@ -248,6 +257,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     check_available(cfg.logger)
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+    resolve_data_paths(cfg, ds)
     if cfg.augment is None:
         cfg.augment = ds.augment
     model = place(build(cfg, ds), cfg, device)
@@ -338,8 +348,9 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     final = state["history"][-1]
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
-        "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": cfg.dataset,
-        "dataset_source": ds.source, "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
+        "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": ds.name,
+        "dataset_source": Path(ds.source).name, "dataset_sha256": data_lib.content_sha256(ds),
+        "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
         "data_seed": cfg.data_seed, "epochs": cfg.epochs, "test_acc": final["test_acc"],
         "best_test_acc": state["best_test_acc"], "best_epoch": state["best_epoch"],
@@ -356,37 +367,52 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     return summary
 
 
-def load_run_model(run_dir: str | Path, *, device: str = "auto") -> tuple[Config, data_lib.Dataset, nn.Module, dict]:
-    """(config, dataset, model with the run's last checkpoint, checkpoint metadata) of a run directory."""
+def load_run_model(run_dir: str | Path, *, device: str = "auto",
+                   data: dict[str, Any] | None = None) -> tuple[Config, data_lib.Dataset, nn.Module, dict]:
+    """(config, dataset, model with the run's last checkpoint, checkpoint metadata) of a run directory; `data`
+    may override where the dataset is found (`dataset`, `data_dir`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = make_config(str(run_dir / "config.yaml"), {"device": device})
+    cfg = make_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     model = place(build(cfg, ds), cfg, pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
     return cfg, ds, model, meta
 
 
-def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, Any]:
-    """Rebuild a finished run from its config and checkpoint and measure its test accuracy again."""
-    cfg, ds, model, meta = load_run_model(run_dir, device=device)
+def _data_check(ds: data_lib.Dataset, recorded: Any) -> dict[str, Any]:
+    """The data's name and checksum, and whether it is the data the run recorded (None when it recorded none)."""
+    sha = data_lib.content_sha256(ds)
+    return {"dataset_source": Path(ds.source).name, "dataset_sha256": sha,
+            "same_data_as_run": sha == recorded if isinstance(recorded, str) else None}
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
+    """Rebuild a finished run from its config and checkpoint and measure its test accuracy again (on `dataset` /
+    in `data_dir` when given, e.g. a copy of the data on another machine)."""
+    data = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v is not None}
+    cfg, ds, model, meta = load_run_model(run_dir, device=device, data=data)
     loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device), amp=cfg.amp)
     total, kept = parameter_counts(model)
+    summary_file = Path(run_dir) / "summary.json"
+    recorded = read_json(summary_file).get("dataset_sha256") if summary_file.is_file() else None
     return {"run": str(run_dir), "epoch": meta["epoch"], "test_loss": loss, "test_acc": acc,
             "recorded_test_acc": meta["history"][-1]["test_acc"] if meta["history"] else None,
-            "params_total": total, "params_kept": kept, "dataset_source": ds.source}
+            "params_total": total, "params_kept": kept, **_data_check(ds, recorded)}
 
 
-def evaluate_smask(path: str | Path, *, device: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
-    """Rebuild a `.smask` network and measure its test accuracy on the dataset it was found on."""
+def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | None = None,
+                   data_dir: str | None = None) -> dict[str, Any]:
+    """Rebuild a `.smask` network and measure its test accuracy on the dataset it was found on (or `dataset` /
+    in `data_dir`), in the memory layout the file records."""
     from .export import header_of, load
 
     header = header_of(path)
     model = load(path)
     dev = pick_device(device)
-    ds = data_lib.load_dataset(header["dataset"], data_dir)
-    # channels-last, as runs evaluate by default, so float rounding matches the run's recorded accuracy
-    loss, acc = evaluate(model.to(dev).to(memory_format=torch.channels_last), ds, 1000, dev)
+    ds = data_lib.load_dataset(dataset or header["dataset"], data_dir)
+    loss, acc = evaluate(model.to(dev), ds, 1000, dev)
     return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
-            "dataset_source": ds.source}
+            **_data_check(ds, header.get("dataset_sha256"))}
