@@ -75,3 +75,12 @@ def test_differing_keys(tmp_path):
     other = make_config("digits", {"epochs": 4, "method": "biprop"})
     assert differing_keys(other, tmp_path / "r") == ["method", "weight_init", "scale_fan", "epochs"]
     assert study_configs(same, 2)[1].score_seed == 1
+
+
+def test_a_relative_data_path_matches_the_runs_resolved_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    fake_run(make_config("digits", {"out_dir": str(tmp_path / "r"), "dataset": str(tmp_path / "imgs")}))
+    assert differing_keys(make_config("digits", {"dataset": "imgs"}), tmp_path / "r") == []
+    (tmp_path / "other").mkdir()
+    assert differing_keys(make_config("digits", {"dataset": "other"}), tmp_path / "r") == ["dataset"]

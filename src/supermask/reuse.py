@@ -10,12 +10,20 @@ from .config import Config, make_config
 from .errors import ConfigError
 
 
+def _same(key: str, requested, saved) -> bool:
+    if requested == saved:
+        return True
+    if key == "augment":  # resolved from the dataset when a run starts, so an unset one accepts the run's value
+        return requested is None
+    if key in ("dataset", "data_dir") and requested and saved:  # a run stores relative data paths resolved
+        return Path(str(requested)).expanduser().resolve() == Path(str(saved)).expanduser().resolve()
+    return False
+
+
 def differing_keys(requested: Config, run_dir: str | Path) -> list[str]:
-    """The config keys whose value in the run directory's config.yaml differs from `requested`, out_dir aside.
-    An unset `augment` is resolved from the dataset when a run starts, so it accepts the run's value."""
+    """The config keys whose value in the run directory's config.yaml differs from `requested`, out_dir aside."""
     saved = make_config(str(Path(run_dir) / "config.yaml")).to_dict()
-    return [k for k, v in requested.to_dict().items()
-            if k != "out_dir" and v != saved[k] and not (k == "augment" and v is None)]
+    return [k for k, v in requested.to_dict().items() if k != "out_dir" and not _same(k, v, saved[k])]
 
 
 def check_reuse(configs: list[Config], *, retrain: bool) -> list[str]:
