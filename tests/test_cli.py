@@ -164,7 +164,7 @@ def test_overrides_without_config_name_use_the_default_config(tmp_path, capsys):
     code, _, err = cli(capsys, "train", "width=0.25", "epochs=1", "device=cpu", f"out_dir={run}", "-q")
     assert code == 0, err
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    # the digits config (not the dataclass defaults: conv4, cifar10, batch size 128)
+    # the digits config (the default job, which the dataclass defaults equal)
     assert (cfg["model"], cfg["dataset"], cfg["batch_size"]) == ("small-conv", "digits", 64)
     assert cfg["width"] == 0.25 and cfg["epochs"] == 1
 
