@@ -340,3 +340,26 @@ def test_python_m_supermask_bad_model(tmp_path):
 def test_resume_without_out_dir_is_refused(capsys):
     code, out, err = cli(capsys, "train", "digits", "epochs=1", "--resume")
     assert_one_line_error(code, out, err, "out_dir")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# output files
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_output_files_respect_the_umask(tmp_path, umask, mode):
+    import os
+
+    from supermask.checkpoint import save_tensors, write_csv, write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        write_json(tmp_path / "a.json", {"x": 2})  # replacing a file gives the new one the same mode
+        save_tensors(tmp_path / "t.safetensors", {"w": torch.zeros(2)})
+        write_csv(tmp_path / "r.csv", [{"a": 1}], ["a"])
+    finally:
+        os.umask(old)
+    for name in ("a.json", "t.safetensors", "r.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "r.csv", "t.safetensors"]  # no temp left
