@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except SupermaskError as e:
         print(f"supermask: error: {e}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:  # an input file that is not text
+        print(f"supermask: error: an input file is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
+        return 2
     except OSError as e:  # the file system refused (a file where a folder is wanted, a full disk, permissions)
         where = f"{e.filename}: " if e.filename else ""
         print(f"supermask: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -250,8 +250,10 @@ def make_config(source: str | dict[str, Any] | None = None, overrides: dict[str,
     raw: dict[str, Any] = {}
     if isinstance(source, str):
         raw.update(read_config_source(source))
-    elif source:
+    elif isinstance(source, dict):
         raw.update(source)
+    elif source is not None:
+        raise ConfigError(f"a config is a built-in name, a YAML file or a mapping of keys, not {source!r}")
     raw.update(overrides or {})
     unknown = [k for k in raw if k not in FIELDS]
     if unknown:
