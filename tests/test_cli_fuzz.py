@@ -30,14 +30,16 @@ class Stop(Exception):
     """Raised by the patched loop once a run has shown it trains: the value passed validation."""
 
 
+EPOCHS = [0]  # epochs of the current call, reset by `call`
+
+
 @pytest.fixture(autouse=True)
 def short_training(monkeypatch):
     real_batches, real_end = supermask.data.train_batches, supermask.train.end_of_epoch
     monkeypatch.setattr(supermask.data, "train_batches", lambda *a, **k: itertools.islice(real_batches(*a, **k), 3))
-    calls = itertools.count(1)
-
     def end_of_epoch(*a, **k):
-        if next(calls) > 2:
+        EPOCHS[0] += 1
+        if EPOCHS[0] > 2:
             raise Stop
         return real_end(*a, **k)
 
@@ -47,6 +49,7 @@ def short_training(monkeypatch):
 
 def call(capsys, argv):
     """(exit code, stderr) of one in-process call; argparse's own exits count as exit codes."""
+    EPOCHS[0] = 0
     try:
         code = main([str(a) for a in argv])
     except SystemExit as e:
@@ -112,7 +115,7 @@ def finished_run(tmp_path_factory):
 def test_random_files_to_every_subcommand(tmp_path, capsys, finished_run, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rng = random.Random(2)
-    for i in range(40):
+    for i in range(30):
         f = tmp_path / f"in{i}.yaml"
         f.write_bytes(random_text(rng))
         out = tmp_path / f"out{i}"
@@ -121,12 +124,14 @@ def test_random_files_to_every_subcommand(tmp_path, capsys, finished_run, monkey
         call(capsys, ["sweep", f, "-q"])
         call(capsys, ["together", f, "-q"])
         call(capsys, ["eval", f])
+        if i % 4 == 0:  # a valid file trains two runs
+            call(capsys, ["study", f, f"out_dir={out}", "epochs=1", "width=0.25", "--score-seeds", "2", "-q"])
         smask = tmp_path / f"in{i}.smask"
         shutil.copy(f, smask)
         call(capsys, ["eval", smask])
 
 
-@pytest.mark.parametrize("damaged", ["config.yaml", "checkpoint.safetensors", "masks.safetensors"])
+@pytest.mark.parametrize("damaged", ["config.yaml", "checkpoint.safetensors", "masks.safetensors", "summary.json"])
 def test_damaged_run_files(tmp_path, capsys, finished_run, damaged):
     rng = random.Random(3)
     for i in range(8):
@@ -135,6 +140,8 @@ def test_damaged_run_files(tmp_path, capsys, finished_run, damaged):
         (run / damaged).write_bytes(random_text(rng))
         call(capsys, ["eval", run, "--device", "cpu"])
         call(capsys, ["train", *FAST, f"out_dir={run}", "--resume"])
+        call(capsys, ["export", run, "-o", tmp_path / f"x{i}.smask"])
+        call(capsys, ["compare", run, finished_run, "--out", tmp_path / f"c{i}", "--no-plots"])
         if damaged != "config.yaml":
             call(capsys, ["norms", run, "--out", tmp_path / f"n{i}"])
 
