@@ -14,7 +14,8 @@ import yaml
 from safetensors.torch import load_file
 
 from supermask.cli import main
-from supermask.config import Config
+from supermask.config import Config, make_config
+from supermask.schedule import never_fires
 
 # small-conv at width 0.25 on 8x8 digits: 16 channels, FC hidden 64, 10 classes; Sequential indices of the layers.
 SMALL_CONV_Q = {"0": (16, 1, 3, 3), "2": (16, 16, 3, 3), "6": (64, 16 * 4 * 4), "8": (10, 64)}
@@ -164,7 +165,7 @@ def test_overrides_without_config_name_use_the_default_config(tmp_path, capsys):
     code, _, err = cli(capsys, "train", "width=0.25", "epochs=1", "device=cpu", f"out_dir={run}", "-q")
     assert code == 0, err
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    # the digits config (not the dataclass defaults: conv4, cifar10, batch size 128)
+    # the digits config (the default job, which the dataclass defaults equal)
     assert (cfg["model"], cfg["dataset"], cfg["batch_size"]) == ("small-conv", "digits", 64)
     assert cfg["width"] == 0.25 and cfg["epochs"] == 1
 
@@ -340,3 +341,165 @@ def test_python_m_supermask_bad_model(tmp_path):
 def test_resume_without_out_dir_is_refused(capsys):
     code, out, err = cli(capsys, "train", "digits", "epochs=1", "--resume")
     assert_one_line_error(code, out, err, "out_dir")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# output files
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_output_files_respect_the_umask(tmp_path, umask, mode):
+    import os
+
+    from supermask.checkpoint import save_tensors, write_csv, write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        write_json(tmp_path / "a.json", {"x": 2})  # replacing a file gives the new one the same mode
+        save_tensors(tmp_path / "t.safetensors", {"w": torch.zeros(2)})
+        write_csv(tmp_path / "r.csv", [{"a": 1}], ["a"])
+    finally:
+        os.umask(old)
+    for name in ("a.json", "t.safetensors", "r.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "r.csv", "t.safetensors"]  # no temp left
+
+
+# --------------------------------------------------------------------------------------------------------------
+# values refused before the run directory exists; schedules; logs
+
+
+def test_value_refused_late_leaves_nothing_and_a_rerun_works(tmp_path, capsys):
+    run = tmp_path / "run"
+    for bad in ("label_smoothing=2", "nesterov=true", "skip_layers=*", "data_seed=-1", "epochs=.inf", "momentum=.nan"):
+        extra = ["momentum=0"] if bad == "nesterov=true" else []
+        code, out, err = cli(capsys, "train", "digits", *FAST, "epochs=1", f"out_dir={run}", *extra, bad, "-q")
+        assert_one_line_error(code, out, err, bad.split("=")[0])
+        assert not run.exists(), bad
+    code, _, err = cli(capsys, "train", "digits", *FAST, "epochs=1", f"out_dir={run}", "label_smoothing=0.1", "-q")
+    assert code == 0, err
+
+
+def test_skip_every_layer_is_one_line(tmp_path, capsys):
+    code, out, err = cli(capsys, "train", *FAST, "epochs=1", "skip_layers=[first, '*']", f"out_dir={tmp_path / 'r'}")
+    assert_one_line_error(code, out, err, "skip_layers", "nothing is left to search")
+
+
+def test_convert_takes_one_pattern_as_a_string():
+    import supermask
+
+    def skipped(skip):
+        model = supermask.convert(supermask.build_model("small-conv", in_channels=1, image_size=8, width=0.25),
+                                  "edge-popup", 0.5, skip=skip)
+        return [name for name, _ in model.named_modules() if name in SMALL_CONV_Q and name not in supermask.masks(model)]
+
+    assert skipped("first") == skipped(["first"]) == ["0"]
+    assert skipped("8") == ["8"]
+
+
+def test_schedule_steps_are_counted_in_the_summary_and_a_silent_schedule_warns(tmp_path, capsys):
+    def train(name, *overrides):
+        code, _, err = cli(capsys, "train", "digits", *FAST, f"out_dir={tmp_path / name}", *overrides, "-q")
+        assert code == 0, err
+        return json.loads((tmp_path / name / "summary.json").read_text()), err
+
+    # biprop+iwr on 4 epochs: the paper's F = 10 of 250 epochs scales to 1, firing after epochs t = 1, 2 (not 3, the last)
+    summary, err = train("iwr", "method=biprop+iwr", "epochs=4", "batch_size=512")
+    assert (summary["iwr_steps"], summary["iterand_steps"]) == (2, 0) and "warning" not in err
+    # 1438 digits at batch 64 are 23 steps: every 10 steps fires at 10 and 20
+    summary, err = train("it", "method=iterand", "iterand_every_steps=10", "epochs=1")
+    assert (summary["iwr_steps"], summary["iterand_steps"]) == (0, 2) and "warning" not in err
+    # the paper's 300 steps never come in 23, nor does any IWR step in 2 epochs (the only t > 0 is the last)
+    one_epoch = make_config("digits", {"method": "iterand", "epochs": 1})
+    assert "iterand_every_steps=300 fires no IteRand step" in never_fires(one_epoch, 23)
+    assert never_fires(one_epoch, 300) is None
+    assert "iwr_every=1" in never_fires(make_config("digits", {"method": "biprop+iwr", "epochs": 2}), 23)
+    assert never_fires(make_config("digits", {"method": "biprop+iwr", "epochs": 3}), 23) is None
+
+
+def test_progress_is_a_plain_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", "digits", *FAST, "epochs=2", "method=edge-popup+iwr", f"out_dir={tmp_path / 'r'}")
+    assert code == 0, err
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err
+    warning, *lines = err.splitlines()
+    assert warning.startswith("supermask: warning: iwr_every=1 (warm-up 0) fires no IWR step in 2 epochs")
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    metrics = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert f"test loss {metrics[1]['test_loss']:.4f} acc {metrics[1]['test_acc']:.4f}" in lines[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# small things: --version, previewing a shorthand, usage errors, a reader that leaves early
+
+
+def test_version(capsys):
+    import supermask
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"supermask {supermask.__version__}"
+
+
+def test_configs_previews_a_shorthand_with_overrides(capsys):
+    code, out, err = cli(capsys, "configs", "conv4", "method=biprop+iwr", "epochs=125")
+    assert code == 0, err
+    values = {k: json.loads(v) for k, _, v in (line.partition(": ") for line in out.splitlines()[1:])}
+    # F = 10 of the paper's 250 epochs, scaled to 125
+    assert (values["method"], values["iwr_every"], values["iwr_rate"], values["epochs"]) == ("biprop", 5, 0.2, 125)
+    code, out, _ = cli(capsys, "configs", "method=iterand")
+    assert code == 0 and '"small-conv"' in out and "iterand_every_steps: 300" in out
+
+
+def test_usage_errors_are_one_line(capsys):
+    for argv in (["sweep", "x.yaml", "--workers", "-3"], ["sweep", "x.yaml", "--workers", "two"], ["trian"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("supermask") and "--help" in err
+
+
+def test_a_reader_that_leaves_early_is_no_traceback():
+    cmd = [sys.executable, "-c", "import sys; from supermask.cli import main; sys.exit(main(sys.argv[1:]))",
+           "configs", "mnist"]
+    # `supermask configs mnist | head -1`, with the reader gone before anything is written
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 141) and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sweep files
+
+
+def _sweep_file(tmp_path, text: str | bytes) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("base: digits\nset: [1]\nout_dir: {out}\n", "set must map"),
+    ("base: digits\nworkers: two\nout_dir: {out}\n", "workers must be a whole number >= 1, got 'two'"),
+    ("base: digits\nworkers: -2\nout_dir: {out}\n", "workers"),
+    ("base: digits\nretries: 1.5\nout_dir: {out}\n", "retries"),
+    ("base: digits\ngpus_per_cell: half\nout_dir: {out}\n", "gpus_per_cell must be a number >= 0, got 'half'"),
+    ("base: digits\ngpus_per_cell: .nan\nout_dir: {out}\n", "gpus_per_cell"),
+    ("base: [digits]\nout_dir: {out}\n", "base must be"),
+    ("base: digits\nout_dir: {file}\n", "is a file"),
+    ("base: digits\nout_dir: {file}/sub\n", "is a file"),
+    ("base: digits\nset: {{epochs: .inf}}\nout_dir: {out}\n", "epochs=inf is not a valid finite number"),
+])
+def test_bad_sweep_files_are_one_line(tmp_path, capsys, body, needle):
+    (tmp_path / "taken").write_text("a file")
+    path = _sweep_file(tmp_path, body.format(out=tmp_path / "out", file=tmp_path / "taken"))
+    assert_one_line_error(*cli(capsys, "sweep", path), needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_sweep_file(tmp_path, capsys):
+    path = _sweep_file(tmp_path, b"base: digits\nout_dir: caf\xe9\n")
+    assert_one_line_error(*cli(capsys, "sweep", path), "not UTF-8")

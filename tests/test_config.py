@@ -73,3 +73,140 @@ def test_yaml_file_with_overrides(tmp_path):
     path.write_text("model: conv2\nmethod: biprop\nprune_rate: 0.2\n")
     cfg = make_config(str(path), {"prune_rate": 0.3})
     assert (cfg.model, cfg.method, cfg.prune_rate) == ("conv2", "biprop", 0.3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# values that used to pass validation or fail late
+
+
+@pytest.mark.parametrize("key, value", [
+    ("epochs", float("inf")), ("epochs", float("nan")), ("momentum", float("nan")), ("weight_decay", float("nan")),
+    ("lr", float("inf")), ("width", float("nan")), ("prune_rate", float("nan")), ("iwr_rate", float("nan")),
+    ("label_smoothing", float("-inf")), ("batch_size", 1e400),
+])
+def test_non_finite_numbers_are_refused(key, value):
+    with pytest.raises(ConfigError, match=f"{key}=.*finite number"):
+        make_config("digits", {key: value})
+
+
+def test_non_finite_yaml_spellings_are_refused():
+    for text in ("epochs=.inf", "momentum=.nan", "weight_decay=.nan", "lr=-.Inf"):
+        with pytest.raises(ConfigError, match="finite number"):
+            make_config("digits", parse_overrides([text]))
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"label_smoothing": 2}, "label_smoothing=2"),
+    ({"label_smoothing": -0.1}, "label_smoothing=-0.1"),
+    ({"nesterov": True, "momentum": 0}, "nesterov=true needs momentum > 0"),
+    ({"data_seed": -1}, "data_seed=-1"),
+    ({"weight_seed": -3}, "weight_seed=-3"),
+    ({"batch_size": None}, "batch_size needs a value"),
+    ({"skip_layers": [["a"]]}, "skip_layers="),
+])
+def test_values_refused_before_anything_runs(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        make_config("digits", overrides)
+    assert fragment in str(e.value)
+
+
+def test_nesterov_with_momentum_and_adam_without_it_are_fine():
+    assert make_config("digits", {"nesterov": True, "momentum": 0.9}).nesterov
+    assert make_config("digits", {"nesterov": True, "momentum": 0, "optimizer": "adam"}).optimizer == "adam"
+
+
+def test_empty_override_is_refused_and_null_is_explicit():
+    with pytest.raises(ConfigError, match="'epochs=' has no value"):
+        parse_overrides(["epochs="])
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["lr=  "])
+    assert make_config("digits", parse_overrides(["epochs=null"])).epochs == 250  # the papers' recipe, asked for
+
+
+def test_glob_override_is_a_plain_string():
+    assert parse_overrides(["skip_layers=*"]) == {"skip_layers": "*"}
+    assert parse_overrides(["skip_layers=*conv*"]) == {"skip_layers": "*conv*"}
+    assert make_config("digits", parse_overrides(["skip_layers=*"])).skip_layers == ["*"]
+    assert parse_overrides(["skip_layers=[first, last]"]) == {"skip_layers": ["first", "last"]}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one set of defaults: the dataclass, an empty file and the default job agree
+
+
+def test_defaults_are_the_default_job(tmp_path):
+    digits = make_config("digits").to_dict()
+    assert make_config({}).to_dict() == digits
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert make_config(str(empty)).to_dict() == digits
+    assert (digits["model"], digits["dataset"], digits["epochs"], digits["batch_size"]) == ("small-conv", "digits", 20, 64)
+    # a file naming only the model takes the rest from the same defaults
+    only = tmp_path / "only.yaml"
+    only.write_text("model: conv4\ndataset: cifar10\n")
+    assert (make_config(str(only)).epochs, make_config(str(only)).batch_size) == (20, 64)
+
+
+def test_non_utf8_config_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model: conv4\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        make_config(str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# method shorthands: explicit keys win, periods follow the run length
+
+
+def test_explicit_iterand_period_replaces_the_presets_other_one():
+    cfg = make_config("digits", {"method": "iterand", "iterand_every_epochs": 2})
+    assert (cfg.iterand_every_epochs, cfg.iterand_every_steps, cfg.iterand_rate) == (2, None, 0.1)
+    cfg = make_config("digits", {"method": "iterand", "iterand_every_steps": 7, "iterand_rate": 0.3})
+    assert (cfg.iterand_every_steps, cfg.iterand_every_epochs, cfg.iterand_rate) == (7, None, 0.3)
+
+
+@pytest.mark.parametrize("source, overrides, expected", [
+    # F' = max(1, round(F * E / E_paper)), E0' = round(E0 * E / E_paper); E_paper 250, ResNet-18 Biprop+IWR 200
+    ("conv4", {"method": "edge-popup+iwr"}, (3, 0, 250)),
+    ("conv4", {"method": "edge-popup+iwr", "epochs": 125}, (2, 0, 125)),     # 3 * 0.5 = 1.5 -> 2
+    ("conv4", {"method": "biprop+iwr", "epochs": 4}, (1, 0, 4)),             # 10 * 0.016 -> 0 -> 1
+    ("conv6", {"method": "edge-popup+iwr", "epochs": 100}, (4, 0, 100)),     # 10 * 0.4
+    ("resnet18", {"method": "biprop+iwr"}, (10, 50, 200)),
+    ("resnet18", {"method": "biprop+iwr", "epochs": 10}, (1, 2, 10)),        # 10 * 0.05 -> 1; 50 * 0.05 = 2.5 -> 2
+    ("resnet18", {"method": "biprop+iwr", "epochs": 100}, (5, 25, 100)),
+    ("resnet18", {"method": "biprop+iwr", "epochs": 100, "iwr_warmup": 7, "iwr_every": 3}, (3, 7, 100)),
+    ("conv4", {"method": "biprop+iwr", "epochs": 10, "iwr_every_fraction": 0.5}, (5, 0, 10)),
+])
+def test_preset_periods_scale_with_the_run(source, overrides, expected):
+    cfg = make_config(source, overrides)
+    assert (cfg.iwr_every, cfg.iwr_warmup, cfg.epochs) == expected
+
+
+# --------------------------------------------------------------------------------------------------------------
+# errors list what is allowed and suggest the nearest name
+
+
+@pytest.mark.parametrize("overrides, suggestion", [
+    ({"method": "biprop+iw"}, "did you mean 'biprop+iwr'?"),
+    ({"method": "edgepopup"}, "did you mean 'edge-popup'?"),
+    ({"model": "resnet19"}, "did you mean 'resnet18'?"),
+    ({"prune_rte": 0.5}, "did you mean 'prune_rate'?"),
+    ({"dataset": "cifar1"}, "did you mean 'cifar10'?"),
+    ({"weight_init": "kaiming_normal"}, "did you mean 'kaiming-normal'?"),
+])
+def test_unknown_names_suggest_the_nearest(overrides, suggestion):
+    with pytest.raises(ConfigError) as e:
+        make_config("digits", overrides)
+    assert suggestion in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_method_lists_every_accepted_name():
+    with pytest.raises(ConfigError) as e:
+        make_config("digits", {"method": "popup"})
+    for name in ("edge-popup", "biprop", "dense", "edge-popup+iwr", "biprop+iwr", "iterand"):
+        assert name in str(e.value)
+
+
+def test_unknown_config_name_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'digits'"):
+        make_config("digit")

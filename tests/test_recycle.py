@@ -137,7 +137,7 @@ def test_step_schedule_timing():
 
 
 def test_config_schedules_and_aliases():
-    cfg = make_config("conv4", {"method": "edge-popup+iwr", "epochs": 10})
+    cfg = make_config("conv4", {"method": "edge-popup+iwr"})
     assert (cfg.method, cfg.iwr_every, cfg.iwr_rate, cfg.label) == ("edge-popup", 3, 0.1, "edge-popup+iwr")
     assert make_config("conv6", {"method": "edge-popup+iwr"}).iwr_every == 10
     r18 = make_config("resnet18", {"method": "biprop+iwr"})

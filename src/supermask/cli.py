@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .allocator import keep_freed_memory
 from .config import builtin_configs, config_help, make_config, parse_overrides, read_config_source
 from .errors import SupermaskError
@@ -159,17 +160,39 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _configs(args: argparse.Namespace) -> int:
+    if args.name and "=" in args.name:  # overrides alone preview the default config
+        args.overrides.insert(0, args.name)
+        args.name = DEFAULT_CONFIG
     if args.name:
-        cfg = make_config(args.name)
-        print(f"# {args.name}: {json.dumps(read_config_source(args.name))}")
+        cfg = make_config(args.name, parse_overrides(args.overrides))
+        given = " ".join(args.overrides)
+        print(f"# {args.name}{' ' + given if given else ''}: {json.dumps(read_config_source(args.name))}")
         print("\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.to_dict().items()))
     else:
         print("\n".join(builtin_configs()))
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supermask", description="Find accurate subnetworks hidden in random networks.")
+    parser = _Parser(prog="supermask", description="Find accurate subnetworks hidden in random networks.")
+    parser.add_argument("--version", action="version", version=f"supermask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
@@ -259,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "cells whose worker died, and write results.csv, results.md and results.png. "
                                     "A cell already run with another config is refused (or retrained with --retrain).")
     sw.add_argument("sweep_file", metavar="SWEEP.yaml")
-    sw.add_argument("--workers", type=int, help="local worker processes (overrides the file's workers)")
+    sw.add_argument("--workers", type=_positive_int, help="local worker processes (overrides the file's workers)")
     sw.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: 'auto' (the running cluster), "
                                                      "'local' (start one on this machine) or a cluster address")
     sw.add_argument("--retrain", action="store_true",
@@ -267,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)
 
-    cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved")
-    cf.add_argument("name", nargs="?", help="a built-in config name")
+    cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved (with overrides)")
+    cf.add_argument("name", nargs="?", help="a built-in config name or a YAML file")
+    cf.add_argument("overrides", nargs="*", metavar="key=value", help="config values to preview (method=biprop+iwr)")
     cf.set_defaults(func=_configs)
     return parser
 
@@ -281,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     # argparse fills a nargs="*" positional only once, so key=value pairs after a flag
     # (`train digits --resume epochs=3`) come back unrecognized: they are overrides too.
     if extra:
-        if getattr(args, "command", None) in ("train", "study", "eval") and all("=" in a and not a.startswith("-") for a in extra):
+        if getattr(args, "command", None) in ("train", "study", "eval", "configs") and all("=" in a and not a.startswith("-") for a in extra):
             args.overrides.extend(extra)
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -290,14 +314,34 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.config)
         args.config = DEFAULT_CONFIG
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that left (`| head`) surfaces here
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # as if killed by SIGPIPE, like other tools cut off by `head`
     except SupermaskError as e:
         print(f"supermask: error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:  # an input file that is not text
+        print(f"supermask: error: an input file is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (a file where a folder is wanted, a full disk, permissions)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"supermask: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         again = "the same command with --resume" if args.command == "train" else "the same command again"
         print(f"supermask: interrupted; continue with {again}", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's own flush at exit does not fail again on the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a real file (called from Python, output captured)
 
 
 if __name__ == "__main__":

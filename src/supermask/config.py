@@ -7,6 +7,8 @@ values are what a run records in its config.yaml.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .data import DATASET_NAMES, default_data_dir
 from .errors import ConfigError
 from .init import WEIGHT_INITS
 from .methods import MASK_METHODS, METHODS
@@ -29,9 +32,10 @@ def _opt(default: Any, help: str, **kw) -> Any:  # noqa: A002 - mirrors argparse
     return field(default=default, metadata={"help": help}, **kw)
 
 
+# The defaults are the default job (the built-in `digits` config): a short search on 8x8 digits, no download.
 @dataclass
 class Config:
-    model: str = _opt("conv4", f"architecture: {', '.join(MODELS)}")
+    model: str = _opt("small-conv", f"architecture: {', '.join(MODELS)}")
     width: float = _opt(1.0, "width multiplier of every hidden layer")
     method: str = _opt("edge-popup", f"{', '.join(METHODS)}; or {', '.join(METHOD_ALIASES)} (a base method plus the paper's schedule)")
     prune_rate: float = _opt(0.5, "fraction of each layer's weights REMOVED, in [0, 1)")
@@ -52,11 +56,12 @@ class Config:
     weight_seed: int = _opt(0, "seed of the random weights")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
-    dataset: str = _opt("cifar10", "digits, mnist, cifar10, cifar100, or a path to an image folder / .tar.gz")
+    dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, or a path to an image folder / .tar.gz")
     data_dir: str | None = _opt(None, "folder holding the datasets (default: $SUPERMASK_DATA)")
     augment: bool | None = _opt(None, "random crop (pad 4) + horizontal flip (default: on for 32-pixel images)")
-    epochs: int | None = _opt(None, "training epochs (default: 250 for mask search, 100 for dense)")
-    batch_size: int = _opt(128, "training batch size")
+    epochs: int | None = _opt(20, "training epochs; null: the papers' recipe, 250 for mask search and 100 for dense "
+                                  "(what the CIFAR configs use) [default: 20]")
+    batch_size: int = _opt(64, "training batch size")
     eval_batch_size: int = _opt(1000, "evaluation batch size")
     optimizer: str = _opt("sgd", "sgd or adam")
     lr: float | None = _opt(None, "base learning rate (default: 0.1 for mask search, 0.01 for dense)")
@@ -103,6 +108,12 @@ def builtin_configs() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in resources.files("supermask.configs").iterdir() if p.name.endswith(".yaml"))
 
 
+def did_you_mean(value: Any, allowed) -> str:
+    """' (did you mean 'x'?)' for the nearest allowed name, or ''."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
@@ -117,35 +128,54 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     return data
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file's contents; unreadable or binary files are a ConfigError naming the path."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}); is it the right file?") from None
+
+
 def read_config_source(name_or_path: str) -> dict[str, Any]:
     """The raw mapping of a built-in config name or a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file {name_or_path!r} not found; built-in configs: {', '.join(builtin_configs())}")
-        return _read_yaml(path.read_text(), str(path))
+        return _read_yaml(read_text_file(path, "config file"), str(path))
     if name_or_path not in builtin_configs():
-        raise ConfigError(f"unknown config {name_or_path!r}: expected a YAML file or one of {', '.join(builtin_configs())}")
+        raise ConfigError(f"unknown config {name_or_path!r}: expected a YAML file or one of "
+                          f"{', '.join(builtin_configs())}{did_you_mean(name_or_path, builtin_configs())}")
     text = resources.files("supermask.configs").joinpath(f"{name_or_path}.yaml").read_text()
     return _read_yaml(text, f"built-in config {name_or_path}")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings into a mapping; values are parsed as YAML scalars (0.9, true, [first, last])."""
+    """`key=value` strings into a mapping; values are parsed as YAML scalars (0.9, true, [first, last]), and a
+    value that is not valid YAML (`skip_layers=*`, a glob) is taken as the plain string it is."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {pair!r} is not of the form key=value")
-        out[key.strip()] = _read_yaml(f"v: {value}", f"override {pair!r}")["v"] if value.strip() else None
+        if not value.strip():  # `epochs=` silently meaning the default has cost users hours of CPU
+            raise ConfigError(f"override {pair!r} has no value: give one (null for a key's automatic default)")
+        try:
+            out[key.strip()] = _read_yaml(f"v: {value}", f"override {pair!r}")["v"]
+        except ConfigError:
+            out[key.strip()] = value.strip()
     return out
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Check and convert one value to its field's type, naming the key and value on error."""
-    if value is None:
-        return None
     kind = str(FIELDS[name].type)
+    if value is None:
+        if "None" not in kind:
+            raise ConfigError(f"{name} needs a value (a {kind}), got none")
+        return None
     try:
         if kind.startswith("bool"):
             if isinstance(value, bool):
@@ -158,24 +188,31 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError
             return int(value)
         if kind.startswith("float"):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
             return float(value)
         if kind.startswith("list"):
             items = value if isinstance(value, list) else [value]
+            if any(isinstance(v, (dict, list)) or v is None for v in items):
+                raise ValueError
             return [str(v) for v in items]
         if kind.startswith("str"):
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a valid {kind.replace(' | None', '')}") from None
+    except (TypeError, ValueError, OverflowError):
+        what = "finite number" if kind.startswith(("int", "float")) else kind.replace(" | None", "")
+        raise ConfigError(f"{name}={value!r} is not a valid {what}") from None
     raise AssertionError(f"unhandled field type {kind}")
 
 
 def _choice(name: str, value: str, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}")
+        raise ConfigError(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
+
+
+# The run length each method shorthand's paper settings were tuned for.
+PAPER_EPOCHS = 250
 
 
 def paper_schedule(alias: str, model: str) -> dict[str, Any]:
@@ -193,33 +230,58 @@ def paper_schedule(alias: str, model: str) -> dict[str, Any]:
     raise AssertionError(alias)
 
 
+def _apply_preset(cfg: Config, alias: str, explicit: set[str]) -> None:
+    """Fill the paper's settings of a method shorthand into the keys not given explicitly. The epoch period
+    and warm-up are scaled to the run's length (as iwr_every_fraction does), so a short run still recycles."""
+    preset = paper_schedule(alias, cfg.model)
+    paper_epochs = preset.pop("epochs", PAPER_EPOCHS)
+    if cfg.epochs is None:  # null, the papers' recipe: the paper's run length for this shorthand
+        cfg.epochs = paper_epochs
+    scale = cfg.epochs / paper_epochs
+    given = {"iwr_every": {"iwr_every", "iwr_every_fraction"},
+             "iterand_every_steps": {"iterand_every_steps", "iterand_every_epochs"}}
+    for key, value in preset.items():
+        if given.get(key, {key}) & explicit:
+            continue  # keys given explicitly win, and one period given replaces the preset's other one
+        if key == "iwr_every":
+            value = max(1, round(value * scale))
+        elif key == "iwr_warmup":
+            value = round(value * scale)
+        setattr(cfg, key, value)
+
+
 def make_config(source: str | dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build and validate a Config from a built-in name / YAML path / mapping, then overrides."""
     raw: dict[str, Any] = {}
     if isinstance(source, str):
         raw.update(read_config_source(source))
-    elif source:
+    elif isinstance(source, dict):
         raw.update(source)
+    elif source is not None:
+        raise ConfigError(f"a config is a built-in name, a YAML file or a mapping of keys, not {source!r}")
     raw.update(overrides or {})
-    if raw.get("method") in METHOD_ALIASES:
-        # The alias fills in the paper's schedule; keys given explicitly (in the file or as overrides) still win.
-        alias = raw.pop("method")
-        schedule = paper_schedule(alias, str(raw.get("model", Config.model)))
-        if raw.get("iwr_every_fraction") is not None:  # a period given as a fraction replaces the paper's F
-            schedule.pop("iwr_every", None)
-        raw = {**schedule, **raw}
     unknown = [k for k in raw if k not in FIELDS]
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}: allowed keys are {', '.join(FIELDS)}")
-    return resolve(Config(**{k: _coerce(k, v) for k, v in raw.items()}))
+        raise ConfigError(f"unknown config key {unknown[0]!r}{did_you_mean(unknown[0], FIELDS)}: allowed keys are "
+                          f"{', '.join(FIELDS)}")
+    alias = raw.pop("method") if raw.get("method") in METHOD_ALIASES else None
+    cfg = Config(**{k: _coerce(k, v) for k, v in raw.items()})
+    if alias:
+        _choice("model", cfg.model, list(MODELS))
+        _apply_preset(cfg, alias, set(raw))
+    return resolve(cfg)
 
 
 def resolve(cfg: Config) -> Config:
     """Validate every value and fill the method-dependent defaults."""
     _choice("model", cfg.model, list(MODELS))
-    _choice("method", cfg.method, METHODS)
+    _choice("method", cfg.method, METHODS + METHOD_ALIASES)
+    if cfg.method in METHOD_ALIASES:
+        raise ConfigError(f"method={cfg.method} is a shorthand: give it to make_config, or set method="
+                          f"{paper_schedule(cfg.method, cfg.model)['method']} and the schedule keys")
     _choice("optimizer", cfg.optimizer, ("sgd", "adam"))
     _choice("lr_schedule", cfg.lr_schedule, ("cosine", "constant"))
+    _check_dataset_name(cfg)
     if not 0.0 <= cfg.prune_rate < 1.0:
         raise ConfigError(f"prune_rate {cfg.prune_rate!r} is outside [0, 1): it is the fraction of weights removed")
     cfg.logger = list(dict.fromkeys(n.strip() for item in cfg.logger for n in item.split(",") if n.strip()))
@@ -230,9 +292,13 @@ def resolve(cfg: Config) -> Config:
     for name in ("width", "batch_size", "eval_batch_size"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r} must be > 0")
-    for name in ("momentum", "weight_decay", "label_smoothing", "warmup_epochs"):
+    for name in ("momentum", "weight_decay", "warmup_epochs", "weight_seed", "score_seed", "data_seed"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 0")
+    if not 0 <= cfg.label_smoothing <= 1:
+        raise ConfigError(f"label_smoothing={cfg.label_smoothing!r} is outside [0, 1]")
+    if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
+        raise ConfigError("nesterov=true needs momentum > 0 (momentum=0)")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ConfigError(f"lr={cfg.lr!r} must be > 0")
     if cfg.epochs is not None and cfg.epochs < 1:
@@ -255,6 +321,19 @@ def resolve(cfg: Config) -> Config:
     if cfg.scale_fan is None:
         cfg.scale_fan = cfg.method == "biprop"
     return cfg
+
+
+def _check_dataset_name(cfg: Config) -> None:
+    """Refuse a near-miss of a dataset name (cifar1, mnsit) that is not a path either, suggesting the name; other
+    paths are checked when the data is loaded."""
+    name = cfg.dataset.strip()
+    hint = did_you_mean(name.lower(), DATASET_NAMES)
+    if name.lower() in DATASET_NAMES or not hint:
+        return
+    roots = (Path.cwd(), Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir())
+    if not any(root is not None and (root / Path(name).expanduser()).exists() for root in roots):
+        raise ConfigError(f"unknown dataset {name!r}: expected one of {', '.join(DATASET_NAMES)} or a path to an "
+                          f"image folder / .tar.gz{hint}")
 
 
 def _resolve_schedules(cfg: Config) -> None:

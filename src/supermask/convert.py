@@ -258,6 +258,7 @@ def convert(
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
     fan scaled by the keep fraction, dense Kaiming normal.
     """
+    skip = [skip] if isinstance(skip, str) else skip  # one pattern, not its characters
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
     if not 0.0 <= float(prune_rate) < 1.0:

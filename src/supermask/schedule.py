@@ -41,3 +41,32 @@ def end_of_epoch(model: nn.Module, cfg: Config, epoch: int, step: int) -> list[d
     if epoch_fires(epoch, cfg.iterand_every_epochs, cfg.epochs):
         events += iterand_step(model, cfg, step, epoch)
     return events
+
+
+def planned_steps(cfg: Config, steps_per_epoch: int) -> dict[str, int]:
+    """How many IWR and IteRand steps a whole run of `cfg` fires (0 for a schedule that is off)."""
+    epochs = range(cfg.epochs)
+    iterand = sum(epoch_fires(t, cfg.iterand_every_epochs, cfg.epochs) for t in epochs)
+    if cfg.iterand_every_steps is not None:
+        iterand = cfg.epochs * steps_per_epoch // cfg.iterand_every_steps
+    return {"iwr": sum(epoch_fires(t, cfg.iwr_every, cfg.epochs, cfg.iwr_warmup) for t in epochs), "iterand": iterand}
+
+
+def never_fires(cfg: Config, steps_per_epoch: int) -> str | None:
+    """A warning when a configured schedule fires no step in this run (a period longer than the run), else None."""
+    planned = planned_steps(cfg, steps_per_epoch)
+    if cfg.iwr_every is not None and planned["iwr"] == 0:
+        return (f"iwr_every={cfg.iwr_every} (warm-up {cfg.iwr_warmup}) fires no IWR step in {cfg.epochs} epochs: "
+                "steps come at the end of an epoch t > 0 with t % iwr_every == 0, never the last one")
+    every = cfg.iterand_every_steps or cfg.iterand_every_epochs
+    if every is not None and planned["iterand"] == 0:
+        unit = "steps" if cfg.iterand_every_steps is not None else "epochs"
+        return (f"iterand_every_{unit}={every} fires no IteRand step in {cfg.epochs} epochs of "
+                f"{steps_per_epoch} steps")
+    return None
+
+
+def fired_steps(events: list[dict]) -> dict[str, int]:
+    """How many IWR and IteRand steps a run's schedule log holds (its records are one per layer and step)."""
+    fired = {(e["kind"], e["epoch"], e["step"]) for e in events}
+    return {kind: sum(k == kind for k, _, _ in fired) for kind in ("iwr", "iterand")}

@@ -100,11 +100,13 @@ def cell_name(overrides: dict[str, Any], keys: list[str]) -> str:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; every cell's config is checked before anything runs."""
+    import math
+
+    from .config import read_text_file
+
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read sweep file {path}: {e.strerror or e}") from None
+        spec = yaml.safe_load(read_text_file(path, "sweep file"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(spec, dict):
@@ -112,13 +114,29 @@ def load_sweep(path: str | Path) -> Sweep:
     unknown = [k for k in spec if k not in SPEC_KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r}: allowed keys are {', '.join(SPEC_KEYS)}")
+
+    def number(key: str, default, whole: bool, low: float):
+        value = spec.get(key, default)
+        kinds = int if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < low:
+            raise ConfigError(f"{path}: {key} must be a {'whole ' if whole else ''}number >= {low:g}, got {value!r}")
+        return value
+
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{path}: grid must map config keys to non-empty lists of values")
     fixed = spec.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{path}: set must map config keys to values, got {fixed!r}")
+    base = spec.get("base")
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a built-in config name or a YAML file, got {base!r}")
     out_dir = spec.get("out_dir")
-    if not out_dir:
-        raise ConfigError(f"{path}: a sweep needs out_dir")
+    if not out_dir or not isinstance(out_dir, str):
+        raise ConfigError(f"{path}: a sweep needs out_dir, a folder path")
+    existing = next(p for p in (Path(out_dir), *Path(out_dir).parents) if p.exists())  # "." or "/" at worst
+    if not existing.is_dir():
+        raise ConfigError(f"{path}: out_dir {out_dir} cannot be a folder: {existing} is a file")
     keys = list(grid)
     cells = []
     for values in itertools.product(*grid.values()):
@@ -132,8 +150,8 @@ def load_sweep(path: str | Path) -> Sweep:
         together = 0
     if isinstance(together, bool) or not isinstance(together, int) or together < 0:
         raise ConfigError(f"{path}: together must be true, false or a group size >= 1, got {together!r}")
-    sweep = Sweep(spec.get("base"), cells, Path(out_dir), int(spec.get("workers", 1)),
-                  float(spec.get("gpus_per_cell", 0.0)), int(spec.get("retries", 2)), fixed, together, keys)
+    sweep = Sweep(base, cells, Path(out_dir), number("workers", 1, True, 1), float(number("gpus_per_cell", 0.0, False, 0)),
+                  number("retries", 2, True, 0), fixed, together, keys)
     validate(sweep)
     return sweep
 

@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .config import Config, dump_yaml, make_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
 from .models import build_model
-from .schedule import end_of_epoch, iterand_step, step_fires
+from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
 from .trackers import Trackers, check_available, open_trackers
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -76,7 +77,10 @@ def place(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    return optimizer_for(cfg, [p for p in model.parameters() if p.requires_grad])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"skip_layers={cfg.skip_layers} leaves every layer dense: nothing is left to search")
+    return optimizer_for(cfg, params)
 
 
 def optimizer_for(cfg: Config, params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -264,6 +268,9 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     ds = data_lib.on_device(ds, device)
     optimizer = make_optimizer(cfg, model)
     group = distributed.setup(device)
+    warning = never_fires(cfg, math.ceil(len(ds.train_y) / cfg.batch_size))
+    if warning and group.main:
+        print(f"supermask: warning: {warning}", file=sys.stderr)
 
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
     cfg.out_dir = str(out_dir)
@@ -307,7 +314,10 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
     if "grad_scaler" in state:
         scaler.load_state_dict(state["grad_scaler"])
     steps_per_epoch = math.ceil(len(ds.train_y) / cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch, disable=not progress,
+    # A bar redraws in place on a terminal; in a log file (cluster jobs, CI) every frame would be a line, so
+    # there a plain line per epoch replaces it.
+    live = progress and sys.stderr.isatty()
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch, disable=not live,
                unit="step", dynamic_ncols=True, leave=False)
     with bar:
         for epoch in range(state["epoch"], cfg.epochs):
@@ -330,6 +340,10 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             if scaler.is_enabled():
                 state["grad_scaler"] = scaler.state_dict()
             bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
+            if progress and not live:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, test loss "
+                      f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s",
+                      file=sys.stderr, flush=True)
             if not group.main:
                 continue
             save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)  # the source of truth
@@ -357,7 +371,8 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
         "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-        "out_dir": str(out_dir), "processes": group.world, **(extra or {}),
+        "out_dir": str(out_dir), "processes": group.world,
+        **{f"{kind}_steps": n for kind, n in fired_steps(state["schedule"]).items()}, **(extra or {}),
     }
     if isinstance(getattr(model, "supermask_report", None), Report):  # what convert masked, froze or trained
         summary["convert"] = model.supermask_report.to_dict()
