@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -20,6 +21,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, sav
 from .config import Config, dump_yaml, make_config
 from .convert import convert, eligible_layers, masks
 from .errors import ConfigError, SupermaskError
+from .lock import run_dir_is_empty, run_lock
 from .models import build_model
 from .schedule import end_of_epoch, iterand_step, step_fires
 
@@ -230,6 +232,11 @@ def _check_resumable(out_dir: Path, cfg: Config) -> None:
 
 def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
+    with contextlib.ExitStack() as held:  # the run directory's lock, for the run's life
+        return _run(cfg, resume, progress, held)
+
+
+def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) -> dict[str, Any]:
     if resume and not cfg.out_dir:
         raise ConfigError("--resume needs the run's out_dir=DIR")
     if distributed.launched() and not cfg.out_dir:
@@ -250,13 +257,17 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     if ckpt.exists():
         if not resume:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+        if group.main:  # the one writer, for the run's life
+            held.enter_context(run_lock(out_dir))
         _check_resumable(out_dir, cfg)
         state = load_checkpoint(ckpt, model, optimizer)
     else:
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
-        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        if out_dir.exists() and not run_dir_is_empty(out_dir) and not resume:
             raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
+        if group.main:  # the one writer, for the run's life (creates the directory)
+            held.enter_context(run_lock(out_dir))
         distributed.barrier(group)  # every process has seen the folder empty before rank 0 writes into it
         if group.main:
             try:
