@@ -180,15 +180,11 @@ def unique_names(paths: list[Path]) -> list[str]:
     """Short names for the runs: the shortest suffix of each one's path that no other path ends with (its folder
     name where that is unique). The paths must name distinct directories (see check_distinct)."""
     parts = [Path(p).resolve().parts for p in paths]
-
-    def suffix(ps: tuple[str, ...], k: int) -> tuple[str, ...]:
-        return ps[-k:]
-
     names = []
     for i, ps in enumerate(parts):
         others = [q for j, q in enumerate(parts) if j != i]
-        k = next((k for k in range(1, len(ps)) if all(suffix(q, k) != suffix(ps, k) for q in others)), len(ps))
-        names.append("/".join(suffix(ps, k)))
+        k = next((k for k in range(1, len(ps)) if all(q[-k:] != ps[-k:] for q in others)), len(ps))
+        names.append(Path(*ps[-k:]).as_posix())
     return names
 
 

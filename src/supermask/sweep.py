@@ -17,8 +17,9 @@ A sweep file (YAML):
                                    # (true: no limit; default false)
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
-cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped. With
-`together`, each group of cells that differ only in weight_seed, score_seed and data_seed is one task
+cell with it, and the cell is re-run from its last checkpoint; a worker ends with its sweep, even a killed one
+(`die_with_parent`), and holds its run directory's lock while it trains (`supermask.lock`). Cells that already
+finished are skipped. With `together`, each group of cells that differ only in weight_seed, score_seed and data_seed is one task
 (`python -m supermask together GROUP.json`, see `supermask.together`), re-run from the group's checkpoint.
 """
 
