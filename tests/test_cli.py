@@ -66,7 +66,7 @@ def test_train_writes_a_complete_run_dir(tmp_path, capsys):
     assert code == 0, err
 
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.safetensors", "config.yaml", "masks.safetensors", "metrics.jsonl", "summary.json"]
+        ".lock", "checkpoint.safetensors", "config.yaml", "masks.safetensors", "metrics.jsonl", "summary.json"]
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert set(cfg) == {f.name for f in dataclasses.fields(Config)}

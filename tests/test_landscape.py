@@ -100,6 +100,38 @@ def test_compare_refuses_mismatched_runs(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
 
 
+def test_runs_sharing_their_last_path_components_get_unique_names_and_the_right_distances(tmp_path, capsys):
+    from supermask.landscape import compare, hamming_matrix, load_run, unique_names
+
+    c1 = ~A1  # the complement of A1: at Hamming distance 1 from it
+    paths = [_fake_run(tmp_path / "st_p50" / "runs" / "X", {"conv": A1}),
+             _fake_run(tmp_path / "st_p90" / "runs" / "X", {"conv": B1}),
+             _fake_run(tmp_path / "other" / "Y", {"conv": c1})]
+    names = unique_names(paths)
+    assert names == ["st_p50/runs/X", "st_p90/runs/X", "Y"]  # the shortest suffix that tells each apart
+    runs = [load_run(p) for p in paths]
+    for run, name in zip(runs, names):
+        run.name = name
+    # hand-counted: A1 and B1 differ in 2 of 6 positions, A1 and ~A1 in all 6, B1 and ~A1 in 4
+    expected = np.array([[0, 2 / 6, 1], [2 / 6, 0, 4 / 6], [1, 4 / 6, 0]])
+    assert np.allclose(hamming_matrix(runs, compare(runs)), expected)
+    summary = write_comparison(paths, tmp_path / "cmp", plots=False)
+    assert [r["name"] for r in summary["runs"]] == names
+    assert unique_names([tmp_path / "a" / "X", tmp_path / "b" / "X" / "X"]) == ["a/X", "X/X"]
+
+
+def test_a_run_given_twice_is_refused(tmp_path, capsys):
+    a = _fake_run(tmp_path / "a", {"conv": A1})
+    b = _fake_run(tmp_path / "b", {"conv": B1})
+    for twice in ([a, b, a], [a, b, tmp_path / "b" / ".." / "a"]):
+        with pytest.raises(ConfigError, match="given twice"):
+            write_comparison(twice, tmp_path / "out")
+    assert main(["compare", str(a), str(b), str(b), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{b}" in err[0] and "given twice" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     overrides = {"model": "small-conv", "width": 0.25, "epochs": 1, "out_dir": str(tmp_path / "st")}
     summary = run_study("digits", overrides, score_seeds=3, progress=False, log=lambda *_: None)
@@ -120,6 +152,35 @@ def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, ca
     assert main(["study", "digits", "model=small-conv", "width=0.25", "epochs=1", f"out_dir={tmp_path / 'st'}",
                  "--score-seeds", "3", "-q"]) == 0
     assert "Jaccard" in capsys.readouterr().out
+
+
+def test_study_score_seeds_differ_across_weight_seeds():
+    from supermask import convert, build_model
+    from supermask.config import make_config
+    from supermask.study import study_configs
+
+    base = make_config("digits", {"out_dir": "st", "score_seed": 10})
+    cfgs = study_configs(base, 3, weight_seeds=2)
+    assert [(c.weight_seed, c.score_seed) for c in cfgs] == [(0, 10), (0, 11), (0, 12), (1, 13), (1, 14), (1, 15)]
+    assert len({c.out_dir for c in cfgs}) == 6
+    # so no pair across weight seeds starts from the same scores
+    scores = [convert(build_model("small-conv", width=0.25), "edge-popup", 0.5, weight_seed=c.weight_seed,
+                      score_seed=c.score_seed)[0].parametrizations.weight[0].scores for c in (cfgs[0], cfgs[3])]
+    assert not torch.equal(*scores)
+    assert [c.score_seed for c in study_configs(base, 3)] == [10, 11, 12]  # one weight seed: as before
+
+
+def test_a_study_of_one_run_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a study that cannot compare anything trained a run")
+
+    monkeypatch.setattr(supermask.train, "run", no_training)
+    out = tmp_path / "st"
+    assert main(["study", "digits", "epochs=1", f"out_dir={out}", "--score-seeds", "1", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--score-seeds 1" in err[0] and "at least two runs" in err[0]
+    assert not out.exists()
+    assert main(["study", "digits", "epochs=1", f"out_dir={out}", "--score-seeds", "1", "--together", "-q"]) == 2
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +209,25 @@ def test_mask_path_ends_at_the_two_runs(two_seeds_and_dense, tmp_path, capsys):
     assert (tmp_path / "p" / "path.png").stat().st_size > 1000
     assert main(["path", str(root / "a"), str(root / "other_weights"), "--out", str(tmp_path / "q")]) == 2
     assert "different weights" in capsys.readouterr().err
+
+
+def test_path_norms_and_compare_agree_on_an_unfinished_run(two_seeds_and_dense, tmp_path, capsys):
+    import shutil
+
+    root = two_seeds_and_dense
+    unfinished = tmp_path / "killed"
+    shutil.copytree(root / "a", unfinished)
+    for name in ("summary.json", "masks.safetensors"):  # as a run killed after a checkpoint leaves it
+        (unfinished / name).unlink()
+    for args in (["path", str(unfinished), str(root / "b"), "--out", str(tmp_path / "p")],
+                 ["path", str(root / "b"), str(unfinished), "--out", str(tmp_path / "p")],
+                 ["norms", str(unfinished), "--out", str(tmp_path / "n")],
+                 ["norms", str(root / "a"), "--dense", str(unfinished), "--out", str(tmp_path / "n")],
+                 ["compare", str(unfinished), str(root / "b"), "--out", str(tmp_path / "c")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{unfinished} is not a finished run" in err[0], args
+    assert not any((tmp_path / d).exists() for d in ("p", "n", "c"))
 
 
 def test_layer_norms_hand_check(two_seeds_and_dense, tmp_path):
@@ -197,4 +277,5 @@ def test_layers_keep_the_models_order(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     save_tensors(run / "masks.safetensors", masks, {"layers": names})
+    write_json(run / "summary.json", {"method": "edge-popup"})
     assert list(load_run(run).masks) == names

@@ -11,6 +11,7 @@ import torch
 
 from .convert import masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
+from .landscape import check_finished
 from .mask import kth_smallest, num_pruned, topk_mask
 from .train import evaluate, load_run_model, pick_device
 
@@ -33,6 +34,8 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
     """
     if steps < 2:
         raise ConfigError(f"a mask path needs at least 2 steps, got {steps}")
+    check_finished(run_a)
+    check_finished(run_b)
     cfg_a, ds, model, _ = load_run_model(run_a, device=device)
     cfg_b, _, model_b, _ = load_run_model(run_b, device=device)
     same = ("model", "width", "method", "prune_rate", "dataset", "skip_layers")
@@ -70,6 +73,9 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
 def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> dict[str, Any]:
     """Per masked layer: Frobenius norms of the kept and pruned weights (the weights under the mask); with a
     dense run, also its layer norms and those of its magnitude-pruned version at the run's prune rate."""
+    check_finished(run_dir)
+    if dense_run is not None:
+        check_finished(dense_run)
     cfg, _, model, _ = load_run_model(run_dir, device="cpu")
     layers = list(masked_layers(model))
     if not layers:

@@ -12,6 +12,7 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .config import builtin_configs, config_help, make_config, parse_overrides, read_config_source
 from .errors import SupermaskError
+from .sweep import die_with_parent
 from .together import FORWARDS
 
 DEFAULT_CONFIG = "digits"
@@ -219,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("study", help="train runs that differ only in their seeds, then compare their masks",
                         description="Runs share the weight seed and differ in score seed (with --weight-seeds M, M "
-                                    "weight seeds x N score seeds). Runs go to OUT_DIR/runs, the comparison to "
+                                    "weight seeds x N score seeds; score seeds count on across weight seeds, so no "
+                                    "two runs start from the same scores). Runs go to OUT_DIR/runs, the comparison to "
                                     "OUT_DIR/compare; finished runs are reused when the study is run again with "
                                     "the same config (another config is refused, or retrained with --retrain).")
     st.add_argument("config", help="a built-in config name or a YAML file")
@@ -300,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as the program, not called from Python: this process is ours to tune
         keep_freed_memory()
+        die_with_parent()  # a sweep's worker ends with its sweep
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse fills a nargs="*" positional only once, so key=value pairs after a flag

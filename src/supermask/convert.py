@@ -60,7 +60,6 @@ def _is_hf_conv1d(m: nn.Module) -> bool:
 
 def _weight_fans(m: nn.Module) -> dict[str, tuple[float, float]]:
     """{parameter name: (fan_in, gain)} of the weights of `m` that supermask masks (see the module docstring)."""
-    p = m._parameters
     if isinstance(m, nn.modules.conv._ConvNd):
         w = _original(m, "weight")
         if m.transposed:

@@ -134,10 +134,18 @@ class Run:
         return self.summary.get("test_acc")
 
 
+def check_finished(path: str | Path) -> None:
+    """compare, path and norms read finished runs only: those with a summary.json, which a run writes last."""
+    if not (Path(path) / "summary.json").is_file():
+        raise ConfigError(f"{path} is not a finished run (no summary.json); finish it first "
+                          f"(supermask train ... out_dir={path} --resume)")
+
+
 def load_run(path: str | Path) -> Run:
     import json
 
     path = Path(path)
+    check_finished(path)
     masks_file = path / "masks.safetensors"
     if not masks_file.is_file():
         raise ConfigError(f"{path} has no masks.safetensors; is it a finished supermask run?")
@@ -169,11 +177,26 @@ def check_same_architecture(runs: list[Run]) -> None:
 
 
 def unique_names(paths: list[Path]) -> list[str]:
-    """Short names for the runs: their folder names, with parents added where two collide."""
-    names = [p.name for p in paths]
-    if len(set(names)) < len(names):
-        names = [f"{p.parent.name}/{p.name}" for p in paths]
+    """Short names for the runs: the shortest suffix of each one's path that no other path ends with (its folder
+    name where that is unique). The paths must name distinct directories (see check_distinct)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    names = []
+    for i, ps in enumerate(parts):
+        others = [q for j, q in enumerate(parts) if j != i]
+        k = next((k for k in range(1, len(ps)) if all(q[-k:] != ps[-k:] for q in others)), len(ps))
+        names.append(Path(*ps[-k:]).as_posix())
     return names
+
+
+def check_distinct(paths: list[Path]) -> None:
+    """Refuse a run directory given twice (however spelled): it would be compared with itself."""
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        real = Path(p).resolve()
+        if real in seen:
+            same = "" if str(seen[real]) == str(p) else f" (as {seen[real]} and {p})"
+            raise ConfigError(f"run {p} is given twice{same}; give each run once")
+        seen[real] = Path(p)
 
 
 def compare(runs: list[Run]) -> list[dict]:
@@ -239,6 +262,7 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path, *, plots: 
     from .checkpoint import write_csv, write_json
 
     paths = [Path(p) for p in run_dirs]
+    check_distinct(paths)
     runs = [load_run(p) for p in paths]
     for run, name in zip(runs, unique_names(paths)):
         run.name = name

@@ -12,16 +12,20 @@ from .reuse import check_reuse, drop_groups
 
 
 def study_configs(base: Config, score_seeds: int, weight_seeds: int = 1) -> list[Config]:
-    """One config per (weight seed, score seed): seeds count up from the base config's own."""
+    """One config per (weight seed, score seed): seeds count up from the base config's own, score seeds on across
+    weight seeds (w0: s0..s(N-1), w1: sN..s(2N-1), ...), so no two runs start from the same scores."""
     if score_seeds < 1 or weight_seeds < 1:
         raise ConfigError(f"a study needs at least one seed of each kind, got --score-seeds {score_seeds}, --weight-seeds {weight_seeds}")
+    if score_seeds * weight_seeds < 2:
+        raise ConfigError(f"a study compares at least two runs; --score-seeds {score_seeds} with --weight-seeds "
+                          f"{weight_seeds} gives one: use --score-seeds 2 or more")
     if not base.masked:
         raise ConfigError(f"a mask study needs a mask method (edge-popup or biprop), not method={base.method}")
     root = Path(base.out_dir)
     out = []
     for w in range(weight_seeds):
         for s in range(score_seeds):
-            ws, ss = base.weight_seed + w, base.score_seed + s
+            ws, ss = base.weight_seed + w, base.score_seed + w * score_seeds + s
             out.append(dataclasses.replace(base, weight_seed=ws, score_seed=ss,
                                            out_dir=str(root / "runs" / f"{base.label}-w{ws}-s{ss}")))
     return out

@@ -17,10 +17,11 @@ A sweep file (YAML):
                                    # (true: no limit; default false); dense, amp and compile cells run alone
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
-cell with it, and the cell is re-run from its last checkpoint. Cells that already finished are skipped; a cell run
-before with another config (say `set: {epochs: 4}` after 3) is refused, or deleted and re-run with `--retrain`. With
-`together`, each group of cells that differ only in weight_seed, score_seed and data_seed is one task
-(`python -m supermask together GROUP.json`, see `supermask.together`), re-run from the group's checkpoint.
+cell with it, and the cell is re-run from its last checkpoint; a worker ends with its sweep, even a killed one
+(`die_with_parent`), and holds its run directory's lock while it trains (`supermask.lock`). Cells that already
+finished are skipped; a cell run before with another config (say `set: {epochs: 4}` after 3) is refused, or deleted
+and re-run with `--retrain`. With `together`, each group of cells that differ only in weight_seed, score_seed and
+data_seed is one task (`python -m supermask together GROUP.json`, see `supermask.together`), re-run from the group's checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import hashlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -54,6 +56,7 @@ ROW_KEYS = ("method", "model", "width", "prune_rate", "epochs", "weight_seed", "
             "best_test_acc", "seconds")
 # A method and the base it is compared with on the same seeds.
 PAIRED_BASES = {"edge-popup+iwr": "edge-popup", "biprop+iwr": "biprop", "iterand": "edge-popup"}
+PARENT_ENV = "SUPERMASK_PARENT_PID"  # set for a worker: the pid of the process it must not outlive
 
 
 @dataclass
@@ -247,10 +250,38 @@ def _env(sweep: Sweep) -> dict[str, str]:
 
 
 def run_cell_process(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run one cell in its own process; (exit code, last line of stderr)."""
+    """Run one cell in its own process, which ends when this one does (see die_with_parent); (exit code, last
+    line of stderr)."""
+    env = {**env, PARENT_ENV: str(os.getpid())}
     proc = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = proc.stderr.strip().splitlines()
     return proc.returncode, lines[-1] if lines else ""
+
+
+def die_with_parent() -> None:
+    """In a worker (PARENT_ENV set): end this process when its parent ends, even by `kill -9`, so no orphan keeps
+    training into a cell after its sweep is gone (a restarted sweep would start it again beside it).
+
+    Linux: the kernel's parent-death signal (prctl PR_SET_PDEATHSIG, SIGKILL; a run's files are written
+    atomically, so a kill at any point leaves its last checkpoint); elsewhere a thread polling the parent's pid.
+    """
+    parent = os.environ.pop(PARENT_ENV, "")  # not passed on: it names this process's parent only
+    if not parent.isdigit():
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    else:
+        def watch() -> None:
+            while os.getppid() == int(parent):
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != int(parent):  # the parent ended before the signal was armed
+        os._exit(1)
 
 
 class Progress:

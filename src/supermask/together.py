@@ -11,12 +11,14 @@ The forward pass over the N runs is one of
 - "loop": each run's forward in turn with its slice of the stacked weights; on a CPU separate convolutions are
   faster than one grouped convolution (benchmarks/speed.py measures both).
 
-Each run's gradient is that of its own loss, and the optimizer's arithmetic is elementwise, so the runs match
-runs trained alone: the same masks, logits within float tolerance.
+Each run's gradient is that of its own loss, the optimizer's arithmetic is elementwise, and each run's view into
+a stack keeps the memory format of its own tensor, so with "loop" the runs match runs trained alone bit for bit on
+a CPU (the same masks, logits and scores); "vmap" matches them within float tolerance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -35,6 +37,7 @@ from .checkpoint import (atomic_write_text, load_optimizer_tensors, load_tensors
 from .config import Config, dump_yaml, make_config
 from .convert import masked_layers, random_weight
 from .errors import ConfigError
+from .lock import LOCK_FILE, run_lock
 from .mask import straight_through, topk_masks
 from .methods import PARAMETRIZATIONS
 from .models import build_model
@@ -66,8 +69,8 @@ class Together:
         self.weights: list[Tensor] = []
         for name in self.names:
             pairs = [layers[name] for layers in per_model]
-            scores = nn.Parameter(torch.stack([p.scores.detach() for _, p in pairs]).contiguous())
-            weights = torch.stack([random_weight(layer).detach() for layer, _ in pairs]).contiguous()
+            scores = nn.Parameter(stack_like([p.scores.detach() for _, p in pairs]))
+            weights = stack_like([random_weight(layer).detach() for layer, _ in pairs])
             for i, (layer, p) in enumerate(pairs):
                 # Views share storage and version counter with the stack: every update of the stack is seen by
                 # the run's own model (its mask cache included), and every IWR/IteRand edit of it by the stack.
@@ -88,18 +91,22 @@ class Together:
         for m in self.models:
             m.train(mode)
 
-    def effective_weights(self) -> list[Tensor]:
-        """Each masked layer's effective weights of all runs, (N, *shape); differentiable in the scores when
-        autograd is on (straight-through masks)."""
+    def effective_weights(self) -> list[Tensor] | list[list[Tensor]]:
+        """Each masked layer's effective weights of all runs, differentiable in the scores when autograd is on
+        (straight-through masks): a stack (N, *shape) for vmap; for loop, each run's own, computed by the very
+        call its model makes alone, so reductions (Biprop's alpha) run in the same order and agree bit for bit."""
         out = []
         for scores, weights, rate in zip(self.scores, self.weights, self.prune_rates):
             magnitudes = scores.abs()
             masks = topk_masks(magnitudes.detach(), rate)
             mask = straight_through(magnitudes, masks) if torch.is_grad_enabled() else masks.to(weights.dtype)
-            out.append(self.combine(weights, mask, members=True))
+            if self.forward_kind == "vmap":
+                out.append(self.combine(weights, mask, members=True))
+            else:
+                out.append([self.combine(w, m) for w, m in zip(weights, mask)])
         return out
 
-    def __call__(self, x: Tensor | list[Tensor], weights: list[Tensor] | None = None) -> Tensor:
+    def __call__(self, x: Tensor | list[Tensor], weights: list | None = None) -> Tensor:
         """Logits (N, B, classes) of every run: `x` is one batch for all runs or a list of one per run."""
         weights = self.effective_weights() if weights is None else weights
         if self.forward_kind == "loop":
@@ -113,6 +120,21 @@ class Together:
         shared = not isinstance(x, list)
         inputs = x if shared else torch.stack(x)
         return vmap(lambda p, xb: functional_call(self.template, p, (xb,)), in_dims=(0, None if shared else 0))(params, inputs)
+
+
+def stack_like(tensors: list[Tensor]) -> Tensor:
+    """The tensors stacked into (N, *shape) whose slices have the strides of the first: a run's view into the stack
+    keeps its own memory format. Convolution picks its algorithm, and so its float rounding, from the weight's
+    layout when the input's is ambiguous (one input channel, as on digits), so a contiguous stack of channels-last
+    weights would compute differently from the runs alone."""
+    first = tensors[0]
+    if not (first.is_contiguous() or first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)):
+        first = first.contiguous()
+    out = torch.empty_strided((len(tensors), *first.shape), (first.numel(), *first.stride()),
+                              dtype=first.dtype, device=first.device)
+    for row, t in zip(out, tensors):
+        row.copy_(t)
+    return out
 
 
 def _get(model: nn.Module, name: str) -> Tensor:
@@ -225,38 +247,45 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     group_dir = Path(group_dir)
     ckpt = group_dir / GROUP_CHECKPOINT
     dirs = [c.out_dir for c in cfgs]
-    if ckpt.exists():
-        states = _load_group(ckpt, group, optimizer, dirs)
-        for cfg in cfgs:
-            _check_resumable(Path(cfg.out_dir), cfg)
-    else:
-        for cfg in cfgs:
-            out = Path(cfg.out_dir)
-            if out.exists() and not out.is_dir():
-                raise ConfigError(f"out_dir {out} exists and is not a directory; choose another out_dir")
-            found = {p.name for p in out.iterdir()} if out.exists() else set()
-            if found == {"config.yaml"}:  # a group killed before its first checkpoint: start it again
-                _check_resumable(out, cfg)
-            elif found:
-                raise ConfigError(f"out_dir {out} already holds a run; finish it alone (supermask train --resume) "
-                                  "or choose another out_dir")
-        states = [new_state() for _ in cfgs]
-        try:
-            group_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        if ckpt.exists():
+            _lock_all(held, [group_dir, *dirs])
+            states = _load_group(ckpt, group, optimizer, dirs)
             for cfg in cfgs:
-                Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-                atomic_write_text(Path(cfg.out_dir) / "config.yaml", dump_yaml(cfg))
-        except OSError as e:
-            raise ConfigError(f"cannot create the run directories ({e.strerror or e})") from None
+                _check_resumable(Path(cfg.out_dir), cfg)
+        else:
+            for cfg in cfgs:
+                out = Path(cfg.out_dir)
+                if out.exists() and not out.is_dir():
+                    raise ConfigError(f"out_dir {out} exists and is not a directory; choose another out_dir")
+                found = {p.name for p in out.iterdir()} - {LOCK_FILE} if out.exists() else set()
+                if found == {"config.yaml"}:  # a group killed before its first checkpoint: start it again
+                    _check_resumable(out, cfg)
+                elif found:
+                    raise ConfigError(f"out_dir {out} already holds a run; finish it alone (supermask train --resume) "
+                                      "or choose another out_dir")
+            _lock_all(held, [group_dir, *dirs])  # creates the directories
+            states = [new_state() for _ in cfgs]
+            try:
+                for cfg in cfgs:
+                    atomic_write_text(Path(cfg.out_dir) / "config.yaml", dump_yaml(cfg))
+            except OSError as e:
+                raise ConfigError(f"cannot create the run directories ({e.strerror or e})") from None
 
-    _train_group(cfgs, group, optimizer, ds, device, group_dir, states, progress)
-    summaries = []
-    for i, (cfg, model, state) in enumerate(zip(cfgs, models, states)):
-        out = Path(cfg.out_dir)
-        save_checkpoint(out / "checkpoint.safetensors", model, _member_optimizer(cfg, model, optimizer, group, i), state)
-        summaries.append(_finish(cfg, model, ds, out, state, device, extra={"together": len(cfgs)}))
-    ckpt.unlink(missing_ok=True)  # every run's own directory now holds all of it
+        _train_group(cfgs, group, optimizer, ds, device, group_dir, states, progress)
+        summaries = []
+        for i, (cfg, model, state) in enumerate(zip(cfgs, models, states)):
+            out = Path(cfg.out_dir)
+            save_checkpoint(out / "checkpoint.safetensors", model, _member_optimizer(cfg, model, optimizer, group, i), state)
+            summaries.append(_finish(cfg, model, ds, out, state, device, extra={"together": len(cfgs)}))
+        ckpt.unlink(missing_ok=True)  # every run's own directory now holds all of it
     return summaries
+
+
+def _lock_all(held: contextlib.ExitStack, dirs: list) -> None:
+    """Hold the lock of every directory the group writes (see supermask.lock) until `held` closes."""
+    for d in dirs:
+        held.enter_context(run_lock(d))
 
 
 def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, states: list[dict], progress: bool) -> None:

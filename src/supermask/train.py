@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -21,6 +22,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, read_json, save_chec
 from .config import Config, dump_yaml, make_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
+from .lock import run_dir_is_empty, run_lock
 from .models import build_model
 from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
 from .trackers import Trackers, check_available, open_trackers
@@ -254,6 +256,11 @@ def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
 
 def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
+    with contextlib.ExitStack() as held:  # the run directory's lock, for the run's life
+        return _run(cfg, resume, progress, held)
+
+
+def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) -> dict[str, Any]:
     if resume and not cfg.out_dir:
         raise ConfigError("--resume needs the run's out_dir=DIR")
     if distributed.launched() and not cfg.out_dir:
@@ -279,13 +286,17 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     if ckpt.exists():
         if not resume:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+        if group.main:  # the one writer, for the run's life
+            held.enter_context(run_lock(out_dir))
         _check_resumable(out_dir, cfg)
         state = load_checkpoint(ckpt, model, optimizer)
     else:
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
-        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        if out_dir.exists() and not run_dir_is_empty(out_dir) and not resume:
             raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
+        if group.main:  # the one writer, for the run's life (creates the directory)
+            held.enter_context(run_lock(out_dir))
         distributed.barrier(group)  # every process has seen the folder empty before rank 0 writes into it
         if group.main:
             try:
