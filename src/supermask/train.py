@@ -185,7 +185,10 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     net = net or model
     scaler = scaler or grad_scaler(False, device)
     net.train()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    # Summed over samples and divided by the global batch's size (times the processes, whose gradients DDP
+    # averages): every sample weighs the same however the batch is split, and an empty slice adds zero.
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
+    n = len(ds.train_y)
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
     batches = data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
                                      device=device, shard=(group.rank, group.world))
@@ -193,7 +196,8 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         x = input_layout(x, cfg.channels_last)
         with autocast(cfg.amp, device):
             logits = net(x).float()
-            loss = loss_fn(logits, y)
+            loss_sum = loss_fn(logits, y)
+            loss = loss_sum / (min(cfg.batch_size, n - step * cfg.batch_size) / group.world)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -202,7 +206,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         if step_fires(state["step"], cfg.iterand_every_steps):
             state["schedule"] += iterand_step(model, cfg, state["step"], epoch)
             distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
-        sums[0] += loss.detach() * len(y)
+        sums[0] += loss_sum.detach()
         sums[1] += (logits.detach().argmax(1) == y).sum()
         sums[2] += len(y)
         bar.update(1)
@@ -247,23 +251,32 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     cfg.out_dir = str(out_dir)
     ckpt = out_dir / CHECKPOINT
     state = new_state()
-    if ckpt.exists():
-        if not resume:
-            raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
-        _check_resumable(out_dir, cfg)
-        state = load_checkpoint(ckpt, model, optimizer)
-    else:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
-        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-            raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
-        distributed.barrier(group)  # every process has seen the folder empty before rank 0 writes into it
-        if group.main:
+    # A process that fails alone tells the others at the next check (stop_if_any_failed), so none waits for it.
+    failure, fresh = None, not ckpt.exists()
+    try:
+        if not fresh:
+            if not resume:
+                raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+            _check_resumable(out_dir, cfg)
+            state = load_checkpoint(ckpt, model, optimizer)
+        else:
+            if out_dir.exists() and not out_dir.is_dir():
+                raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
+            if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+                raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
+    except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
+        failure = e
+    distributed.stop_if_any_failed(failure, group, device)  # also: every process has seen the folder empty
+    if fresh and group.main:
+        try:
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
             atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+        except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
+            failure = e
+    distributed.stop_if_any_failed(failure, group, device)
 
     _train(cfg, model, optimizer, ds, device, out_dir, state, progress and group.main, group)
     return _finish(cfg, model, ds, out_dir, state, device, group)
@@ -288,11 +301,11 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
                 param_group["lr"] = lr
             start = time.perf_counter()
             train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net, scaler)
+            distributed.average_buffers(model, group)  # one set of BatchNorm statistics: evaluated and saved
             test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
             # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
             events = end_of_epoch(model, cfg, epoch, state["step"])
-            if events:
-                distributed.check_agreement(model, group, f"the schedule steps of epoch {epoch + 1}")
+            distributed.check_agreement(model, group, f"epoch {epoch + 1}", buffers=True)
             state["schedule"] += events
             record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start)
             if scaler.is_enabled():
@@ -306,7 +319,7 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
 
 def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
             group: distributed.Group = distributed.Group(), extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    distributed.check_agreement(model, group, "training")
+    distributed.check_agreement(model, group, "training", buffers=True)
     total, kept = parameter_counts(model)
     if group.main:
         found = masks(model)
