@@ -1,8 +1,9 @@
-"""Data-parallel runs under torchrun: process group set-up, batch sharding, and agreement checks.
+"""Data-parallel runs under torchrun: process group set-up, failure propagation, buffer averaging and agreement checks.
 
 `torchrun --nproc_per_node N -m supermask train CONFIG ...` runs one search over N processes. Every process
-draws the same global batch (same seeds), augments it, and keeps its own slice, so the averaged gradient is that
-of the global batch: with a batch size divisible by N the run matches a single process within float tolerance.
+draws the same global batch (same seeds), augments it, and keeps its own slice; each sample's loss weighs
+1/batch (times N, as DDP averages the gradients), so the gradient is that of the global batch however it is split
+and the run matches a single process within float tolerance.
 IWR and IteRand are deterministic functions of the (synchronized) scores and seeds, so every process applies the
 same steps; a checksum across processes verifies it after every step. Only rank 0 writes files.
 BatchNorm layers normalize each process's slice on its own (as in any DistributedDataParallel run); their running
