@@ -185,9 +185,10 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     net = net or model
     scaler = scaler or grad_scaler(False, device)
     net.train()
-    # Summed over samples and divided by the global batch's size (times the processes, whose gradients DDP
-    # averages): every sample weighs the same however the batch is split, and an empty slice adds zero.
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
+    # One process: the batch's mean loss. Several: each slice's summed loss over the global batch's size (times
+    # the processes, whose gradients DDP averages), so every sample weighs the same however the batch is split
+    # and an empty slice adds zero.
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if group.active else "mean")
     n = len(ds.train_y)
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
     batches = data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
@@ -196,8 +197,10 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         x = input_layout(x, cfg.channels_last)
         with autocast(cfg.amp, device):
             logits = net(x).float()
-            loss_sum = loss_fn(logits, y)
-            loss = loss_sum / (min(cfg.batch_size, n - step * cfg.batch_size) / group.world)
+            loss = loss_fn(logits, y)
+            per_sample = min(cfg.batch_size, n - step * cfg.batch_size) / group.world if group.active else len(y)
+            if group.active:
+                loss = loss / per_sample
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -206,7 +209,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         if step_fires(state["step"], cfg.iterand_every_steps):
             state["schedule"] += iterand_step(model, cfg, state["step"], epoch)
             distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
-        sums[0] += loss_sum.detach()
+        sums[0] += loss.detach() * per_sample
         sums[1] += (logits.detach().argmax(1) == y).sum()
         sums[2] += len(y)
         bar.update(1)
