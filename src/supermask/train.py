@@ -198,7 +198,11 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     net = net or model
     scaler = scaler or grad_scaler(False, device)
     net.train()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    # One process: the batch's mean loss. Several: each slice's summed loss over the global batch's size (times
+    # the processes, whose gradients DDP averages), so every sample weighs the same however the batch is split
+    # and an empty slice adds zero.
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if group.active else "mean")
+    n = len(ds.train_y)
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
     batches = data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
                                      device=device, shard=(group.rank, group.world))
@@ -207,6 +211,9 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         with autocast(cfg.amp, device):
             logits = net(x).float()
             loss = loss_fn(logits, y)
+            per_sample = min(cfg.batch_size, n - step * cfg.batch_size) / group.world if group.active else len(y)
+            if group.active:
+                loss = loss / per_sample
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -218,7 +225,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
             state["schedule"] += events
             trackers.schedule(events)
             distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
-        sums[0] += loss.detach() * len(y)
+        sums[0] += loss.detach() * per_sample
         sums[1] += (logits.detach().argmax(1) == y).sum()
         sums[2] += len(y)
         bar.update(1)
@@ -283,27 +290,36 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     cfg.out_dir = str(out_dir)
     ckpt = out_dir / CHECKPOINT
     state = new_state()
-    if ckpt.exists():
-        if not resume:
-            raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
-        if group.main:  # the one writer, for the run's life
-            held.enter_context(run_lock(out_dir))
-        _check_resumable(out_dir, cfg)
-        state = load_checkpoint(ckpt, model, optimizer)
-    else:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
-        if out_dir.exists() and not run_dir_is_empty(out_dir) and not resume:
-            raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
-        if group.main:  # the one writer, for the run's life (creates the directory)
-            held.enter_context(run_lock(out_dir))
-        distributed.barrier(group)  # every process has seen the folder empty before rank 0 writes into it
-        if group.main:
+    # A process that fails alone tells the others at the next check (stop_if_any_failed), so none waits for it.
+    failure, fresh = None, not ckpt.exists()
+    try:
+        if not fresh:
+            if not resume:
+                raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+            if group.main:  # the one writer, for the run's life
+                held.enter_context(run_lock(out_dir))
+            _check_resumable(out_dir, cfg)
+            state = load_checkpoint(ckpt, model, optimizer)
+        else:
+            if out_dir.exists() and not out_dir.is_dir():
+                raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
+            if out_dir.exists() and not run_dir_is_empty(out_dir) and not resume:
+                raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
+            if group.main:  # the one writer, for the run's life (creates the directory)
+                held.enter_context(run_lock(out_dir))
+    except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
+        failure = e
+    distributed.stop_if_any_failed(failure, group, device)  # also: every process has seen the folder empty
+    if fresh and group.main:
+        try:
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
             atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+        except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
+            failure = e
+    distributed.stop_if_any_failed(failure, group, device)
 
     trackers = open_trackers(cfg.logger, out_dir, out_dir.name, state["step"]) if group.main else Trackers()
     try:
@@ -339,11 +355,11 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             start = time.perf_counter()
             train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net, scaler,
                                                 trackers)
+            distributed.average_buffers(model, group)  # one set of BatchNorm statistics: evaluated and saved
             test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
             # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
             events = end_of_epoch(model, cfg, epoch, state["step"])
-            if events:
-                distributed.check_agreement(model, group, f"the schedule steps of epoch {epoch + 1}")
+            distributed.check_agreement(model, group, f"epoch {epoch + 1}", buffers=True)
             state["schedule"] += events
             record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start)
             trackers.epoch(state["history"][-1], state["step"])
@@ -363,7 +379,7 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
 
 def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
             group: distributed.Group = distributed.Group(), extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    distributed.check_agreement(model, group, "training")
+    distributed.check_agreement(model, group, "training", buffers=True)
     total, kept = parameter_counts(model)
     if group.main:
         found = masks(model)
