@@ -53,8 +53,9 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + ((nn.RMS
 
 
 def _is_hf_conv1d(m: nn.Module) -> bool:
-    """transformers.pytorch_utils.Conv1D (GPT-2's projections), by duck typing: transformers stays optional."""
-    w = _original(m, "weight") if type(m).__name__ == "Conv1D" else None
+    """transformers.pytorch_utils.Conv1D (GPT-2's projections), by duck typing: transformers stays optional. The
+    class's bases count too: once parametrized, a layer's class is a generated subclass of its own."""
+    w = _original(m, "weight") if any(c.__name__ == "Conv1D" for c in type(m).__mro__) else None
     return isinstance(w, Tensor) and isinstance(getattr(m, "nf", None), int) and w.dim() == 2 and w.shape[1] == m.nf
 
 
