@@ -13,7 +13,7 @@ from supermask.convert import random_weight, weight_tensors
 
 transformers = pytest.importorskip("transformers")
 
-P = 0.9
+P = 0.9  # floor(P n) is n * 9 // 10, in exact integers
 TOKENS = torch.tensor([[5, 17, 3, 99, 42, 8, 1, 60], [7, 7, 23, 0, 11, 88, 2, 31]])
 ATTENTION = torch.tensor([[1] * 8, [1] * 6 + [0] * 2])  # the second sequence is padded
 
@@ -61,13 +61,22 @@ def test_every_projection_and_embedding_weight_is_masked(arch, method):
     assert len(masks) == len(expected)
     for name, n in expected.items():
         key = name.removesuffix(".weight")  # a layer's `weight` is keyed by the layer
-        assert rows[name]["kept"] == int(masks[key].sum()) == n - math.floor(P * n), name
+        assert rows[name]["kept"] == int(masks[key].sum()) == n - n * 9 // 10, name
     assert rep.unsupported == []
     assert rep.totals()["not_from_seed"] == 0  # every bias and LayerNorm too, Conv1D's included
-    assert rep.totals()["kept"] == sum(n - math.floor(P * n) for n in expected.values())
+    assert rep.totals()["kept"] == sum(n - n * 9 // 10 for n in expected.values())
     if arch == "gpt2":
         assert rows["transformer.wte.weight"]["tied"] == ["lm_head.weight"]
         assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+        # the printed table: one aligned row per parameter, counts with thousands separators, then the totals
+        lines = str(rep).splitlines()
+        row = next(x for x in lines if x.startswith("transformer.h.0.attn.c_attn.weight "))
+        assert row.split()[-5:] == ["masked", "seed", "3,072", "308", "2,764"]  # floor(0.9 * 3072) = 2764
+        assert len({len(x) for x in lines if " masked " in x and "shared" not in x}) == 1
+        total = next(x for x in lines if x.startswith("masked "))
+        assert total.split()[1:] == [str(len(expected)), "tensors", f"{sum(expected.values()):,}",
+                                     f"{rep.totals()['kept']:,}", f"{sum(n * 9 // 10 for n in expected.values()):,}",
+                                     "10.02%", "kept"]
 
 
 def test_gpt2_conv1d_fan_in_is_its_input_width():
