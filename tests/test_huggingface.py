@@ -100,7 +100,8 @@ def test_a_few_steps_change_only_the_scores_and_bake_keeps_outputs(arch, method)
     model = supermask.convert(BUILDERS[arch](), method, P, weight_seed=3, score_seed=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(".scores") for n in trainable)
-    before, scores, masks = _frozen(model), [s.detach().clone() for s in supermask.score_parameters(model)], supermask.masks(model)
+    before, masks = _frozen(model), supermask.masks(model)
+    scores = [s.detach().clone() for s in supermask.score_parameters(model)]
     opt = torch.optim.Adam(supermask.score_parameters(model), lr=0.05)
     losses = []
     for _ in range(3):
