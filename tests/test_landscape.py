@@ -279,3 +279,18 @@ def test_layers_keep_the_models_order(tmp_path):
     save_tensors(run / "masks.safetensors", masks, {"layers": names})
     write_json(run / "summary.json", {"method": "edge-popup"})
     assert list(load_run(run).masks) == names
+
+
+def test_mask_path_refuses_runs_that_mask_other_weights(two_seeds_and_dense, tmp_path, capsys):
+    from supermask.analysis import mask_path
+
+    root = two_seeds_and_dense
+    for key, value in [("skip_params", "[first]"), ("include_params", "['*']")]:
+        other = tmp_path / key
+        assert main(["train", "digits", "model=small-conv", "width=0.25", "epochs=1", "-q", "score_seed=1",
+                     f"{key}={value}", f"out_dir={other}"]) == 0
+        with pytest.raises(ConfigError, match=f"differ in {key} "):
+            mask_path(root / "a", other, steps=3, device="cpu")
+    assert main(["path", str(root / "a"), str(tmp_path / "skip_params"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "differ in skip_params ([] vs ['first'])" in err and len(err.strip().splitlines()) == 1

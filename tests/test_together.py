@@ -179,3 +179,92 @@ def test_the_cli_trains_a_study_together(tmp_path, capsys):
     assert "trained 2 runs together" in out and "Jaccard" in out
     summary = json.loads((tmp_path / "s" / "runs" / "edge-popup-w0-s1" / "summary.json").read_text())
     assert summary["together"] == 2 and summary["score_seed"] == 1
+
+
+class TinyAttention(nn.Module):
+    """An 8x8 image as 8 row tokens: a linear embedding plus an embedding of each row's level, self-attention,
+    cross-attention with other key/value widths (q/k/v_proj_weight), a linear head: masked parameters that are
+    not a layer's `weight`."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = nn.Linear(8, 8)
+        self.level = nn.Embedding(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.cross = nn.MultiheadAttention(8, 2, kdim=4, vdim=6, batch_first=True)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        seq = x.flatten(1, 2)
+        z = self.rows(seq) + self.level((seq.mean(2).abs() * 2).long().clamp(0, 3))
+        z = z + self.attn(z, z, z, need_weights=False)[0]
+        z = z + self.cross(z, seq[..., :4], seq[..., 2:], need_weights=False)[0]
+        return self.head(z.mean(1))
+
+
+@pytest.mark.parametrize("forward", ["loop", "vmap"])
+def test_a_group_of_attention_models_matches_runs_alone(forward):
+    method = "biprop"
+    cfg = make_config("digits", {"method": method})
+
+    def models():
+        return [convert(TinyAttention(), method, 0.5, weight_seed=i % 2, score_seed=i) for i in range(3)]
+
+    alone, members = models(), models()
+    assert "attn.in_proj_weight" in masks(alone[0]) and "cross.k_proj_weight" in masks(alone[0])
+    optimizers = [make_optimizer(cfg, m) for m in alone]
+    group = Together(members, TinyAttention(), method, forward)
+    group_opt = optimizer_for(cfg, group.scores)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(6, 1, 8, 8, generator=gen), torch.randint(0, 10, (6,), generator=gen)
+        expected = []
+        for model, opt in zip(alone, optimizers):
+            logits = model(x)
+            expected.append(logits.detach())
+            opt.zero_grad()
+            nn.functional.cross_entropy(logits, y).backward()
+            opt.step()
+        logits = group(x)
+        group_opt.zero_grad()
+        per_run_losses(logits, y).sum().backward()
+        group_opt.step()
+        torch.testing.assert_close(logits.detach(), torch.stack(expected), rtol=1e-5, atol=1e-5)
+        for a, b in zip(alone, members):
+            ma, mb = masks(a), masks(b)
+            assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    group.train(False)  # evaluation: no autograd, attention's fused path where it applies
+    with torch.no_grad():
+        torch.testing.assert_close(group(x), torch.stack([m.eval()(x) for m in alone]), rtol=1e-5, atol=1e-5)
+
+
+class TiedTokens(nn.Module):
+    """Tokens read off an image, an embedding whose table is also the output layer's weight (a tied LM head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x):
+        tokens = (x.flatten(1)[:, :6].abs() * 3).long().clamp(0, 9)
+        return self.head(torch.relu(self.mid(self.embed(tokens)))).mean(1)
+
+
+def test_a_group_keeps_a_tied_tensor_shared_in_each_run():
+    from supermask import recycle_
+
+    members = [convert(TiedTokens(), "edge-popup", 0.5, weight_init="kaiming-normal", weight_seed=i, score_seed=i)
+               for i in range(2)]
+    group = Together(members, TiedTokens(), "edge-popup", "loop")
+    assert group.params == ["embed.weight", "mid.weight"]
+    assert recycle_(members[1], 0.3)["embed"] > 0  # IWR edits run 1's weights through its views of the stack
+    with torch.no_grad():  # ... at pruned positions; invert the ranking so the recycled weights are kept
+        group.scores[0][1].copy_(1 / (group.scores[0][1].abs() + 1e-3))
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for i, m in enumerate(members):
+            assert torch.equal(m.head.weight, m.embed.weight)  # both owners see the stack's storage
+            torch.testing.assert_close(group(x)[i], m(x), rtol=0, atol=1e-6)

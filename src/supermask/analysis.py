@@ -38,10 +38,12 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
     check_finished(run_b)
     cfg_a, ds, model, _ = load_run_model(run_a, device=device)
     cfg_b, _, model_b, _ = load_run_model(run_b, device=device)
-    same = ("model", "width", "method", "prune_rate", "dataset", "skip_layers")
+    same = ("model", "width", "method", "prune_rate", "dataset", "skip_layers", "skip_params", "include_params")
     diff = [k for k in same if getattr(cfg_a, k) != getattr(cfg_b, k)]
     if diff:
-        raise ConfigError(f"runs {run_a} and {run_b} differ in {diff[0]}; a mask path needs one architecture and method")
+        k = diff[0]
+        raise ConfigError(f"runs {run_a} and {run_b} differ in {k} ({getattr(cfg_a, k)!r} vs {getattr(cfg_b, k)!r}); "
+                          "a mask path needs one architecture, method and set of masked weights")
     layers_a, layers_b = list(masked_layers(model)), list(masked_layers(model_b))
     if not layers_a:
         raise ConfigError(f"{run_a} is a dense run; a mask path needs mask searches")

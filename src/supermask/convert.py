@@ -53,8 +53,9 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + ((nn.RMS
 
 
 def _is_hf_conv1d(m: nn.Module) -> bool:
-    """transformers.pytorch_utils.Conv1D (GPT-2's projections), by duck typing: transformers stays optional."""
-    w = _original(m, "weight") if type(m).__name__ == "Conv1D" else None
+    """transformers.pytorch_utils.Conv1D (GPT-2's projections), by duck typing: transformers stays optional. The
+    class's bases count too: once parametrized, a layer's class is a generated subclass of its own."""
+    w = _original(m, "weight") if any(c.__name__ == "Conv1D" for c in type(m).__mro__) else None
     return isinstance(w, Tensor) and isinstance(getattr(m, "nf", None), int) and w.dim() == 2 and w.shape[1] == m.nf
 
 
@@ -215,17 +216,31 @@ class Report:
                 "totals": self.totals(), "unsupported": self.unsupported, "parameters": self.parameters}
 
     def __str__(self) -> str:
-        w = max([len("parameter")] + [len(n) for n in self.parameters])
-        lines = [f"{'parameter':<{w}} {'shape':<18} {'status':<8} {'source':<6} {'kept / n':>20}"]
+        """An aligned table, one row per parameter (kept and pruned counts of the masked ones), then the totals."""
+        rows = []
         for name, r in self.parameters.items():
-            kept = f"{r['kept']} / {r['numel']}" if "kept" in r else str(r["numel"])
             notes = ([r["note"]] if r.get("note") else []) + ([f"shared with {', '.join(r['tied'])}"] if r.get("tied") else [])
-            note = f"  ({'; '.join(notes)})" if notes else ""
-            lines.append(f"{name:<{w}} {str(tuple(r['shape'])):<18} {r['status']:<8} {r['source']:<6} {kept:>20}{note}")
-        t = self.totals()
-        lines.append(f"masked {t['masked']} weights, keeping {t['kept']}; frozen {t['frozen']}, trained {t['trained']}; "
-                     f"{t['not_from_seed']} not drawn from the seed")
-        return "\n".join(lines)
+            counts = [f"{r['kept']:,}", f"{r['numel'] - r['kept']:,}"] if "kept" in r else ["", ""]
+            rows.append([name, str(tuple(r["shape"])), r["status"], r["source"], f"{r['numel']:,}", *counts, "; ".join(notes)])
+        t, rs = self.totals(), self.parameters.values()
+        tensors = lambda status: sum(r["status"] == status for r in rs)  # noqa: E731
+        share = f"{t['kept'] / t['masked']:.2%} kept" if t["masked"] else ""
+        totals = [["masked", f"{tensors('masked')} tensors", "", "", f"{t['masked']:,}", f"{t['kept']:,}",
+                   f"{t['masked'] - t['kept']:,}", share],
+                  ["frozen", f"{tensors('frozen')} tensors", "", "", f"{t['frozen']:,}", "", "",
+                   f"{t['not_from_seed']:,} values not drawn from the seed" if t["not_from_seed"] else ""],
+                  ["trained", f"{tensors('trained')} tensors", "", "", f"{t['trained']:,}", "", "", ""]]
+        head = ["parameter", "shape", "status", "source", "n", "kept", "pruned", ""]
+        widths = [max(len(row[i]) for row in [head] + rows + totals) for i in range(7)]
+
+        def line(row: list[str]) -> str:  # names and words left, counts right, notes after the table
+            cells = " ".join(c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            return f"{cells}  {row[7]}" if row[7] else cells.rstrip()
+
+        rule = "-" * (sum(widths) + len(widths) - 1)
+        rate = f", prune rate p = {self.prune_rate:g} (pruned = floor(p n) per tensor)" if t["masked"] else ""
+        title = f"{self.method}{rate}, weight_init {self.weight_init}"
+        return "\n".join([title, line(head), rule, *map(line, rows), rule, *map(line, totals)])
 
 
 def convert(

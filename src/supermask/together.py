@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from . import data as data_lib
@@ -64,24 +65,27 @@ class Together:
         first = list(masked_layers(models[0]))
         self.names = [name for name, _, _ in first]
         self.prune_rates = [p.prune_rate for _, _, p in first]
+        # The masked tensors' qualified parameter names (a layer's weight, attention's in_proj_weight, ...)
+        # in the template, as functional_call takes them.
+        module_names = {id(m): n for n, m in models[0].named_modules()}
+        self.params = [f"{module_names[id(layer)]}.{p.param_name}".lstrip(".") for _, layer, p in first]
         per_model = [{name: (layer, p) for name, layer, p in masked_layers(m)} for m in models]
         self.scores: list[nn.Parameter] = []
         self.weights: list[Tensor] = []
         for name in self.names:
             pairs = [layers[name] for layers in per_model]
             scores = nn.Parameter(stack_like([p.scores.detach() for _, p in pairs]))
-            weights = stack_like([random_weight(layer).detach() for layer, _ in pairs])
+            weights = stack_like([random_weight(layer, p).detach() for layer, p in pairs])
             for i, (layer, p) in enumerate(pairs):
                 # Views share storage and version counter with the stack: every update of the stack is seen by
                 # the run's own model (its mask cache included), and every IWR/IteRand edit of it by the stack.
                 p.scores = nn.Parameter(scores.detach()[i], requires_grad=False)
-                layer.parametrizations.weight.original = nn.Parameter(weights[i], requires_grad=False)
+                _set_original(self.models[i], random_weight(layer, p), nn.Parameter(weights[i], requires_grad=False))
             self.scores.append(scores)
             self.weights.append(weights)
-        masked_weights = {f"{name}.weight" for name in self.names}
         own = [n for n, _ in template.named_parameters()] + [n for n, _ in template.named_buffers()]
         # Everything else the function needs (biases, skipped layers, BatchNorm buffers) is each run's own tensor.
-        self.others = [{n: _get(m, n) for n in own if n not in masked_weights} for m in models]
+        self.others = [{n: _get(m, n) for n in own if n not in self.params} for m in models]
 
     def __len__(self) -> int:
         return len(self.models)
@@ -112,10 +116,10 @@ class Together:
         if self.forward_kind == "loop":
             logits = []
             for i, others in enumerate(self.others):
-                params = {**others, **{f"{n}.weight": w[i] for n, w in zip(self.names, weights)}}
+                params = {**others, **{n: w[i] for n, w in zip(self.params, weights)}}
                 logits.append(functional_call(self.template, params, (x[i] if isinstance(x, list) else x,)))
             return torch.stack(logits)
-        params = {f"{n}.weight": w for n, w in zip(self.names, weights)}
+        params = dict(zip(self.params, weights))
         params.update({k: torch.stack([o[k] for o in self.others]) for k in self.others[0]})
         shared = not isinstance(x, list)
         inputs = x if shared else torch.stack(x)
@@ -135,6 +139,15 @@ def stack_like(tensors: list[Tensor]) -> Tensor:
     for row, t in zip(out, tensors):
         row.copy_(t)
     return out
+
+
+def _set_original(model: nn.Module, old: Tensor, new: nn.Parameter) -> None:
+    """Put `new` under a masked tensor in place of `old`, at every owner of it (a tied lm_head and embedding)."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m):
+            for plist in m.parametrizations.values():
+                if plist.original is old:
+                    plist.original = new
 
 
 def _get(model: nn.Module, name: str) -> Tensor:
