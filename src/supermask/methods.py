@@ -97,13 +97,33 @@ class Biprop(ScoredWeight):
 
 def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
     """||M * W||_1 / ||M||_1: the mean magnitude of the kept weights, as a constant (no gradient); with
-    `members`, one alpha per run of a stack (N, *shape), shaped to broadcast against it."""
-    kept = mask.detach().to(weight.dtype)
-    kept_abs = weight.detach().abs() * kept
-    if not members:
-        return (kept_abs.sum() / kept.sum().clamp_min(1)).detach()
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return (kept_abs.flatten(1).sum(1) / kept.flatten(1).sum(1).clamp_min(1)).view(shape)
+    `members`, one alpha per run of a stack (N, *shape), shaped to broadcast against it.
+
+    A float sum's value depends on the order torch adds in, which changes with the thread count and the device,
+    and a .smask file must rebuild the same alpha everywhere. So the sum is taken over integers: each kept |w|
+    is scaled by a power of two (exact) that brings the largest to 2^bits and rounded, and integers below 2^53
+    add up exactly in float64, in any order. Rounding costs at most n / 2 units of 2^-bits of the largest term,
+    far below float32's own rounding for any layer under a billion weights.
+    """
+    w = weight.detach() if members else weight.detach().unsqueeze(0)
+    m = mask.detach() if members else mask.detach().unsqueeze(0)
+    dims = tuple(range(1, w.dim()))  # per run, in the tensors' own memory layout (no copies)
+    terms = w.abs().to(torch.promote_types(w.dtype, torch.float32)).mul_(m)  # float16 would overflow 2^bits
+    n = terms[0].numel()
+    bits = 53 - max(1, n - 1).bit_length()  # n terms below 2^bits: every partial sum is an exact float64
+    _, exponent = torch.frexp(terms.amax(dims, keepdim=True))  # largest = f * 2^exponent, f in [0.5, 1)
+    scale = _power_of_two(bits - exponent)
+    total = terms.mul_(scale).round_().double().sum(dims, keepdim=True)
+    # 0/1 terms: a float32 sum is exact below 2^24 (a float64 one beyond)
+    count = m.sum(dims, keepdim=True, dtype=torch.float64 if n >= 1 << 24 else None).clamp_min(1)
+    alpha = (total / scale.double() / count.double()).to(weight.dtype)
+    return alpha if members else alpha.view(())
+
+
+def _power_of_two(exponent: Tensor) -> Tensor:
+    """2.0 ** exponent as float32, built from its bits (exact on every device; clamped to the normal range, which
+    only costs precision for weights below 1e-29)."""
+    return ((exponent.clamp(-126, 127) + 127).to(torch.int32) << 23).view(torch.float32)
 
 
 PARAMETRIZATIONS: dict[str, type[ScoredWeight]] = {"edge-popup": EdgePopup, "biprop": Biprop}
