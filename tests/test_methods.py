@@ -130,3 +130,25 @@ def test_biprop_alpha_is_the_exact_mean_rounded():
         exact = math.fsum(kept) / len(kept)
         assert biprop_alpha(w, m).item() == pytest.approx(exact, rel=2 ** -23)
     assert biprop_alpha(W, torch.zeros(2, 2, dtype=torch.bool)).item() == 0.0  # nothing kept: no division by 0
+
+
+def test_mask_follows_writes_through_data():
+    # `.data` writes do not bump the version counter the cache was keyed on: masks() and the forward pass kept the
+    # old mask silently.
+    model = supermask.convert(nn.Sequential(nn.Linear(6, 6, bias=False)), "edge-popup", 0.5, score_seed=1)
+    layer = model[0]
+    p = layer.parametrizations.weight[0]
+    before = supermask.masks(model)["0"].clone()
+    model.eval()
+    with torch.no_grad():
+        layer(torch.ones(1, 6))  # fills the evaluation cache
+    p.scores.data.copy_(1.0 / p.scores.detach())  # reversed magnitude order: the complementary mask
+    assert torch.equal(supermask.masks(model)["0"], ~before)
+    with torch.no_grad():
+        assert torch.equal(layer.weight, random_weight(layer) * (~before))
+        layer.parametrizations.weight.original.data.mul_(2)  # the frozen weight, edited the same way
+        assert torch.equal(layer.weight, random_weight(layer) * (~before))
+    model.train()
+    p.scores.data.copy_(1.0 / p.scores.detach())  # back to the first mask, in a training forward
+    x = torch.eye(6)
+    assert torch.equal(layer(x).detach(), x @ (random_weight(layer) * before).T)

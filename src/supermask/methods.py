@@ -23,7 +23,8 @@ MASK_METHODS = ("edge-popup", "biprop")
 
 
 class ScoredWeight(nn.Module):
-    """Holds a layer's scores and prune rate, and caches the mask while the scores do not change."""
+    """Holds a layer's scores and prune rate. Outside autograd it caches the mask and the effective weight for as
+    long as the scores and the weight hold the same values."""
 
     def __init__(self, scores: Tensor, prune_rate: float):
         super().__init__()
@@ -31,34 +32,32 @@ class ScoredWeight(nn.Module):
         self.prune_rate = float(prune_rate)
         self.weight_init: tuple[str, float] | None = None  # (kind, keep fraction of the fan), set by convert
         self._mask: Tensor | None = None
-        self._mask_key: tuple | None = None
+        self._mask_of: tuple[Tensor, float] | None = None  # (a copy of the scores, the prune rate) it was made from
         self._weight: Tensor | None = None
-        self._weight_key: tuple | None = None
+        self._weight_of: tuple[Tensor, Tensor] | None = None  # (the mask, a copy of the weight) it was made from
 
-    def _scores_key(self) -> tuple:
-        # In-place updates (optimizer steps, load_state_dict, recycling) bump a tensor's version counter.
-        s = self.scores
-        return (s._version, s.data_ptr(), self.prune_rate)
-
-    def mask(self, magnitudes: Tensor | None = None) -> Tensor:
-        """The current boolean mask, recomputed only when the scores changed (from `magnitudes` = |scores| when
-        the caller has them already)."""
-        key = self._scores_key()
-        if self._mask_key != key:
-            magnitudes = self.scores.detach().abs() if magnitudes is None else magnitudes
-            self._mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
-            self._mask_key = key
+    # The caches are keyed on values, not on version counters: a write through `.data` (optimizers, user code)
+    # bumps no counter. Comparing costs one pass over the scores (and the weight), far less than a selection.
+    def mask(self) -> Tensor:
+        """The current boolean mask, recomputed only when the scores' values or the prune rate changed."""
+        scores = self.scores.detach()
+        if self._mask_of is None or self._mask_of[1] != self.prune_rate or not _same(self._mask_of[0], scores):
+            self._mask = mask_lib.topk_mask(scores.abs(), self.prune_rate)
+            self._mask_of = (scores.clone(), self.prune_rate)
         return self._mask
 
     def forward(self, weight: Tensor) -> Tensor:
         if torch.is_grad_enabled():
-            magnitudes = self.scores.abs()  # one pass serves the mask and the gradient path
-            return self.effective_weight(weight, mask_lib.straight_through(magnitudes, self.mask(magnitudes)))
+            # Training: the scores change at every step, so nothing is cached (and a compiled step has no
+            # Python state to guard on). One |S| serves the mask and the gradient path.
+            magnitudes = self.scores.abs()
+            mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
+            return self.effective_weight(weight, mask_lib.straight_through(magnitudes, mask))
         # Without autograd (evaluation, inference) the whole effective weight is reused across batches.
-        key = (self._scores_key(), weight._version, weight.data_ptr())
-        if self._weight_key != key:
-            self._weight = self.effective_weight(weight, self.mask().to(weight.dtype))
-            self._weight_key = key
+        mask = self.mask()
+        if self._weight_of is None or self._weight_of[0] is not mask or not _same(self._weight_of[1], weight):
+            self._weight = self.effective_weight(weight, mask.to(weight.dtype))
+            self._weight_of = (mask, weight.detach().clone())
         return self._weight
 
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
@@ -124,6 +123,11 @@ def _power_of_two(exponent: Tensor) -> Tensor:
     """2.0 ** exponent as float32, built from its bits (exact on every device; clamped to the normal range, which
     only costs precision for weights below 1e-29)."""
     return ((exponent.clamp(-126, 127) + 127).to(torch.int32) << 23).view(torch.float32)
+
+
+def _same(copy: Tensor, current: Tensor) -> bool:
+    return (copy.shape == current.shape and copy.dtype == current.dtype and copy.device == current.device
+            and torch.equal(copy, current.detach()))
 
 
 PARAMETRIZATIONS: dict[str, type[ScoredWeight]] = {"edge-popup": EdgePopup, "biprop": Biprop}
