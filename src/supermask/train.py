@@ -234,6 +234,8 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
         raise ConfigError("--resume needs the run's out_dir=DIR")
     if distributed.launched() and not cfg.out_dir:
         raise ConfigError("a data-parallel run needs out_dir=DIR (every process must write to the same run)")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)  # masks are bit-identical only between runs on the same thread count
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.augment is None:
