@@ -1,5 +1,8 @@
 """Edge-Popup and Biprop effective weights and gradients on hand-computed layers."""
 
+import math
+
+import pytest
 import torch
 from torch import nn
 
@@ -96,3 +99,56 @@ def test_training_step_changes_only_scores():
     after = model.state_dict()
     for k in before:
         assert torch.equal(before[k], after[k]) != k.endswith(".scores"), k
+
+
+def test_biprop_alpha_does_not_depend_on_the_thread_count():
+    # A float32 sum's value depends on how torch splits it across threads: 5 of these 12 layers gave different
+    # alphas on 1 and 2 threads, so a .smask exported on one thread count failed to load on another.
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    try:
+        for _ in range(12):
+            w = torch.randn(256, 128, 3, 3, generator=g)
+            m = torch.rand(w.shape, generator=g) < 0.5
+            alphas = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                alphas.append(biprop_alpha(w, m).item())
+                alphas.append(biprop_alpha(torch.stack([w, w.flip(0)]), torch.stack([m, m.flip(0)]), True)[0].item())
+            alphas.append(biprop_alpha(w.flip(0), m.flip(0)).item())  # the same kept weights in another order
+            assert len(set(alphas)) == 1, alphas
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_biprop_alpha_is_the_exact_mean_rounded():
+    g = torch.Generator().manual_seed(1)
+    for scale in (1.0, 1e-30, 1e30):  # the fixed point follows the weights' magnitude
+        w = torch.randn(64, 3, 3, 3, generator=g) * scale
+        m = mask_lib.topk_mask(torch.rand(w.shape, generator=g), 0.7)
+        kept = w[m].abs().double().tolist()
+        exact = math.fsum(kept) / len(kept)
+        assert biprop_alpha(w, m).item() == pytest.approx(exact, rel=2 ** -23)
+    assert biprop_alpha(W, torch.zeros(2, 2, dtype=torch.bool)).item() == 0.0  # nothing kept: no division by 0
+
+
+def test_mask_follows_writes_through_data():
+    # `.data` writes do not bump the version counter the cache was keyed on: masks() and the forward pass kept the
+    # old mask silently.
+    model = supermask.convert(nn.Sequential(nn.Linear(6, 6, bias=False)), "edge-popup", 0.5, score_seed=1)
+    layer = model[0]
+    p = layer.parametrizations.weight[0]
+    before = supermask.masks(model)["0"].clone()
+    model.eval()
+    with torch.no_grad():
+        layer(torch.ones(1, 6))  # fills the evaluation cache
+    p.scores.data.copy_(1.0 / p.scores.detach())  # reversed magnitude order: the complementary mask
+    assert torch.equal(supermask.masks(model)["0"], ~before)
+    with torch.no_grad():
+        assert torch.equal(layer.weight, random_weight(layer) * (~before))
+        layer.parametrizations.weight.original.data.mul_(2)  # the frozen weight, edited the same way
+        assert torch.equal(layer.weight, random_weight(layer) * (~before))
+    model.train()
+    p.scores.data.copy_(1.0 / p.scores.detach())  # back to the first mask, in a training forward
+    x = torch.eye(6)
+    assert torch.equal(layer(x).detach(), x @ (random_weight(layer) * before).T)

@@ -74,6 +74,7 @@ class Config:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
     channels_last: bool = _opt(True, "keep conv activations channels-last (NHWC): same masks, faster convolutions")
     amp: bool = _opt(False, "mixed precision: float16 autocast with loss scaling on GPUs, bfloat16 on CPUs")
+    threads: int | None = _opt(None, "torch CPU threads (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
     compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
     logger: list[str] = _opt(None, "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (a list or comma-separated)")
@@ -301,6 +302,8 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError("nesterov=true needs momentum > 0 (momentum=0)")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ConfigError(f"lr={cfg.lr!r} must be > 0")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads={cfg.threads!r} must be >= 1")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:

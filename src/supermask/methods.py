@@ -23,7 +23,8 @@ MASK_METHODS = ("edge-popup", "biprop")
 
 
 class ScoredWeight(nn.Module):
-    """Holds a layer's scores and prune rate, and caches the mask while the scores do not change."""
+    """Holds a layer's scores and prune rate. Outside autograd it caches the mask and the effective weight for as
+    long as the scores and the weight hold the same values."""
 
     def __init__(self, scores: Tensor, prune_rate: float):
         super().__init__()
@@ -31,34 +32,32 @@ class ScoredWeight(nn.Module):
         self.prune_rate = float(prune_rate)
         self.weight_init: tuple[str, float] | None = None  # (kind, keep fraction of the fan), set by convert
         self._mask: Tensor | None = None
-        self._mask_key: tuple | None = None
+        self._mask_of: tuple[Tensor, float] | None = None  # (a copy of the scores, the prune rate) it was made from
         self._weight: Tensor | None = None
-        self._weight_key: tuple | None = None
+        self._weight_of: tuple[Tensor, Tensor] | None = None  # (the mask, a copy of the weight) it was made from
 
-    def _scores_key(self) -> tuple:
-        # In-place updates (optimizer steps, load_state_dict, recycling) bump a tensor's version counter.
-        s = self.scores
-        return (s._version, s.data_ptr(), self.prune_rate)
-
-    def mask(self, magnitudes: Tensor | None = None) -> Tensor:
-        """The current boolean mask, recomputed only when the scores changed (from `magnitudes` = |scores| when
-        the caller has them already)."""
-        key = self._scores_key()
-        if self._mask_key != key:
-            magnitudes = self.scores.detach().abs() if magnitudes is None else magnitudes
-            self._mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
-            self._mask_key = key
+    # The caches are keyed on values, not on version counters: a write through `.data` (optimizers, user code)
+    # bumps no counter. Comparing costs one pass over the scores (and the weight), far less than a selection.
+    def mask(self) -> Tensor:
+        """The current boolean mask, recomputed only when the scores' values or the prune rate changed."""
+        scores = self.scores.detach()
+        if self._mask_of is None or self._mask_of[1] != self.prune_rate or not _same(self._mask_of[0], scores):
+            self._mask = mask_lib.topk_mask(scores.abs(), self.prune_rate)
+            self._mask_of = (scores.clone(), self.prune_rate)
         return self._mask
 
     def forward(self, weight: Tensor) -> Tensor:
         if torch.is_grad_enabled():
-            magnitudes = self.scores.abs()  # one pass serves the mask and the gradient path
-            return self.effective_weight(weight, mask_lib.straight_through(magnitudes, self.mask(magnitudes)))
+            # Training: the scores change at every step, so nothing is cached (and a compiled step has no
+            # Python state to guard on). One |S| serves the mask and the gradient path.
+            magnitudes = self.scores.abs()
+            mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
+            return self.effective_weight(weight, mask_lib.straight_through(magnitudes, mask))
         # Without autograd (evaluation, inference) the whole effective weight is reused across batches.
-        key = (self._scores_key(), weight._version, weight.data_ptr())
-        if self._weight_key != key:
-            self._weight = self.effective_weight(weight, self.mask().to(weight.dtype))
-            self._weight_key = key
+        mask = self.mask()
+        if self._weight_of is None or self._weight_of[0] is not mask or not _same(self._weight_of[1], weight):
+            self._weight = self.effective_weight(weight, mask.to(weight.dtype))
+            self._weight_of = (mask, weight.detach().clone())
         return self._weight
 
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
@@ -97,13 +96,38 @@ class Biprop(ScoredWeight):
 
 def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
     """||M * W||_1 / ||M||_1: the mean magnitude of the kept weights, as a constant (no gradient); with
-    `members`, one alpha per run of a stack (N, *shape), shaped to broadcast against it."""
-    kept = mask.detach().to(weight.dtype)
-    kept_abs = weight.detach().abs() * kept
-    if not members:
-        return (kept_abs.sum() / kept.sum().clamp_min(1)).detach()
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return (kept_abs.flatten(1).sum(1) / kept.flatten(1).sum(1).clamp_min(1)).view(shape)
+    `members`, one alpha per run of a stack (N, *shape), shaped to broadcast against it.
+
+    A float sum's value depends on the order torch adds in, which changes with the thread count and the device,
+    and a .smask file must rebuild the same alpha everywhere. So the sum is taken over integers: each kept |w|
+    is scaled by a power of two (exact) that brings the largest to 2^bits and rounded, and integers below 2^53
+    add up exactly in float64, in any order. Rounding costs at most n / 2 units of 2^-bits of the largest term,
+    far below float32's own rounding for any layer under a billion weights.
+    """
+    w = weight.detach() if members else weight.detach().unsqueeze(0)
+    m = mask.detach() if members else mask.detach().unsqueeze(0)
+    dims = tuple(range(1, w.dim()))  # per run, in the tensors' own memory layout (no copies)
+    terms = w.abs().to(torch.promote_types(w.dtype, torch.float32)).mul_(m)  # float16 would overflow 2^bits
+    n = terms[0].numel()
+    bits = 53 - max(1, n - 1).bit_length()  # n terms below 2^bits: every partial sum is an exact float64
+    _, exponent = torch.frexp(terms.amax(dims, keepdim=True))  # largest = f * 2^exponent, f in [0.5, 1)
+    scale = _power_of_two(bits - exponent)
+    total = terms.mul_(scale).round_().double().sum(dims, keepdim=True)
+    # 0/1 terms: a float32 sum is exact below 2^24 (a float64 one beyond)
+    count = m.sum(dims, keepdim=True, dtype=torch.float64 if n >= 1 << 24 else None).clamp_min(1)
+    alpha = (total / scale.double() / count.double()).to(weight.dtype)
+    return alpha if members else alpha.view(())
+
+
+def _power_of_two(exponent: Tensor) -> Tensor:
+    """2.0 ** exponent as float32, built from its bits (exact on every device; clamped to the normal range, which
+    only costs precision for weights below 1e-29)."""
+    return ((exponent.clamp(-126, 127) + 127).to(torch.int32) << 23).view(torch.float32)
+
+
+def _same(copy: Tensor, current: Tensor) -> bool:
+    return (copy.shape == current.shape and copy.dtype == current.dtype and copy.device == current.device
+            and torch.equal(copy, current.detach()))
 
 
 PARAMETRIZATIONS: dict[str, type[ScoredWeight]] = {"edge-popup": EdgePopup, "biprop": Biprop}

@@ -244,6 +244,8 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     each run's directory as `supermask train` would, and return their summaries."""
     check_group(cfgs)
     first = cfgs[0]
+    if first.threads is not None:
+        torch.set_num_threads(first.threads)  # as `train` does: the same thread count, the same masks
     device = pick_device(first.device)
     ds = data_lib.load_dataset(first.dataset, first.data_dir)
     for cfg in cfgs:

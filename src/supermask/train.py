@@ -273,6 +273,8 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     if distributed.launched() and not cfg.out_dir:
         raise ConfigError("a data-parallel run needs out_dir=DIR (every process must write to the same run)")
     check_available(cfg.logger)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)  # masks are bit-identical only between runs on the same thread count
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     resolve_data_paths(cfg, ds)
