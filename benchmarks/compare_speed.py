@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 import supermask  # noqa: E402
-from supermask.convert import eligible_layers  # noqa: E402
+from supermask.convert import weight_tensors  # noqa: E402
 from supermask.landscape import TOTAL, pack, pair_counts  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="conv6")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "compare_speed.json"))
     args = ap.parse_args(argv)
-    shapes = {n: l.weight.shape for n, l in eligible_layers(supermask.build_model(args.model))}
+    shapes = {n: t.shape for n, t in weight_tensors(supermask.build_model(args.model)).items()}
     g = torch.Generator().manual_seed(0)
     masks = [{n: torch.rand(s, generator=g) < 0.5 for n, s in shapes.items()} for _ in range(args.masks)]
     start = time.perf_counter()

@@ -1,15 +1,20 @@
 """Architectures: parameter counts from the papers, shapes, widths, and the registry's errors."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from torch import nn
 
 from supermask import ConfigError, build_model
-from supermask.convert import eligible_layers
+from supermask.convert import weight_tensors
 from supermask.models import BasicBlock, ResNet
 
 
 def masked_count(model):
-    return sum(layer.weight.numel() for _, layer in eligible_layers(model))
+    return sum(t.numel() for t in weight_tensors(model).values())
 
 
 @pytest.mark.parametrize("name, count", [("conv2", 4_300_992), ("conv4", 2_425_024), ("conv6", 2_261_184), ("conv8", 5_275_840)])
@@ -55,3 +60,35 @@ def test_unknown_model_and_bad_width():
         build_model("vgg")
     with pytest.raises(ConfigError, match="width"):
         build_model("conv4", width=0)
+
+
+def test_strided_pointwise_equals_a_strided_1x1_conv():
+    from supermask.models import StridedPointwise
+
+    torch.manual_seed(0)
+    ours = StridedPointwise(4, 8, 1, 2, bias=False)
+    plain = nn.Conv2d(4, 8, 1, 2, bias=False)
+    plain.weight.data.copy_(ours.weight.data)
+    x = torch.randn(3, 4, 9, 9, requires_grad=True)
+    a, b = ours(x), plain(x)
+    assert torch.equal(a, b)
+    g = torch.randn_like(a)
+    ga, = torch.autograd.grad(a, x, g)
+    gb, = torch.autograd.grad(b, x, g)
+    assert torch.equal(ga, gb)
+
+
+def test_a_channels_last_resnet18_trains_on_one_thread():
+    # torch 2.13's oneDNN corrupted the heap in the weight gradient of a channels-last strided 1x1 conv with 4 -> 8
+    # channels on one thread (ResNet-18 width 1/16 in a sweep worker); the process died with "free(): invalid pointer"
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from supermask import build_model, convert\n"
+        "m = convert(build_model('resnet18', width=1 / 16), 'biprop', 0.5).to(memory_format=torch.channels_last)\n"
+        "for _ in range(20):\n"
+        "    x = torch.randn(64, 3, 8, 8).contiguous(memory_format=torch.channels_last)\n"
+        "    m(x).sum().backward()\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]
