@@ -49,7 +49,7 @@ class Config:
     weight_seed: int = _opt(0, "seed of the random weights")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
-    dataset: str = _opt("cifar10", "digits, mnist, cifar10, cifar100, or a path to an image folder / .tar.gz")
+    dataset: str = _opt("cifar10", "digits, mnist, cifar10, cifar100, listops (token sequences), or a path to an image folder / .tar.gz")
     data_dir: str | None = _opt(None, "folder holding the datasets (default: $SUPERMASK_DATA)")
     augment: bool | None = _opt(None, "random crop (pad 4) + horizontal flip (default: on for 32-pixel images)")
     epochs: int | None = _opt(None, "training epochs (default: 250 for mask search, 100 for dense)")
