@@ -206,6 +206,13 @@ def test_token_batches_skip_the_image_steps():
         next(train_batches(ds, 16, seed=0, epoch=0, augment=True))
 
 
+def test_augmenting_tokens_is_refused_before_a_run_starts(tmp_path):
+    cfg = make_config("listops", {"augment": True, "epochs": 1, "device": "cpu", "out_dir": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match="augment=true.*listops"):
+        train_lib.run(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------------------------- #
 # The built-in configs, one short epoch each
 

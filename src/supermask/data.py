@@ -43,6 +43,7 @@ __all__ = [
     "DATASET_NAMES",
     "Dataset",
     "augment_batch",
+    "check_augment",
     "default_cache_dir",
     "default_data_dir",
     "download_file",
@@ -986,6 +987,12 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, 
     return out.contiguous()
 
 
+def check_augment(ds: Dataset, augment: bool | None) -> None:
+    """Augmentation crops and flips images: refuse it for token data."""
+    if augment and ds.tokens:
+        raise ConfigError(f"augment=true crops and flips images; dataset {ds.name} is token sequences (use augment=false)")
+
+
 def _inputs(ds: Dataset, x: torch.Tensor) -> torch.Tensor:
     """What the model reads: normalized float images, or the token ids themselves."""
     return x if ds.tokens else normalize(x, ds.mean, ds.std)
@@ -1041,8 +1048,7 @@ def train_batches(
     contiguous slice (data-parallel training sees exactly the batches of a single process).
     """
     _check_batch_size(batch_size)
-    if augment and ds.tokens:
-        raise ConfigError(f"augment=true crops and flips images; dataset {ds.name} is token sequences (use augment=false)")
+    check_augment(ds, augment)
     gen = _epoch_generator(seed, epoch)
     order = torch.randperm(len(ds.train_y), generator=gen)
     for start in range(0, len(order), batch_size):

@@ -238,6 +238,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.augment is None:
         cfg.augment = ds.augment
+    data_lib.check_augment(ds, cfg.augment)  # before the run directory is made
     model = place(build(cfg, ds), cfg, device)
     ds = data_lib.on_device(ds, device)
     optimizer = make_optimizer(cfg, model)
