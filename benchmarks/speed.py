@@ -101,11 +101,11 @@ def interleaved(fns: dict, rounds: int, steps: int, device) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_steps(model, width, batch, device, rounds, steps) -> dict:
+def bench_steps(model, width, batch, device, rounds, steps, contenders=CONTENDERS) -> dict:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    nets = {m: make_model(model, width, m, batch, device) for m in CONTENDERS}
+    nets = {m: make_model(model, width, m, batch, device) for m in contenders}
     fns = {}
     for m, (_, net, opt, cl) in nets.items():
         step = make_step(net, opt, device, cl)
@@ -122,8 +122,9 @@ def bench_steps(model, width, batch, device, rounds, steps) -> dict:
         iwr.append(time.perf_counter() - start)
     epoch = math.ceil(50_000 / batch) * median["edge-popup"]
     return {"step_seconds": median, "images_per_second": {m: batch / s for m, s in median.items()},
-            "x_dense": {m: median[m] / median["dense"] for m in CONTENDERS},
-            "peer_over_supermask": {m: median["peer"] / median[m] for m in ("edge-popup", "biprop")},
+            "x_dense": {m: median[m] / median["dense"] for m in contenders},
+            **({"peer_over_supermask": {m: median["peer"] / median[m] for m in ("edge-popup", "biprop")}}
+               if "peer" in contenders else {}),
             "iwr_step_seconds": statistics.median(iwr), "iwr_fraction_of_epoch": statistics.median(iwr) / epoch}
 
 

@@ -56,7 +56,7 @@ class Config:
     weight_seed: int = _opt(0, "seed of the random weights")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
-    dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, or a path to an image folder / .tar.gz")
+    dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), or a path to an image folder / .tar.gz")
     data_dir: str | None = _opt(None, "folder holding the datasets (default: $SUPERMASK_DATA)")
     augment: bool | None = _opt(None, "random crop (pad 4) + horizontal flip (default: on for 32-pixel images)")
     epochs: int | None = _opt(20, "training epochs; null: the papers' recipe, 250 for mask search and 100 for dense "

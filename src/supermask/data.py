@@ -7,7 +7,8 @@ DataLoader worker processes.
 
 Sources: sklearn's bundled ``digits``; the official MNIST IDX files; the official CIFAR-10/100 python
 archives (read with a restricted unpickler); or any image folder / ``.tar.gz`` laid out as
-``train/<class>/*`` and ``test/<class>/*``. Decoded archives are cached as ``.npz`` files.
+``train/<class>/*`` and ``test/<class>/*``. Decoded archives are cached as ``.npz`` files. One dataset is token
+sequences, not images: ``listops``, generated from a fixed seed (see `generate_listops`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import math
 import os
 import pickle
+import random
 import re
 import struct
 import tarfile
@@ -42,10 +44,12 @@ __all__ = [
     "Dataset",
     "augment_batch",
     "content_sha256",
+    "check_augment",
     "default_cache_dir",
     "default_data_dir",
     "download_file",
     "eval_batches",
+    "generate_listops",
     "load_dataset",
     "normalize",
     "parse_idx",
@@ -55,7 +59,7 @@ __all__ = [
     "train_batches",
 ]
 
-DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100")
+DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100", "listops")
 
 # Bump when the .npz cache layout or decoding changes, so stale caches are ignored.
 _CACHE_VERSION = 1
@@ -133,6 +137,10 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 class Dataset:
     """A train/test split held in memory as uint8 NCHW tensors; treat the tensors as read-only.
 
+    Token data (``vocab_size > 0``) is int64 (N, length) instead, 0 being padding: it is neither augmented nor
+    normalized, and reports its vocabulary size as ``in_channels`` (a token is a one-hot vector of that many
+    channels) and its sequence length as ``image_size``, the two numbers a model is built from.
+
     Instances are shared between ``load_dataset`` calls in one process, so mutating them in place
     would leak into later loads.
     """
@@ -147,6 +155,11 @@ class Dataset:
     std: tuple[float, ...]
     source: str
     augment: bool
+    vocab_size: int = 0
+
+    @property
+    def tokens(self) -> bool:
+        return self.vocab_size > 0
 
     @property
     def num_classes(self) -> int:
@@ -154,11 +167,11 @@ class Dataset:
 
     @property
     def in_channels(self) -> int:
-        return int(self.train_x.shape[1])
+        return self.vocab_size if self.tokens else int(self.train_x.shape[1])
 
     @property
     def image_size(self) -> int:
-        return int(self.train_x.shape[2])
+        return int(self.train_x.shape[1 if self.tokens else 2])
 
     def __repr__(self) -> str:
         return (
@@ -238,6 +251,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     key = name.strip().lower()
     if key == "digits":
         return _load_digits()
+    if key == "listops":
+        return _load_listops()
     explicit = data_dir is not None or bool(os.environ.get("SUPERMASK_DATA"))
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if key == "mnist":
@@ -347,6 +362,91 @@ def _load_digits() -> Dataset:
     is_test[np.concatenate(test_idx)] = True
     arrays = _Arrays(x[~is_test], y[~is_test], x[is_test], y[is_test], tuple(str(c) for c in range(10)))
     return _to_dataset("digits", arrays, "sklearn:load_digits")
+
+
+# --------------------------------------------------------------------------------------------- #
+# ListOps (generated token sequences)
+
+# ListOps (Nangia & Bowman 2018, "ListOps: A Diagnostic Dataset for Latent Tree Learning"; the Long Range Arena's
+# ListOps task, Tay et al. 2021, is a longer variant): nested operators over digits, e.g. [MAX 2 9 [MIN 4 7 ] 0 ]
+# (= 9), labelled with their value 0-9. Their generator's settings: an argument is itself an operation with
+# probability 0.25, 2 to 5 arguments, depth at most 20; MED is the median rounded down (int(np.median)), SM the sum
+# modulo 10. The small variant here: the root is always an operation, sequences of at most 64 tokens, no sequence
+# twice, 20,000 for training and the next 2,000 for testing, all drawn from seed 0.
+LISTOPS_TOKENS = ("<pad>", *(str(d) for d in range(10)), "[MAX", "[MIN", "[MED", "[SM", "]")
+_LISTOPS_OPS = ("[MAX", "[MIN", "[MED", "[SM")
+_LISTOPS = {"seed": 0, "train": 20_000, "test": 2_000, "max_len": 64, "max_depth": 20, "max_args": 5, "op_p": 0.25}
+
+
+def listops_value(op: str, args: Sequence[int]) -> int:
+    """The value of one ListOps operation over digits."""
+    if op == "[MAX":
+        return max(args)
+    if op == "[MIN":
+        return min(args)
+    if op == "[MED":
+        s, n = sorted(args), len(args)
+        return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) // 2
+    if op == "[SM":
+        return sum(args) % 10
+    raise ValueError(f"unknown ListOps operator {op!r}")
+
+
+def _listops_tree(rng: random.Random, depth: int, out: list[str]) -> int:
+    """Append one random expression's tokens to `out` and return its value (the root is always an operation)."""
+    cfg = _LISTOPS
+    if depth > 0 and (depth >= cfg["max_depth"] or rng.random() >= cfg["op_p"]):
+        value = int(rng.random() * 10)
+        out.append(str(value))
+        return value
+    op = _LISTOPS_OPS[int(rng.random() * len(_LISTOPS_OPS))]
+    n_args = 2 + int(rng.random() * (cfg["max_args"] - 1))
+    out.append(op)
+    args = [_listops_tree(rng, depth + 1, out) for _ in range(n_args)]
+    out.append("]")
+    return listops_value(op, args)
+
+
+def generate_listops(n: int, seed: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` distinct random expressions of at most `max_len` tokens, as int64 token ids (N, max_len) padded with
+    0 at the end (ids index LISTOPS_TOKENS), and their int64 values. Only `random.Random(seed).random()` is
+    drawn, whose stream Python keeps stable across versions."""
+    rng = random.Random(seed)
+    ids = {t: i for i, t in enumerate(LISTOPS_TOKENS)}
+    x = np.zeros((n, max_len), dtype=np.int64)
+    y = np.zeros(n, dtype=np.int64)
+    seen: set[tuple[str, ...]] = set()
+    while len(seen) < n:
+        tokens: list[str] = []
+        value = _listops_tree(rng, 0, tokens)
+        if len(tokens) > max_len or tuple(tokens) in seen:
+            continue
+        i = len(seen)
+        seen.add(tuple(tokens))
+        x[i, : len(tokens)] = [ids[t] for t in tokens]
+        y[i] = value
+    return x, y
+
+
+@functools.lru_cache(maxsize=1)
+def _load_listops() -> Dataset:
+    """The fixed ListOps split, generated once (a few seconds) and kept in the .npz cache."""
+    cfg = _LISTOPS
+    source = "generated:listops(" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")"
+    cache_dir = default_cache_dir()
+    digest = hashlib.sha1(f"{source} v{_CACHE_VERSION}".encode()).hexdigest()[:24]
+    file = None if cache_dir is None else cache_dir / f"listops-{digest}.npz"
+    arrays = None if file is None else _read_cache(file)
+    if arrays is None:
+        x, y = generate_listops(cfg["train"] + cfg["test"], cfg["seed"], cfg["max_len"])
+        n = cfg["train"]
+        arrays = _Arrays(x[:n], y[:n], x[n:], y[n:], tuple(str(c) for c in range(10)))
+        if file is not None:
+            _write_cache(file, arrays)
+    t = torch.from_numpy
+    return Dataset(name="listops", train_x=t(arrays.train_x), train_y=t(arrays.train_y), test_x=t(arrays.test_x),
+                   test_y=t(arrays.test_y), classes=arrays.classes, mean=(), std=(), source=source, augment=False,
+                   vocab_size=len(LISTOPS_TOKENS))
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -900,6 +1000,17 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, 
     return out.contiguous()
 
 
+def check_augment(ds: Dataset, augment: bool | None) -> None:
+    """Augmentation crops and flips images: refuse it for token data."""
+    if augment and ds.tokens:
+        raise ConfigError(f"augment=true crops and flips images; dataset {ds.name} is token sequences (use augment=false)")
+
+
+def _inputs(ds: Dataset, x: torch.Tensor) -> torch.Tensor:
+    """What the model reads: normalized float images, or the token ids themselves."""
+    return x if ds.tokens else normalize(x, ds.mean, ds.std)
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator whose stream depends only on (seed, epoch): shuffling + augmentation of one epoch."""
     if seed < 0 or epoch < 0:
@@ -950,6 +1061,7 @@ def train_batches(
     contiguous slice (data-parallel training sees exactly the batches of a single process).
     """
     _check_batch_size(batch_size)
+    check_augment(ds, augment)
     gen = _epoch_generator(seed, epoch)
     order = torch.randperm(len(ds.train_y), generator=gen)
     for start in range(0, len(order), batch_size):
@@ -958,7 +1070,7 @@ def train_batches(
         y = ds.train_y.index_select(0, idx).to(device, non_blocking=True)
         if augment:
             x = augment_batch(x, gen)
-        yield normalize(_part(x, shard), ds.mean, ds.std), _part(y, shard)
+        yield _inputs(ds, _part(x, shard)), _part(y, shard)
 
 
 def eval_batches(
@@ -975,4 +1087,4 @@ def eval_batches(
     for start in range(0, len(ys), batch_size):
         x = xs[start : start + batch_size].to(device, non_blocking=True)
         y = ys[start : start + batch_size].to(device, non_blocking=True)
-        yield normalize(x, ds.mean, ds.std), y
+        yield _inputs(ds, x), y

@@ -1,7 +1,9 @@
 """The architectures of the papers, in a registry: `build_model(name, ...)`.
 
 Masked layers carry no biases and ResNets use non-affine BatchNorm, as in the papers' code, so that every
-learned quantity of a mask search is a score. `width` scales every hidden width (int(n * width)).
+learned quantity of a mask search is a score. `width` scales every hidden width (int(n * width)). The transformers
+follow the same rule: no biases and non-affine LayerNorm, built from standard torch.nn layers (Conv2d, Embedding,
+TransformerEncoderLayer with its MultiheadAttention, Linear) so that `convert` treats them like any other model.
 """
 
 from __future__ import annotations
@@ -191,6 +193,88 @@ def resnet50(*, num_classes: int = 1000, in_channels: int = 3, image_size: int =
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, width=width, imagenet_stem=True)
 
 
+def _layer_norm(d: int) -> nn.LayerNorm:
+    # Non-affine, like the ResNets' BatchNorm: a mask search trains only scores, and dense training gets the
+    # same architecture.
+    return nn.LayerNorm(d, elementwise_affine=False)
+
+
+def _encoder(d: int, heads: int, mlp: int, depth: int) -> nn.TransformerEncoder:
+    """`depth` pre-norm blocks (x + attn(LN(x)), x + MLP(LN(x)), GELU, no dropout, no biases), then a final LN."""
+    block = nn.TransformerEncoderLayer(d, heads, mlp, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True, bias=False)
+    block.norm1, block.norm2 = _layer_norm(d), _layer_norm(d)
+    # Pre-norm blocks never take PyTorch's nested-tensor path (it would only warn about it).
+    return nn.TransformerEncoder(block, depth, norm=_layer_norm(d), enable_nested_tensor=False)
+
+
+def _transformer_dim(base: int, width: float, heads: int) -> int:
+    """int(base * width) rounded to a multiple of the head count (at least one per head)."""
+    return heads * max(1, round(_scaled(base, width) / heads))
+
+
+def vit_patch_size(image_size: int) -> int:
+    """4 (an 8x8 grid of patches on 32-pixel images); images under 16 pixels use 2 (digits' 8x8: a 4x4 grid)."""
+    patch = 4 if image_size >= 16 else 2
+    if image_size % patch:
+        raise ConfigError(f"vit needs an image side divisible by its patch size {patch}, got {image_size}")
+    return patch
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer: ViT-Lite-7/4 of Hassani et al. 2021 ("Escaping the Big Data Paradigm with
+    Compact Transformers"): patch 4 embedded by a strided Conv2d, learned position embedding (an nn.Embedding
+    with one row per patch), 7 pre-norm blocks of 4 heads, dim 256 * width, MLP 2 * dim, then a final LayerNorm,
+    the mean over patches (instead of their class token) and a Linear head."""
+
+    def __init__(self, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
+                 dim: int = 256, depth: int = 7, heads: int = 4, mlp_ratio: int = 2):
+        super().__init__()
+        patch = vit_patch_size(image_size)
+        d = _transformer_dim(dim, width, heads)
+        self.patch_embed = nn.Conv2d(in_channels, d, patch, stride=patch, bias=False)
+        self.pos_embed = nn.Embedding((image_size // patch) ** 2, d)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)  # ViT's init of the position embedding
+        self.encoder = _encoder(d, heads, mlp_ratio * d, depth)
+        self.head = nn.Linear(d, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, patches, d)
+        x = self.encoder(x + self.pos_embed.weight)
+        return self.head(x.mean(1))
+
+
+class TextTransformer(nn.Module):
+    """A sequence classifier over token ids (0 is padding): token and learned position embeddings (nn.Embedding),
+    pre-norm encoder blocks whose attention ignores padding, the mean over the real tokens and a Linear head.
+    The sizes are the Long Range Arena ListOps model of the Nystromformer code (Xiong et al. 2021,
+    github.com/mlpen/Nystromformer, LRA/code): dim 64 * width, 2 heads, 2 blocks, MLP 2 * dim, mean pooling."""
+
+    def __init__(self, *, num_classes: int, vocab_size: int, max_len: int, width: float = 1.0, dim: int = 64,
+                 depth: int = 2, heads: int = 2, mlp_ratio: int = 2):
+        super().__init__()
+        d = _transformer_dim(dim, width, heads)
+        self.embed = nn.Embedding(vocab_size, d)
+        self.pos_embed = nn.Embedding(max_len, d)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)
+        self.encoder = _encoder(d, heads, mlp_ratio * d, depth)
+        self.head = nn.Linear(d, num_classes, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pad = tokens == 0
+        x = self.embed(tokens) + self.pos_embed.weight[: tokens.shape[1]]
+        x = self.encoder(x, src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        return self.head((x * keep).sum(1) / keep.sum(1).clamp_min(1))
+
+
+def text_transformer(*, num_classes: int = 10, in_channels: int = 16, image_size: int = 128,
+                     width: float = 1.0) -> TextTransformer:
+    """TextTransformer for token data, whose Dataset reports the vocabulary size as `in_channels` (a token is a
+    one-hot vector of that many channels) and the sequence length as `image_size`."""
+    return TextTransformer(num_classes=num_classes, vocab_size=in_channels, max_len=image_size, width=width)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "conv2": lambda **kw: conv_net(1, **kw),
     "conv4": lambda **kw: conv_net(2, **kw),
@@ -200,6 +284,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "lenet300": lambda **kw: mlp((300, 100), **kw),
     "small-conv": small_conv,
+    "vit": ViT,
+    "text-transformer": text_transformer,
 }
 
 
@@ -209,4 +295,8 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
         raise ConfigError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     if not width > 0:
         raise ConfigError(f"width {width!r} must be > 0")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)
+    # PyTorch's default inits draw from the global generator; a fixed seed makes a build the same in any process
+    # state, so that weights `convert` does not redraw (attention's in_proj, embeddings) agree between runs too.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)

@@ -280,6 +280,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     resolve_data_paths(cfg, ds)
     if cfg.augment is None:
         cfg.augment = ds.augment
+    data_lib.check_augment(ds, cfg.augment)  # before the run directory is made
     model = place(build(cfg, ds), cfg, device)
     ds = data_lib.on_device(ds, device)
     optimizer = make_optimizer(cfg, model)
