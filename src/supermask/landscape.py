@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_tensors
+from .checkpoint import load_tensors, read_json
 from .errors import ConfigError
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
@@ -142,8 +142,6 @@ def check_finished(path: str | Path) -> None:
 
 
 def load_run(path: str | Path) -> Run:
-    import json
-
     path = Path(path)
     check_finished(path)
     masks_file = path / "masks.safetensors"
@@ -154,7 +152,7 @@ def load_run(path: str | Path) -> Run:
         raise ConfigError(f"{path} holds no masks (a dense run?); only mask searches can be compared")
     tensors = {name: tensors[name] for name in layer_order(tensors, meta)}
     summary_file = path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = read_json(summary_file) if summary_file.is_file() else {}
     return Run(path.name, path, pack(tensors), {k: tuple(v.shape) for k, v in tensors.items()}, summary)
 
 

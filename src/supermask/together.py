@@ -44,7 +44,7 @@ from .methods import PARAMETRIZATIONS
 from .models import build_model
 from .schedule import end_of_epoch, iterand_step, step_fires
 from .train import (TrainingError, _check_resumable, _finish, build, input_layout, learning_rate, new_state,
-                    optimizer_for, pick_device, place, record_epoch, write_logs)
+                    optimizer_for, pick_device, place, record_epoch, resolve_data_paths, write_logs)
 
 FORWARDS = ("auto", "loop", "vmap")
 GROUP_CHECKPOINT = "together.safetensors"
@@ -249,6 +249,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     device = pick_device(first.device)
     ds = data_lib.load_dataset(first.dataset, first.data_dir)
     for cfg in cfgs:
+        resolve_data_paths(cfg, ds)  # as `train` does: config.yaml re-runs and evaluates from any directory
         if cfg.augment is None:
             cfg.augment = ds.augment
     models = [place(build(cfg, ds), cfg, device) for cfg in cfgs]
