@@ -38,11 +38,29 @@ def test_channels_last_changes_layout_not_masks():
         assert torch.equal(random_weight(la, pa), random_weight(lb, pb))
 
 
-def test_a_channels_last_run_matches_a_plain_one(tmp_path):
-    a = run(config(tmp_path / "a", channels_last=False), progress=False)
-    b = run(config(tmp_path / "b", channels_last=True), progress=False)
-    assert abs(a["test_acc"] - b["test_acc"]) <= 2 / 360
-    assert _mask_difference(tmp_path / "a", tmp_path / "b") <= 0.002
+def test_channels_last_steps_match_plain_steps_on_one_channel_input():
+    # Whole runs in the two layouts may drift apart: max-pooling breaks ties between equal activations (the flat
+    # zero background of digits gives many) at another position in each layout, and a width-0.25 digits net
+    # amplifies that over epochs (69% vs 75% after one epoch). Both are valid gradients; what must hold is the
+    # math: on inputs without ties, step by step, the same scores (to float rounding) and the same masks.
+    gen = torch.Generator().manual_seed(0)
+    runs = []
+    for channels_last in (False, True):
+        model = convert(build_model("small-conv", in_channels=1, image_size=8, width=0.25), "edge-popup", 0.5)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        runs.append((model, torch.optim.SGD(supermask.score_parameters(model), lr=0.1, momentum=0.9), channels_last))
+    for step in range(10):
+        x, y = torch.randn(64, 1, 8, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+        for model, opt, channels_last in runs:
+            xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xx), y).backward()
+            opt.step()
+        (plain, *_), (fast, *_) = runs
+        for a, b in zip(supermask.score_parameters(plain), supermask.score_parameters(fast)):
+            assert torch.allclose(a, b, atol=1e-5), step
+        assert all(torch.equal(m, masks(fast)[k]) for k, m in masks(plain).items()), step
 
 
 def test_bfloat16_autocast_keeps_the_masks_and_about_the_logits():
@@ -63,7 +81,7 @@ def test_a_mixed_precision_run_learns_like_a_float32_one(tmp_path):
     assert _mask_difference(tmp_path / "a", tmp_path / "b") <= 0.05
 
 
-def test_compiled_steps_match_eager_steps(monkeypatch):
+def test_compiled_steps_match_eager_steps():
     import torch._dynamo
 
     def model_and_optimizer():
@@ -79,15 +97,16 @@ def test_compiled_steps_match_eager_steps(monkeypatch):
         # The first step compiles each layer's shapes; later ones must reuse that. The mask cache's key (the
         # scores' version counter) was a guard, so every step recompiled until dynamo's limit, and then ran 100x
         # slower (a digits epoch took 32.5 s instead of 0.3 s).
-        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", step > 0)
         x, y = torch.randn(32, 1, 8, 8, generator=gen), torch.randint(0, 10, (32,), generator=gen)
         outs = []
-        for net, opt in ((eager, eager_opt), (compiled, compiled_opt)):
-            logits = net(x)
-            outs.append(logits.detach())
-            opt.zero_grad()
-            nn.functional.cross_entropy(logits, y).backward()
-            opt.step()
+        # torch's own config patch (monkeypatch's undo deletes the option from dynamo's config module)
+        with torch._dynamo.config.patch(error_on_recompile=step > 0):
+            for net, opt in ((eager, eager_opt), (compiled, compiled_opt)):
+                logits = net(x)
+                outs.append(logits.detach())
+                opt.zero_grad()
+                nn.functional.cross_entropy(logits, y).backward()
+                opt.step()
         assert torch.allclose(outs[0], outs[1], atol=1e-5)
         assert all(torch.equal(m, masks(plain)[k]) for k, m in masks(eager).items())
 
