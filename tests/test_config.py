@@ -210,3 +210,14 @@ def test_unknown_method_lists_every_accepted_name():
 def test_unknown_config_name_suggests():
     with pytest.raises(ConfigError, match="did you mean 'digits'"):
         make_config("digit")
+
+
+def test_help_shows_the_effective_defaults():
+    from supermask.config import Config, config_help
+
+    help_lines = {line.split()[0]: line for line in config_help().splitlines()}
+    cfg = Config()
+    for key in ("skip_layers", "skip_params", "logger"):
+        assert getattr(cfg, key) == [] and help_lines[key].endswith("[default: []]"), help_lines[key]
+    assert cfg.include_params == [] and "default: every weight" in help_lines["include_params"]
+    assert help_lines["model"].endswith(f"[default: {cfg.model}]")

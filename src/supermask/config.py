@@ -370,7 +370,8 @@ def config_help() -> str:
     for f in fields(Config):
         text = f.metadata["help"]
         if "default" not in text:
-            text += f" [default: {f.default}]"
+            listed = f.default is None and str(f.type).startswith("list")  # __post_init__ makes None an empty list
+            text += f" [default: {[] if listed else f.default}]"
         lines.append(f"  {f.name:<16} {text}")
     return "\n".join(lines)
 
