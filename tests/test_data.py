@@ -245,7 +245,7 @@ def test_mnist_checksum_mismatch(tmp_path: Path):
 
 def test_mnist_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     _write_mnist(tmp_path / "mirror", monkeypatch)
-    monkeypatch.setattr(data, "MNIST_URL", (tmp_path / "mirror").as_uri() + "/")
+    monkeypatch.setattr(data.mnist, "MNIST_URL", (tmp_path / "mirror").as_uri() + "/")
     (tmp_path / "data").mkdir()
     ds = load_dataset("mnist", tmp_path / "data")
     assert len(ds.train_y) == 5
@@ -452,7 +452,7 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path: Path, monkeypatch: pytes
     written = _write_folder(tmp_path / "pets")
     first = load_dataset(str(tmp_path / "pets"))
     assert len(list((tmp_path / "cache").glob("pets-*.npz"))) == 1
-    data._memo_load.cache_clear()
+    data.cache._memo_load.cache_clear()
     again = load_dataset(str(tmp_path / "pets"))  # now from the .npz
     assert again is not first and torch.equal(again.train_x, first.train_x) and again.classes == first.classes
     # rewriting an image changes the fingerprint, so the new pixels are decoded
@@ -541,7 +541,7 @@ def test_digits():
     test_counts = torch.bincount(ds.test_y, minlength=10)
     all_counts = test_counts + torch.bincount(ds.train_y, minlength=10)
     assert torch.all((test_counts.double() / all_counts - 0.2).abs() < 0.02)  # stratified 80/20
-    fresh = data._load_digits.__wrapped__()  # bypass the in-process cache: the split is fixed
+    fresh = data.generated._load_digits.__wrapped__()  # bypass the in-process cache: the split is fixed
     assert torch.equal(fresh.test_x, ds.test_x) and torch.equal(fresh.train_y, ds.train_y)
     assert load_dataset("digits") is ds
 

@@ -1,0 +1,51 @@
+"""Datasets as in-memory uint8 tensors, plus deterministic batching and GPU-friendly augmentation.
+
+Every dataset used here fits in memory (CIFAR is 180 MB as uint8), so we load it once, keep it as
+uint8 and convert batches to float on the target device. That keeps the data path simple, makes an
+epoch's order and augmentation a pure function of ``(seed, epoch)`` (exact resume), and avoids
+DataLoader worker processes.
+
+Sources: sklearn's bundled ``digits``; the official MNIST IDX files; the official CIFAR-10/100 python
+archives (read with a restricted unpickler); or any image folder / ``.tar.gz`` laid out as
+``train/<class>/*`` and ``test/<class>/*``. Decoded archives are cached as ``.npz`` files. One dataset is token
+sequences, not images: ``listops``, generated from a fixed seed (see `generate_listops`).
+
+One module per source (`mnist`, `cifar`, `folder`, `generated`), `base` for the Dataset type, `cache` and
+`download` for files, `batches` for batching and augmentation, `load` for `load_dataset`; this package
+re-exports the public API.
+"""
+
+from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir
+from .batches import augment_batch, check_augment, eval_batches, normalize, on_device, train_batches
+from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
+from .download import download_file
+from .generated import LISTOPS_TOKENS, generate_listops, listops_value
+from .load import load_dataset
+from .mnist import MNIST_MD5, MNIST_URL, parse_idx, read_idx
+
+__all__ = [
+    "CIFAR_MD5",
+    "CIFAR_URLS",
+    "DATASET_NAMES",
+    "Dataset",
+    "LISTOPS_TOKENS",
+    "MNIST_MD5",
+    "MNIST_URL",
+    "augment_batch",
+    "content_sha256",
+    "check_augment",
+    "default_cache_dir",
+    "default_data_dir",
+    "download_file",
+    "eval_batches",
+    "generate_listops",
+    "listops_value",
+    "load_dataset",
+    "normalize",
+    "on_device",
+    "parse_idx",
+    "read_cifar_archive",
+    "read_idx",
+    "restricted_pickle_load",
+    "train_batches",
+]

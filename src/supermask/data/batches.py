@@ -1,0 +1,138 @@
+"""Deterministic batching of in-memory datasets, normalization and GPU-friendly augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from supermask.errors import ConfigError
+
+from .base import _SPLITS, Dataset
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (..., C, H, W) in 0..255 -> float32 ((x/255) - mean) / std per channel, on x's device."""
+    c = x.shape[-3]
+    if len(mean) != c or len(std) != c:
+        raise ConfigError(f"normalize: {c} channels but {len(mean)} means and {len(std)} stds")
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(c, 1, 1)
+    return (x.to(torch.float32) / 255.0 - m) / s
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, vectorized over a uint8 (B,C,H,W) batch.
+
+    Random numbers come from ``generator`` on the CPU and only then move to x's device, so a batch
+    is augmented identically on every device.
+    """
+    if pad < 0:
+        raise ConfigError(f"augment pad must be >= 0, got {pad}")
+    b, c, h, w = x.shape
+    out = x
+    if pad > 0:
+        offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).to(x.device)
+        padded = F.pad(x, (pad, pad, pad, pad))
+        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B,1,H,1)
+        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B,1,1,W)
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chan = torch.arange(c, device=x.device)[None, :, None, None]
+        out = padded[batch, chan, rows, cols]
+    if flip:
+        flipped = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        out = torch.where(flipped, out.flip(3), out)
+    return out.contiguous()
+
+
+def check_augment(ds: Dataset, augment: bool | None) -> None:
+    """Augmentation crops and flips images: refuse it for token data."""
+    if augment and ds.tokens:
+        raise ConfigError(f"augment=true crops and flips images; dataset {ds.name} is token sequences (use augment=false)")
+
+
+def _inputs(ds: Dataset, x: torch.Tensor) -> torch.Tensor:
+    """What the model reads: normalized float images, or the token ids themselves."""
+    return x if ds.tokens else normalize(x, ds.mean, ds.std)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, epoch): shuffling + augmentation of one epoch."""
+    if seed < 0 or epoch < 0:
+        raise ConfigError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
+def on_device(ds: Dataset, device: torch.device | str, *, budget: float = 0.5) -> Dataset:
+    """`ds` with its uint8 tensors resident on a GPU when they take at most `budget` of its free memory, so batches
+    are drawn and augmented there without host-to-device copies; otherwise (and on CPUs) `ds` itself."""
+    device = torch.device(device)
+    if device.type != "cuda" or ds.train_x.device == device:
+        return ds
+    size = sum(t.numel() * t.element_size() for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y))
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > budget * free:
+        return ds
+    return replace(ds, train_x=ds.train_x.to(device), train_y=ds.train_y.to(device), test_x=ds.test_x.to(device),
+                   test_y=ds.test_y.to(device))
+
+
+def _part(t: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Process `rank`'s contiguous part of `t` when it is split among `world` processes."""
+    rank, world = shard
+    return torch.tensor_split(t, world)[rank] if world > 1 else t
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def train_batches(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    augment: bool,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled epoch of (float32 normalized images, int64 labels) on device; the last batch may be short.
+
+    Order and augmentation depend only on (seed, epoch), so resuming at an epoch reproduces it exactly.
+    With shard=(rank, world), each global batch is drawn and augmented whole, and this process gets its
+    contiguous slice (data-parallel training sees exactly the batches of a single process).
+    """
+    _check_batch_size(batch_size)
+    check_augment(ds, augment)
+    gen = _epoch_generator(seed, epoch)
+    order = torch.randperm(len(ds.train_y), generator=gen)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size].to(ds.train_x.device)
+        x = ds.train_x.index_select(0, idx).to(device, non_blocking=True)
+        y = ds.train_y.index_select(0, idx).to(device, non_blocking=True)
+        if augment:
+            x = augment_batch(x, gen)
+        yield _inputs(ds, _part(x, shard)), _part(y, shard)
+
+
+def eval_batches(
+    ds: Dataset, batch_size: int, *, split: str = "test", device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The train or test split in order, normalized, without augmentation (with shard=(rank, world): this
+    process's contiguous part of it)."""
+    _check_batch_size(batch_size)
+    if split not in _SPLITS:
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    xs, ys = (ds.train_x, ds.train_y) if split == "train" else (ds.test_x, ds.test_y)
+    xs, ys = _part(xs, shard), _part(ys, shard)
+    for start in range(0, len(ys), batch_size):
+        x = xs[start : start + batch_size].to(device, non_blocking=True)
+        y = ys[start : start + batch_size].to(device, non_blocking=True)
+        yield _inputs(ds, x), y
