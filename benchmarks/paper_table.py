@@ -78,6 +78,12 @@ def row_of(summary: dict) -> dict:
     return {**{k: summary[k] for k in keys}, "seed": summary["weight_seed"]}
 
 
+def with_dense_in_every_row(rows: list[dict], prune_rates: list[float]) -> list[dict]:
+    """Each dense run (trained once, at the first prune rate) repeated in every prune rate's row."""
+    dense = [r for r in rows if r["method"] == "dense"]
+    return rows + [{**r, "prune_rate": p} for r in dense for p in prune_rates if p != r["prune_rate"]]
+
+
 def markdown(cells: list[dict], differences: list[dict], methods: list[str]) -> str:
     """The measured table (mean ± 95% interval, n seeds) beside the published figures, then the paired differences."""
     by_row: dict[tuple, dict[str, dict]] = {}
@@ -143,6 +149,8 @@ def main(argv=None) -> None:
             for p in prof["prune_rates"]:
                 for seed in prof["seeds"]:
                     for method in methods:
+                        if method == "dense" and p != prof["prune_rates"][0]:
+                            continue  # dense training ignores the prune rate: one run stands for every row
                         o = cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir)
                         cells.append(Cell(cell_name(o), o, Path(args.runs) / cell_name(o), base=args.base or model))
     sweep = Sweep(None, cells, Path(args.runs), workers=args.workers, together=args.together, grid=[*AXES, "method"])
@@ -150,7 +158,8 @@ def main(argv=None) -> None:
     try:
         run_sweep(sweep, ray_address=args.ray, progress=sys.stderr.isatty(), retrain=args.retrain)
     finally:  # whatever finished is reported, also when some cells failed
-        rows = [row_of(json.loads((c.out_dir / "summary.json").read_text())) for c in cells if c.finished]
+        rows = with_dense_in_every_row([row_of(json.loads((c.out_dir / "summary.json").read_text()))
+                                        for c in cells if c.finished], prof["prune_rates"])
         estimates, differences = seed_estimates(rows, AXES), paired_differences(rows, AXES)
         (out / f"{name}.json").write_text(json.dumps(
             {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows, "cells": estimates,

@@ -57,3 +57,11 @@ def test_a_tiny_digits_grid_with_seeds(tmp_path):
     assert d["mean"] == pytest.approx(sum(diffs) / 2) and d["verdict"] in ("ahead", "behind", "within noise")
     assert d["ci_half_width"] == pytest.approx(12.7062 * abs(diffs[0] - diffs[1]) / 2, abs=1e-3)
     assert "(n=2)" in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_a_dense_run_stands_in_every_prune_rates_row():
+    rows = [_row("dense", 0.5, 0, 0.6), _row("dense", 0.5, 1, 0.62), _row("edge-popup", 0.9, 0, 0.4)]
+    out = paper_table.with_dense_in_every_row(rows, [0.5, 0.9])
+    dense = sorted((r["prune_rate"], r["seed"], r["test_acc"]) for r in out if r["method"] == "dense")
+    assert dense == [(0.5, 0, 0.6), (0.5, 1, 0.62), (0.9, 0, 0.6), (0.9, 1, 0.62)]
+    assert [r for r in out if r["method"] == "edge-popup"] == [rows[2]]
