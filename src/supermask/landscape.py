@@ -219,8 +219,9 @@ def compare(runs: list[Run]) -> list[dict]:
     for ra, rb in itertools.combinations(runs, 2):
         for layer, c in pair_counts(ra.masks, rb.masks).items():
             rows.append({"run_a": ra.name, "run_b": rb.name, "method_a": ra.method, "method_b": rb.method,
-                         "layer": layer, "label": ra.labels.get(layer, layer), "matching": c.matching, "jaccard": c.jaccard,
-                         "chance_matching": c.chance_matching, "chance_jaccard": c.chance_jaccard})
+                         "layer": layer, "label": ra.labels.get(layer, layer), "matching": c.matching,
+                         "jaccard": c.jaccard, "chance_matching": c.chance_matching,
+                         "chance_jaccard": c.chance_jaccard})
     return rows
 
 
@@ -281,8 +282,8 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path, *, plots: 
     summary = summarize(rows, runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "pairs.csv", rows, ["run_a", "run_b", "layer", "label", "matching", "jaccard", "chance_matching",
-                                            "chance_jaccard"])
+    write_csv(out_dir / "pairs.csv", rows, ["run_a", "run_b", "layer", "label", "matching", "jaccard",
+                                            "chance_matching", "chance_jaccard"])
     write_json(out_dir / "summary.json", summary)
     if plots:
         from . import plots as plots_lib
