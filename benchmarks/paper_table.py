@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, portable_path  # noqa: E402
 
 from supermask.config import paper_schedule  # noqa: E402
 from supermask.errors import ConfigError  # noqa: E402
@@ -73,9 +73,13 @@ def cell_name(o: dict) -> str:
 
 
 def row_of(summary: dict) -> dict:
+    """A run's row in the committed results: no path of this machine (the dataset as its file name and checksum,
+    the run directory relative)."""
     keys = ("method", "model", "width", "prune_rate", "epochs", "weight_seed", "score_seed", "data_seed", "test_acc",
-            "best_test_acc", "seconds", "params_total", "params_kept", "dataset_source", "out_dir")
-    return {**{k: summary[k] for k in keys}, "seed": summary["weight_seed"]}
+            "best_test_acc", "seconds", "params_total", "params_kept")
+    return {**{k: summary[k] for k in keys}, "dataset_source": Path(summary["dataset_source"]).name,
+            "dataset_sha256": summary.get("dataset_sha256"), "out_dir": portable_path(summary["out_dir"]),
+            "seed": summary["weight_seed"]}
 
 
 def with_dense_in_every_row(rows: list[dict], prune_rates: list[float]) -> list[dict]:

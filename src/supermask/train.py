@@ -22,6 +22,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, read_json, save_chec
 from .config import Config, dump_yaml, make_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
+from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
 from .models import build_model
 from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
@@ -386,9 +387,11 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     total, kept = parameter_counts(model)
     if group.main:
         found = masks(model)
-        # safetensors stores tensors sorted by name; the metadata keeps the layers' order in the model
+        # safetensors stores tensors sorted by name; the metadata keeps the layers' order in the model and their
+        # readable labels (see supermask.labels)
         save_tensors(out_dir / "masks.safetensors", found, {"model": cfg.model, "width": cfg.width, "method": cfg.method,
-                                                            "prune_rate": cfg.prune_rate, "layers": list(found)})
+                                                            "prune_rate": cfg.prune_rate, "layers": list(found),
+                                                            "labels": layer_labels(model)})
     final = state["history"][-1]
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
