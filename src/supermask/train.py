@@ -100,8 +100,9 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def kept_fractions(model: nn.Module) -> dict[str, float]:
-    """Each masked layer's kept fraction, as tracker scalars."""
-    return {f"kept_fraction/{name}": m.float().mean().item() for name, m in masks(model).items()}
+    """Each masked layer's kept fraction, as tracker scalars tagged with the layer's readable label."""
+    labels = layer_labels(model)
+    return {f"kept_fraction/{labels.get(name, name)}": m.float().mean().item() for name, m in masks(model).items()}
 
 
 def new_state() -> dict[str, Any]:
