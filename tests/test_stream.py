@@ -136,13 +136,13 @@ def test_layout_errors_name_the_folder(tmp_path: Path):
 
 def test_items_are_the_transforms_of_their_file(tmp_path: Path):
     idx = S.index_image_folder(_tree(tmp_path))
-    train = S.ImageStream(idx.train, 16, train=True, seed=5)
+    train = S.ImageStream(idx.train, 16, augment=True, seed=5)
     x, y = train[(2, 4)]
     with Image.open(idx.train.path(4)) as img:
         want = train_transform(img, 16, sample_rng(5, 2, 4))
     assert x.dtype == torch.uint8 and x.shape == (3, 16, 16) and torch.equal(x, want) and y == 1
     assert not torch.equal(train[(3, 4)][0], x)  # another epoch, another crop
-    test = S.ImageStream(idx.test, 16, train=False)
+    test = S.ImageStream(idx.test, 16, augment=False)
     with Image.open(idx.test.path(7)) as img:
         assert torch.equal(test[(0, 7)][0], eval_transform(img, 16))
     assert torch.equal(test[(0, 7)][0], test[(9, 7)][0])
@@ -153,8 +153,8 @@ def test_bad_image_is_named_or_skipped_to_the_next(tmp_path: Path, capfd: pytest
     bad = idx.train.path(4)
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     with pytest.raises(ConfigError, match=rf"{bad}: cannot read image"):
-        S.ImageStream(idx.train, 16, train=True, skip_bad=False)[(0, 4)]
-    stream = S.ImageStream(idx.train, 16, train=True, seed=1)
+        S.ImageStream(idx.train, 16, augment=True, skip_bad=False)[(0, 4)]
+    stream = S.ImageStream(idx.train, 16, augment=True, seed=1)
     x, y = stream[(0, 4)]
     with Image.open(idx.train.path(5)) as img:
         assert torch.equal(x, train_transform(img, 16, sample_rng(1, 0, 4)))  # file 5, sample 4's augmentation
@@ -169,7 +169,7 @@ def test_many_bad_images_in_a_row_raise_instead_of_looping(tmp_path: Path):
     for i in range(len(idx.train)):
         idx.train.path(i).write_bytes(b"not a jpeg")
     with pytest.raises(ConfigError, match=r"and the 8 images after it cannot be read"):
-        S.ImageStream(idx.train, 8, train=True)[(0, 3)]
+        S.ImageStream(idx.train, 8, augment=True)[(0, 3)]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -220,10 +220,10 @@ def test_bad_partition_arguments_are_refused():
 
 def test_loader_batches_match_across_worker_counts_and_resume(tmp_path: Path):
     idx = S.index_image_folder(_tree(tmp_path))
-    stream = S.ImageStream(idx.train, 12, train=True, seed=2)
+    stream = S.ImageStream(idx.train, 12, augment=True, seed=2)
 
     def batches(**kw):
-        loader = S.stream_loader(stream, 4, epoch=1, **kw)
+        loader = S.stream_loader(stream, 4, shuffle=True, epoch=1, **kw)
         out = list(loader)
         assert len(out) == len(loader)
         return out
@@ -235,7 +235,123 @@ def test_loader_batches_match_across_worker_counts_and_resume(tmp_path: Path):
     resumed = batches(start_batch=2)
     assert len(resumed) == 1 and torch.equal(resumed[0][0], inline[2][0])
     # 9 images in batches of 4 on 4 processes: the last batch has 1 image, so processes 1-3 get an empty part.
-    empty = list(S.stream_loader(stream, 4, epoch=1, rank=3, world=4))
+    empty = list(S.stream_loader(stream, 4, shuffle=True, epoch=1, rank=3, world=4))
     assert empty[-1][0].shape == (0, 3, 12, 12) and empty[-1][1].shape == (0,)
-    test = S.ImageStream(idx.test, 12, train=False)
-    assert [len(y) for _, y in S.stream_loader(test, 4, rank=1, world=2)] == [4]  # images 5-8
+    test = S.ImageStream(idx.test, 12, augment=False)
+    assert [len(y) for _, y in S.stream_loader(test, 4, shuffle=False, rank=1, world=2)] == [4]  # images 5-8
+
+
+# --------------------------------------------------------------------------------------------- #
+# Wired into load_dataset, the batch iterators and runs
+
+
+def _same_size_tree(root: Path) -> Path:
+    """train/ and test/ of 12x12 PNGs: a set the in-memory loader reads."""
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            for i in range(2):
+                p = root / split / c / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (12, 12), (40 * i, 90, 200)).save(p)
+    return root
+
+
+def test_auto_streams_imagenet_layouts_and_mixed_sizes_only(tmp_path: Path):
+    from supermask.data import Dataset, StreamDataset, load_dataset
+
+    imagenet = load_dataset(str(_tree(tmp_path / "inet")), mode="auto", image_size=20, num_workers=0)
+    assert isinstance(imagenet, StreamDataset) and imagenet.image_size == 20 and imagenet.num_classes == 3
+    assert len(imagenet.train_y) == 9 and imagenet.in_channels == 3 and not imagenet.tokens
+    small = _same_size_tree(tmp_path / "small")
+    assert isinstance(load_dataset(str(small), mode="auto"), Dataset)
+    assert isinstance(load_dataset(str(small), mode="stream", num_workers=0), StreamDataset)
+    mixed = _tree(tmp_path / "mixed")
+    (mixed / "val").rename(mixed / "test")
+    assert isinstance(load_dataset(str(mixed), mode="auto", num_workers=0), StreamDataset)
+    assert isinstance(load_dataset("digits", mode="auto"), Dataset)
+
+
+def test_data_mode_errors(tmp_path: Path):
+    from supermask.data import load_dataset
+
+    with pytest.raises(ConfigError, match="unknown data_mode 'lazy'"):
+        load_dataset("digits", mode="lazy")
+    with pytest.raises(ConfigError, match="data_mode=stream reads image folders"):
+        load_dataset("digits", mode="stream")
+    with pytest.raises(ConfigError, match=r"image_size=32: digits is held in memory at its own size 8"):
+        load_dataset("digits", image_size=32)
+    small = _same_size_tree(tmp_path / "small")
+    import tarfile
+
+    with tarfile.open(tmp_path / "small.tar.gz", "w:gz") as tf:
+        tf.add(small, arcname="small")
+    with pytest.raises(ConfigError, match="is an archive: extract it first"):
+        load_dataset(str(tmp_path / "small.tar.gz"), mode="stream")
+
+
+def test_stream_batches_are_normalized_items_split_among_processes(tmp_path: Path):
+    from supermask.data import eval_batches, load_dataset, normalize, train_batches
+
+    ds = load_dataset(str(_tree(tmp_path)), mode="stream", image_size=12, num_workers=0)
+    batches = list(train_batches(ds, 4, seed=3, epoch=1, augment=True))
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 12, 12), (4, 3, 12, 12), (1, 3, 12, 12)]
+    stream = S.ImageStream(ds.index.train, 12, augment=True, seed=3)
+    first = next(S.train_batch_indices(9, 4, seed=3, epoch=1)).tolist()
+    want = normalize(torch.stack([stream[(1, i)][0] for i in first]), ds.mean, ds.std)
+    assert batches[0][0].dtype == torch.float32 and torch.equal(batches[0][0], want)
+    assert batches[0][1].tolist() == [int(ds.index.train.labels[i]) for i in first]
+    parts = [list(train_batches(ds, 4, seed=3, epoch=1, augment=True, shard=(r, 2))) for r in range(2)]
+    for b, (x, y) in enumerate(batches):
+        assert torch.equal(torch.cat([parts[0][b][0], parts[1][b][0]]), x)
+        assert torch.equal(torch.cat([parts[0][b][1], parts[1][b][1]]), y)
+    test = list(eval_batches(ds, 5))
+    assert [len(y) for _, y in test] == [5, 4] and torch.cat([y for _, y in test]).tolist() == ds.test_y.tolist()
+
+
+def test_an_error_in_a_worker_is_one_line(tmp_path: Path):
+    from supermask.data import load_dataset, train_batches
+
+    ds = load_dataset(str(_tree(tmp_path)), mode="stream", image_size=12, num_workers=1)
+    for i in range(len(ds.index.train)):
+        ds.index.train.path(i).write_bytes(b"garbage")
+    with pytest.raises(ConfigError) as e:
+        list(train_batches(ds, 4, seed=0, epoch=0, augment=True))
+    assert "\n" not in str(e.value) and "cannot be read" in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_a_streamed_run_does_not_depend_on_the_worker_count(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from supermask.config import make_config
+    from supermask.train import run
+
+    root = _tree(tmp_path / "data", val="flat")
+    (root / "val.txt").write_text("".join(f"ILSVRC_val_{c}_{i}.JPEG {c}\n" for c in ("n01", "n02", "n03") for i in range(3)))
+    summaries = []
+    for workers in (0, 2):
+        out = tmp_path / f"run{workers}"
+        cfg = make_config("digits", {"dataset": str(root), "image_size": 12, "num_workers": workers, "epochs": 1,
+                                     "batch_size": 4, "width": 0.5, "device": "cpu", "out_dir": str(out)})
+        summaries.append(run(cfg, progress=False))
+    a, b = (load_file(tmp_path / f"run{w}" / "masks.safetensors") for w in (0, 2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert summaries[0]["test_acc"] == summaries[1]["test_acc"] and summaries[0]["image_size"] == 12
+    assert summaries[0]["dataset_sha256"] == summaries[1]["dataset_sha256"]
+    cfg.num_workers = 1  # how many processes decode does not change the run: resuming with another count is fine
+    assert run(cfg, resume=True, progress=False)["test_acc"] == summaries[1]["test_acc"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"data_mode": "lazy"}, "unknown data_mode 'lazy': expected one of memory, stream, auto"),
+        ({"num_workers": -1}, r"num_workers=-1 must be >= 0"),
+        ({"image_size": 0}, r"image_size=0 must be >= 1"),
+        ({"image_size": 1.5}, r"image_size=1.5 is not a valid finite number"),
+    ],
+)
+def test_config_keys_are_validated(overrides, match):
+    from supermask.config import make_config
+
+    with pytest.raises(ConfigError, match=match):
+        make_config("digits", overrides)

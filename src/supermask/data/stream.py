@@ -24,6 +24,7 @@ in a row raise instead (a lost mount must not look like a training run).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -190,6 +191,110 @@ def index_image_folder(root: str | Path) -> StreamIndex:
 
 
 # --------------------------------------------------------------------------------------------- #
+# The dataset a run reads
+
+DEFAULT_IMAGE_SIZE = 224
+# ImageNet's channel statistics normalize every streamed set: measuring a set's own would mean decoding all of it.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# data_mode=auto streams a folder that would take more than this decoded in memory.
+MEMORY_LIMIT_BYTES = 4 << 30
+_SIZE_PROBES = 32
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class StreamDataset:
+    """An image folder read lazily, with the attributes of an in-memory Dataset that a run reads (labels, classes,
+    shape, normalization); `train_batches` and `eval_batches` read it through DataLoader workers."""
+
+    name: str
+    index: StreamIndex
+    image_size: int
+    source: str
+    num_workers: int = 0
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    augment: bool = True  # RandomResizedCrop + flip unless augment=false
+    vocab_size: int = 0
+
+    @property
+    def tokens(self) -> bool:
+        return False
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.index.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return 3
+
+    @property
+    def train_y(self) -> torch.Tensor:
+        return torch.from_numpy(self.index.train.labels)
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return torch.from_numpy(self.index.test.labels)
+
+    def content_sha256(self) -> str:
+        """SHA-256 of both splits' file names and labels: the listing, not the pixels (reading every file of a
+        large set to name it would take as long as an epoch)."""
+        h = hashlib.sha256()
+        for images in (self.index.train, self.index.test):
+            h.update(f"{len(images)}\0".encode())
+            h.update(b"\0".join(images.files.tolist()))
+            h.update(images.labels.tobytes())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        return (f"StreamDataset(name={self.name!r}, train={len(self.index.train)}, test={len(self.index.test)}, "
+                f"image_size={self.image_size}, classes={self.num_classes}, source={self.source!r})")
+
+
+def load_stream(root: Path, name: str, *, image_size: int | None = None, num_workers: int | None = None,
+                index: StreamIndex | None = None) -> StreamDataset:
+    """The image folder `root` as a StreamDataset (images `image_size` pixels square, default 224; `num_workers`
+    decoding processes, default min(8, CPU cores))."""
+    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    if size < 1:
+        raise ConfigError(f"image_size={size} must be >= 1")
+    workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+    if workers < 0:
+        raise ConfigError(f"num_workers={workers} must be >= 0")
+    return StreamDataset(name, index or index_image_folder(root), size, str(root), workers)
+
+
+def auto_stream_index(root: Path) -> StreamIndex | None:
+    """The index of folder `root` when data_mode=auto streams it, else None: it streams ImageNet's layout (a val/
+    split), images of differing sizes (judged from the first image of up to 32 classes, reading only headers), and
+    sets over MEMORY_LIMIT_BYTES decoded."""
+    if not (root / "train").is_dir():
+        return None  # not a layout streams read; the in-memory loader says what it expects
+    try:
+        index = index_image_folder(root)
+    except ConfigError:
+        return None
+    if (root / "val").is_dir():
+        return index
+    firsts = np.unique(index.train.labels, return_index=True)[1][:_SIZE_PROBES]
+    sizes = set()
+    for i in firsts:
+        try:
+            with Image.open(index.train.path(int(i))) as img:
+                sizes.add(img.size)
+        except _BAD_IMAGE:
+            continue
+    if len(sizes) > 1:
+        return index
+    w, h = sizes.pop() if sizes else (0, 0)
+    return index if (len(index.train) + len(index.test)) * 3 * w * h > MEMORY_LIMIT_BYTES else None
+
+
+# --------------------------------------------------------------------------------------------- #
 # Decoding one sample
 
 
@@ -203,21 +308,21 @@ def _warn_skip(path: Path, reason: object) -> None:
 class ImageStream(torch.utils.data.Dataset):
     """A map-style dataset over an ImageList: item (epoch, index) is (uint8 (3, size, size) image, label).
 
-    Training items are RandomResizedCrop + flip with the generator of (seed, epoch, index); evaluation items resize
-    and center-crop (the epoch is ignored). Batches come from `EpochBatches`, collated by `collate`.
+    With `augment`, RandomResizedCrop + flip drawn from the generator of (seed, epoch, index); without, resize and
+    center crop (the epoch is then ignored). Batches come from `EpochBatches`, collated by `collate`.
     """
 
-    def __init__(self, images: ImageList, image_size: int, *, train: bool, seed: int = 0, skip_bad: bool = True):
+    def __init__(self, images: ImageList, image_size: int, *, augment: bool, seed: int = 0, skip_bad: bool = True):
         if image_size < 1:
             raise ConfigError(f"image_size must be >= 1, got {image_size}")
-        self.images, self.image_size, self.train, self.seed, self.skip_bad = images, image_size, train, seed, skip_bad
+        self.images, self.image_size, self.augment, self.seed, self.skip_bad = images, image_size, augment, seed, skip_bad
 
     def __len__(self) -> int:
         return len(self.images)
 
     def _decode(self, path: Path, epoch: int, index: int) -> torch.Tensor:
         with Image.open(path) as img:
-            if self.train:
+            if self.augment:
                 return train_transform(img, self.image_size, sample_rng(self.seed, epoch, index))
             return eval_transform(img, self.image_size)
 
@@ -290,18 +395,19 @@ def eval_batch_indices(n: int, batch_size: int, *, rank: int = 0, world: int = 1
 class EpochBatches(torch.utils.data.Sampler):
     """A DataLoader batch_sampler over an ImageStream: lists of keys (epoch, index) of this process's batches.
 
-    Training: `train_batch_indices` (shuffled by (seed, epoch), from `start_batch`); evaluation: `eval_batch_indices`.
+    With `shuffle`, `train_batch_indices` (an order drawn from (seed, epoch), from `start_batch`); without,
+    `eval_batch_indices`.
     """
 
     def __init__(
-        self, n: int, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1,
+        self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1,
         start_batch: int = 0, drop_last: bool = False,
     ):
-        self.n, self.batch_size, self.train, self.seed, self.epoch = n, batch_size, train, seed, epoch
+        self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, epoch
         self.rank, self.world, self.start_batch, self.drop_last = rank, world, start_batch, drop_last
 
     def _batches(self) -> Iterator[np.ndarray]:
-        if self.train:
+        if self.shuffle:
             return train_batch_indices(self.n, self.batch_size, seed=self.seed, epoch=self.epoch, rank=self.rank,
                                        world=self.world, start_batch=self.start_batch, drop_last=self.drop_last)
         return eval_batch_indices(self.n, self.batch_size, rank=self.rank, world=self.world)
@@ -311,21 +417,21 @@ class EpochBatches(torch.utils.data.Sampler):
             yield [(self.epoch, int(i)) for i in idx]
 
     def __len__(self) -> int:
-        if not self.train:
+        if not self.shuffle:
             return math.ceil(len(np.array_split(np.arange(self.n), self.world)[self.rank]) / self.batch_size)
         total = self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
         return max(0, total - self.start_batch)
 
 
 def stream_loader(
-    stream: ImageStream, batch_size: int, *, epoch: int = 0, rank: int = 0, world: int = 1, start_batch: int = 0,
-    num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False,
+    stream: ImageStream, batch_size: int, *, shuffle: bool, epoch: int = 0, rank: int = 0, world: int = 1,
+    start_batch: int = 0, num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of (uint8 images, int64 labels) batches of one epoch of `stream`, decoded in `num_workers`
-    worker processes (0: in this process)."""
+    """A DataLoader of (uint8 images, int64 labels) batches of one epoch of `stream` (see EpochBatches), decoded in
+    `num_workers` worker processes (0: in this process)."""
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-    sampler = EpochBatches(len(stream), batch_size, train=stream.train, seed=stream.seed, epoch=epoch, rank=rank,
+    sampler = EpochBatches(len(stream), batch_size, shuffle=shuffle, seed=stream.seed, epoch=epoch, rank=rank,
                            world=world, start_batch=start_batch, drop_last=drop_last)
     return torch.utils.data.DataLoader(stream, batch_sampler=sampler, num_workers=num_workers,
                                        collate_fn=stream.collate, pin_memory=pin_memory)
