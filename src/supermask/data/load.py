@@ -24,7 +24,7 @@ def load_dataset(
     """Load a named dataset (see DATASET_NAMES) or an image folder / ``.tar.gz`` given by path.
 
     ``data_dir`` defaults to ``$SUPERMASK_DATA`` or ``~/.cache/supermask/data``. Repeated calls in one
-    process return the same (shared) Dataset without re-reading files.
+    process return the same (shared) Dataset without re-reading files (a streamed folder is listed again).
 
     ``mode``: ``memory`` decodes the whole set into a Dataset; ``stream`` reads an image folder lazily (a
     StreamDataset of ``image_size``-pixel images decoded by ``num_workers`` processes; see `stream`); ``auto``

@@ -13,8 +13,9 @@
   val.txt). Labels of files that are not there are ignored, so a subset of the images works with the full file.
 
 `ImageStream` decodes and transforms one sample per call in DataLoader workers; `EpochBatches` orders an epoch and
-gives each process of a torchrun its part of every batch. Order and augmentation depend only on (data_seed, epoch)
-and the sample index.
+gives each process of a torchrun its part of every batch, from any batch on (`start_batch`). Order and augmentation
+depend only on (data_seed, epoch) and the sample's place in the sorted listing. `StreamDataset` is what a run reads
+(`load_dataset(..., mode="stream")`; `auto_stream_index` decides for mode "auto").
 
 An image that cannot be read or decoded raises a ConfigError naming it (``skip_bad=False``), or by default is logged
 once per file and process on stderr and replaced by the next readable image in index order (wrapping around), with
