@@ -326,7 +326,8 @@ def test_a_streamed_run_does_not_depend_on_the_worker_count(tmp_path: Path):
     from supermask.train import run
 
     root = _tree(tmp_path / "data", val="flat")
-    (root / "val.txt").write_text("".join(f"ILSVRC_val_{c}_{i}.JPEG {c}\n" for c in ("n01", "n02", "n03") for i in range(3)))
+    labels = [f"ILSVRC_val_{c}_{i}.JPEG {c}\n" for c in ("n01", "n02", "n03") for i in range(3)]
+    (root / "val.txt").write_text("".join(labels))
     summaries = []
     for workers in (0, 2):
         out = tmp_path / f"run{workers}"
@@ -370,8 +371,8 @@ def test_two_processes_stream_what_one_does_even_an_empty_part(tmp_path: Path):
     one = subprocess.run([sys.executable, *args, f"out_dir={tmp_path / 'one'}"], capture_output=True, text=True,
                          timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                          *args, f"out_dir={tmp_path / 'two'}"], capture_output=True, text=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    two = subprocess.run([*torchrun, *args, f"out_dir={tmp_path / 'two'}"], capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     ta, _ = load_tensors(tmp_path / "one" / "checkpoint.safetensors")
     tb, _ = load_tensors(tmp_path / "two" / "checkpoint.safetensors")

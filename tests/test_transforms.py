@@ -61,7 +61,8 @@ def test_crop_params_hand_worked():
     rng = Scripted(uniform=[0.25, 0.0], integers=[7, 3])
     assert T.random_resized_crop_params(100, 100, rng) == (7, 3, 50, 50)
     assert rng.integer_bounds == [(0, 51), (0, 51)]
-    # fraction 0.5, ratio 4/3: w = round(sqrt(5000 * 4/3)) = round(81.65) = 82, h = round(sqrt(3750)) = round(61.24) = 61.
+    # fraction 0.5, ratio 4/3: w = round(sqrt(5000 * 4/3)) = round(81.65) = 82, h = round(sqrt(3750)) = round(61.24)
+    # = 61.
     rng = Scripted(uniform=[0.5, math.log(4 / 3)], integers=[39, 18])
     assert T.random_resized_crop_params(100, 100, rng) == (39, 18, 61, 82)
     assert rng.integer_bounds == [(0, 40), (0, 19)]

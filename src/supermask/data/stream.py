@@ -120,7 +120,8 @@ def _stem(name: str) -> str:
 def _labels_file(root: Path, split: str) -> Path:
     d = root / split
     with os.scandir(d) as it:
-        inside = sorted(Path(e.path) for e in it if _visible(e) and e.is_file() and e.name.lower().endswith((".csv", ".txt")))
+        inside = sorted(Path(e.path) for e in it
+                        if _visible(e) and e.is_file() and e.name.lower().endswith((".csv", ".txt")))
     if len(inside) > 1:
         raise ConfigError(f"{d}: several labels files ({', '.join(p.name for p in inside)}); keep one")
     candidates = [*inside, root / f"LOC_{split}_solution.csv", root / f"{split}.txt"]
@@ -150,14 +151,16 @@ def _read_labels(path: Path, label: dict[str, int]) -> dict[str, int]:
         else:
             image, *words = line.split()
         if len(words) != 1:
-            raise ConfigError(f"{path}:{n}: expected {'ImageId,PredictionString' if csv else 'file label'}, got {line!r}")
+            form = "ImageId,PredictionString" if csv else "file label"
+            raise ConfigError(f"{path}:{n}: expected {form}, got {line!r}")
         name = words[0]
         if name in label:
             out[_stem(image.strip())] = label[name]
         elif name.isdigit() and int(name) < len(label):
             out[_stem(image.strip())] = int(name)
         else:
-            raise ConfigError(f"{path}:{n}: label {name!r} is neither a class folder of train/ nor an index below {len(label)}")
+            raise ConfigError(f"{path}:{n}: label {name!r} is neither a class folder of train/ nor an index below"
+                              f" {len(label)}")
     return out
 
 
@@ -316,7 +319,8 @@ class ImageStream(torch.utils.data.Dataset):
     def __init__(self, images: ImageList, image_size: int, *, augment: bool, seed: int = 0, skip_bad: bool = True):
         if image_size < 1:
             raise ConfigError(f"image_size must be >= 1, got {image_size}")
-        self.images, self.image_size, self.augment, self.seed, self.skip_bad = images, image_size, augment, seed, skip_bad
+        self.images, self.image_size, self.augment = images, image_size, augment
+        self.seed, self.skip_bad = seed, skip_bad
 
     def __len__(self) -> int:
         return len(self.images)
