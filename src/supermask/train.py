@@ -248,10 +248,17 @@ def default_out_dir(cfg: Config) -> Path:
 
 def _check_resumable(out_dir: Path, cfg: Config) -> None:
     saved = make_config(str(out_dir / "config.yaml"))
-    diffs = [k for k, v in saved.to_dict().items() if k != "out_dir" and cfg.to_dict()[k] != v]
+    # num_workers only changes how fast the same batches are decoded
+    diffs = [k for k, v in saved.to_dict().items() if k not in ("out_dir", "num_workers") and cfg.to_dict()[k] != v]
     if diffs:
         k = diffs[0]
         raise ConfigError(f"cannot resume {out_dir}: {k}={getattr(cfg, k)!r} differs from the run's {k}={getattr(saved, k)!r}")
+
+
+def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset:
+    """The run's data, held in memory or streamed as cfg.data_mode says."""
+    return data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
+                                 num_workers=cfg.num_workers)
 
 
 def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
@@ -278,7 +285,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)  # masks are bit-identical only between runs on the same thread count
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
-    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+    ds = load_data(cfg)
     resolve_data_paths(cfg, ds)
     if cfg.augment is None:
         cfg.augment = ds.augment
@@ -424,7 +431,7 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto",
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = make_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
-    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+    ds = load_data(cfg)
     model = place(build(cfg, ds), cfg, pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
     return cfg, ds, model, meta
