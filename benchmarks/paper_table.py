@@ -15,13 +15,14 @@ beside the published figures, then the differences) and <name>.png (accuracy aga
 and the differences).
 
 A table can span sessions whose runs/ does not survive: the three files are rewritten after every finished cell
-(the JSON and markdown atomically), and each row of the JSON records its cell's resolved config. Run again, the script takes a cell
-whose run directory is gone from its row in <name>.json when that row's config is the cell's own, and trains only
-the cells missing from both; a recorded row of another config (say the built-in config changed) is refused,
-naming the keys that differ, unless --retrain. Rows of cells outside the grid run are kept; rows written before
-rows recorded their config are dropped. So a session runs the command and commits the three files after each
-cell (`git add benchmarks/results/paper_table_vit.*`), and the next session starts the same command again (a cell
-cut off by the end of a session starts over, unless its run directory survived: then it resumes).
+(the JSON and markdown atomically), and each row of the JSON records its cell's resolved config. Run again, the
+script takes a cell whose run directory is gone from its row in <name>.json when that row's config is the cell's
+own, and trains only the cells missing from both; a recorded row of another config (say the built-in config
+changed) is refused, naming the keys that differ, unless --retrain (a refusal leaves the files as they were). Rows
+of cells outside the grid run are kept; rows written before rows recorded their config are dropped. So a session
+runs the command and commits the three files after each cell (`git add benchmarks/results/paper_table_vit.*`), and
+the next session starts the same command again (a cell cut off by the end of a session starts over, unless its run
+directory survived: then it resumes).
 
 The vit profile is issue 11's table: ViT-Lite-7/4 (`vit`, its built-in config: Adam, lr 1e-3, label smoothing
 0.1) at width 0.25 on the CIFAR-10 copy, 10 epochs, Edge-Popup, Biprop, EP+IWR and Biprop+IWR at 50% and 90%
@@ -50,6 +51,7 @@ from common import machine  # noqa: E402
 from supermask.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
 from supermask.config import make_config, paper_schedule  # noqa: E402
 from supermask.errors import ConfigError, SupermaskError  # noqa: E402
+from supermask.reuse import check_reuse  # noqa: E402
 from supermask.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text, paired_differences,  # noqa: E402
                              run_sweep, seed_estimates, validate)
 
@@ -254,6 +256,8 @@ def main(argv=None) -> None:
                 pass
 
     pending = [c for c in cells if c.name not in reused]
+    if not args.retrain:  # refuse run directories of another config before anything is written (run_sweep would too)
+        check_reuse([configs[c.name] for c in pending], retrain=False)
     try:
         if pending:
             sweep = Sweep(None, pending, Path(args.runs), workers=args.workers, together=args.together,

@@ -105,19 +105,14 @@ def _tiny_table(tmp_path, *extra):
 def test_finished_cells_are_kept_in_the_results_across_sessions(tmp_path, monkeypatch):
     import shutil
 
-    from supermask import sweep as sweep_lib
-
     results = tmp_path / "results" / "t.json"
-    rows_before_each_cell = []
-    train = sweep_lib.run_cell_process
-
-    def spy(command, env):
-        rows_before_each_cell.append(len(json.loads(results.read_text())["rows"]) if results.exists() else 0)
-        return train(command, env)
-
-    monkeypatch.setattr(sweep_lib, "run_cell_process", spy)
+    saved = []  # rows in each write of the results
+    write = paper_table.write_json
+    monkeypatch.setattr(paper_table, "write_json", lambda path, obj: (saved.append(len(obj["rows"])), write(path, obj)))
     paper_table.main(_tiny_table(tmp_path))
-    assert rows_before_each_cell == [0, 1]  # dense once per seed, not per prune rate; the results saved after each
+    # dense once per seed, not per prune rate: two cells; the results saved after each (the first save may come
+    # when the second cell has finished too: it runs in a worker thread) and at the end
+    assert len(saved) == 3 and saved[0] >= 1 and saved[1:] == [2, 2]
     first = json.loads(results.read_text())
     assert sorted((r["method"], r["prune_rate"], r["seed"]) for r in first["rows"]) == [("dense", 0.5, 0),
                                                                                        ("dense", 0.5, 1)]
@@ -125,11 +120,18 @@ def test_finished_cells_are_kept_in_the_results_across_sessions(tmp_path, monkey
     assert [(c["prune_rate"], c["n"]) for c in first["cells"]] == [(0.5, 2), (0.9, 2)]  # shown at both rates
     assert first["cells"][0]["mean"] == first["cells"][1]["mean"]
     md = (tmp_path / "results" / "t.md").read_text()
+    other = _tiny_table(tmp_path) + ["--base", str(tmp_path / "lr.yaml")]
+    (tmp_path / "lr.yaml").write_text("lr: 0.05\n")
+    with pytest.raises(ConfigError, match="lr=0.05 now"):  # the run directories hold runs of another config
+        paper_table.main(other)
+    assert json.loads(results.read_text())["rows"] == first["rows"]  # not recorded as runs of the new config
 
     shutil.rmtree(tmp_path / "runs")  # a new session: the run directories are gone, the results file is kept
 
     def refuse(command, env):
         raise AssertionError(f"retrained a recorded cell: {command}")
+
+    from supermask import sweep as sweep_lib
 
     monkeypatch.setattr(sweep_lib, "run_cell_process", refuse)
     paper_table.main(_tiny_table(tmp_path))
@@ -139,7 +141,6 @@ def test_finished_cells_are_kept_in_the_results_across_sessions(tmp_path, monkey
     assert not (tmp_path / "runs").exists()
 
     # the same cells under another config are not taken for the recorded ones: refused, naming the key
-    (tmp_path / "lr.yaml").write_text("lr: 0.05\n")
     with pytest.raises(ConfigError, match="lr=0.05 now"):
-        paper_table.main(_tiny_table(tmp_path) + ["--base", str(tmp_path / "lr.yaml")])
+        paper_table.main(other)
     assert json.loads(results.read_text())["rows"] == first["rows"]
