@@ -1,5 +1,6 @@
 """The .smask format: exact rebuild, size near the entropy bound, and clean rejection of damaged files."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -81,16 +82,62 @@ def test_eval_of_the_file_matches_the_run_and_plain_exports(runs, tmp_path, caps
     assert torch.equal(plain["0.weight"], load(path).state_dict()["0.weight"])
 
 
-def test_onnx_export(runs, tmp_path):
-    pytest.importorskip("onnx")
-    from supermask.export import header_of, save_onnx
+ONNX_RUNS = {  # one per kind of input, each a second or two of training
+    "small-conv": {**BASE, "method": "edge-popup", "prune_rate": 0.5, "epochs": 1},
+    "vit": {"model": "vit", "dataset": "digits", "width": 0.125, "method": "biprop", "prune_rate": 0.5, "epochs": 1},
+    "text-transformer": {"model": "text-transformer", "dataset": "listops", "width": 0.25, "method": "edge-popup",
+                         "prune_rate": 0.5, "epochs": 1, "augment": False, "batch_size": 64},
+}
 
-    path = tmp_path / "net.smask"
-    export_run(runs["edge-popup"], path)
-    save_onnx(load(path), header_of(path), tmp_path / "net.onnx")
-    import onnx
 
-    onnx.checker.check_model(onnx.load(str(tmp_path / "net.onnx")))
+def _onnx_outputs(path, name, x):
+    """The ONNX file's outputs on x: onnxruntime where installed, else onnx's own reference evaluator."""
+    try:
+        import onnxruntime
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        return ReferenceEvaluator(str(path)).run(None, {name: x.numpy()})[0]
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("model", list(ONNX_RUNS))
+def test_onnx_export_takes_each_models_input(tmp_path, monkeypatch, capsys, model):
+    onnx = pytest.importorskip("onnx")
+    from supermask import data as data_lib
+    from supermask import train as train_lib
+
+    load_dataset = data_lib.load_dataset
+
+    def small(*args, **kwargs):  # a few batches: what is tested is the export, not the search
+        ds = load_dataset(*args, **kwargs)
+        return dataclasses.replace(ds, train_x=ds.train_x[:256], train_y=ds.train_y[:256], test_x=ds.test_x[:64],
+                                   test_y=ds.test_y[:64])
+
+    monkeypatch.setattr(train_lib.data_lib, "load_dataset", small)
+    run(make_config(None, {**ONNX_RUNS[model], "out_dir": str(tmp_path / "run")}), progress=False)
+    smask, onnx_file = tmp_path / "net.smask", tmp_path / "net.onnx"
+    assert main(["export", str(tmp_path / "run"), "-o", str(smask), "--onnx", str(onnx_file)]) == 0
+    assert f"ONNX model written to {onnx_file}" in capsys.readouterr().out
+    graph = onnx.load(str(onnx_file))
+    onnx.checker.check_model(graph)
+    (given,), (logits,) = graph.graph.input, graph.graph.output
+    dims = [d.dim_param or d.dim_value for d in given.type.tensor_type.shape.dim]
+    gen = torch.Generator().manual_seed(0)
+    if model == "text-transformer":  # int64 token ids (batch, length), 0 the padding
+        assert (given.name, given.type.tensor_type.elem_type, dims) == ("tokens", onnx.TensorProto.INT64, ["batch", 64])
+        x = load_dataset("listops").test_x[:5]
+        assert (x == 0).any() and (x != 0).all(1).sum() < 5  # padded sequences of different lengths
+    else:  # float images (batch, channels, side, side)
+        assert (given.name, given.type.tensor_type.elem_type, dims) == ("images", onnx.TensorProto.FLOAT,
+                                                                        ["batch", 1, 8, 8])
+        x = torch.randn(5, 1, 8, 8, generator=gen)
+    assert logits.name == "logits"
+    with torch.no_grad():
+        expected = load(smask)(x).numpy()
+    got = _onnx_outputs(onnx_file, given.name, x)  # a batch of 5, though the export traced a batch of 2
+    assert got.shape == expected.shape == (5, 10)
+    assert abs(got - expected).max() <= 1e-4 * max(1.0, abs(expected).max())
 
 
 def test_dense_runs_cannot_be_exported(tmp_path):

@@ -157,3 +157,49 @@ def test_masks_with_ties_do_not_depend_on_the_layout():
         assert torch.equal(plain, fast)
         assert fast.is_contiguous(memory_format=torch.channels_last)  # the mask keeps the scores' layout
         assert int(fast.sum()) == 48 - int(rate * 48)
+
+
+def test_masked_vit_fused_and_compiled_attention_equal_the_plain_path():
+    """Issue 11.3 on the registry's vit: attention's fused kernels (SDPA's flash kernel, PyTorch's fast path where
+    it applies) and torch.compile give the plain path's outputs, and in training its score gradients."""
+    import torch._dynamo
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from supermask import score_parameters
+    from supermask.models import ViT
+
+    model = convert(ViT(in_channels=1, image_size=8, width=0.125, depth=2), "biprop", 0.5)  # 2 of vit's 7 blocks
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def plain_path():  # no fast path, attention as the explicit softmax(QK^T / sqrt(d)) V
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with sdpa_kernel(SDPBackend.MATH):
+                return model(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+
+    def score_grads(out):
+        for s in score_parameters(model):
+            s.grad = None
+        out.square().sum().backward()
+        return [s.grad.clone() for s in score_parameters(model)]
+
+    torch._dynamo.reset()
+    # aot_eager: dynamo's capture and AOT autograd (the parametrizations, the straight-through function, attention's
+    # decomposition) without inductor's code generation, which takes a minute on 2 cores (its steps are compared on
+    # small-conv above)
+    compiled = torch.compile(model, backend="aot_eager")
+    model.eval()
+    with torch.no_grad():
+        plain = plain_path()
+        torch.testing.assert_close(model(x), plain, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled(x), plain, rtol=1e-5, atol=1e-5)
+    model.train()
+    plain = plain_path()
+    expected = score_grads(plain)
+    for out in (model(x), compiled(x)):
+        torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+        for got, want in zip(score_grads(out), expected):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from supermask.config import make_config
+from supermask.errors import ConfigError
 
 
 def _benchmark(name):
@@ -101,9 +102,88 @@ def test_a_tiny_digits_grid_with_seeds(tmp_path):
     assert "(n=2)" in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 1000
 
 
-def test_a_dense_run_stands_in_every_prune_rates_row():
-    rows = [_row("dense", 0.5, 0, 0.6), _row("dense", 0.5, 1, 0.62), _row("edge-popup", 0.9, 0, 0.4)]
-    out = paper_table.with_dense_in_every_row(rows, [0.5, 0.9])
-    dense = sorted((r["prune_rate"], r["seed"], r["test_acc"]) for r in out if r["method"] == "dense")
-    assert dense == [(0.5, 0, 0.6), (0.5, 1, 0.62), (0.9, 0, 0.6), (0.9, 1, 0.62)]
-    assert [r for r in out if r["method"] == "edge-popup"] == [rows[2]]
+@pytest.mark.parametrize("method, epochs, every, rate", [
+    ("edge-popup+iwr", 10, 1, 0.1),    # the paper's default EP+IWR recipe, F 3 of 250 -> 1 of 10, r 0.1
+    ("biprop+iwr", 10, 1, 0.2),        # Biprop+IWR's one recipe, F 10 of 250 -> 1 of 10, r 0.2
+    ("edge-popup+iwr", 250, 3, 0.1),
+])
+def test_vit_cells_take_the_papers_default_iwr_recipe(method, epochs, every, rate):
+    cfg = make_config("vit", paper_table.cell_overrides("vit", 0.25, 0.5, method, 0, epochs, None))
+    assert (cfg.iwr_every, cfg.iwr_rate, cfg.label, cfg.optimizer) == (every, rate, method, "adam")
+
+
+def test_the_vit_profile_is_the_issues_table():
+    prof = paper_table.PROFILES["vit"]
+    assert (prof["models"], prof["widths"], prof["prune_rates"], prof["epochs"]) == (["vit"], [0.25], [0.5, 0.9], 10)
+    assert prof["methods"] == ["edge-popup", "biprop", "edge-popup+iwr", "biprop+iwr", "dense"]
+
+
+def test_markdown_says_when_the_papers_have_no_figures():
+    rows = [{**_row("edge-popup", 0.5, 0, 0.5), "model": "vit"}, {**_row("dense", 0.5, 0, 0.6), "model": "vit"}]
+    md = paper_table.markdown(paper_table.seed_estimates(rows, paper_table.AXES), [], ["edge-popup", "dense"])
+    assert "| vit, 0.25, 50, 10 | 50.00 (1 seed) | 60.00 (1 seed) |" in md
+    assert "The papers publish no figures for vit." in md and "in parentheses" not in md
+
+
+@pytest.mark.parametrize("method", ["edge-popup+iwr", "biprop+iwr", "dense"])
+def test_a_recorded_config_stands_for_its_cell_and_no_other(method):
+    cfg = make_config("vit", {**paper_table.cell_overrides("vit", 0.25, 0.5, method, 0, 10, "/data"), "out_dir": "r"})
+    row = {"config": json.loads(json.dumps(paper_table.recorded_config(cfg)))}  # as read back from the JSON
+    assert "out_dir" not in row["config"] and "data_dir" not in row["config"]  # where files are is no part of it
+    assert paper_table.difference(row, cfg) is None
+    assert paper_table.difference(row, make_config("vit", {**cfg.to_dict(), "out_dir": "elsewhere"})) is None
+    changed = make_config("vit", {**cfg.to_dict(), "lr": 0.01})
+    assert paper_table.difference(row, changed) == "lr=0.001 there, lr=0.01 now"
+    row["config"]["no_such_key"] = 1
+    assert "cannot read" in paper_table.difference(row, cfg)
+
+
+def _tiny_table(tmp_path, *extra):
+    # two dense cells (seeds 0 and 1), each run once and shown at both prune rates: seconds each
+    return ["--base", "digits", "--models", "conv2", "--widths", "0.0625", "--prune-rates", "0.5,0.9",
+            "--methods", "dense", "--seeds", "0,1", "--epochs", "1", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--name", "t", *extra]
+
+
+def test_finished_cells_are_kept_in_the_results_across_sessions(tmp_path, monkeypatch):
+    import shutil
+
+    results = tmp_path / "results" / "t.json"
+    saved = []  # rows in each write of the results
+    write = paper_table.write_json
+    monkeypatch.setattr(paper_table, "write_json", lambda path, obj: (saved.append(len(obj["rows"])), write(path, obj)))
+    paper_table.main(_tiny_table(tmp_path))
+    # dense once per seed, not per prune rate: two cells; the results saved after each (the first save may come
+    # when the second cell has finished too: it runs in a worker thread) and at the end
+    assert len(saved) == 3 and saved[0] >= 1 and saved[1:] == [2, 2]
+    first = json.loads(results.read_text())
+    assert sorted((r["method"], r["prune_rate"], r["seed"]) for r in first["rows"]) == [("dense", 0.5, 0),
+                                                                                       ("dense", 0.5, 1)]
+    assert all(r["config"]["model"] == "conv2" and "out_dir" not in r["config"] for r in first["rows"])
+    assert [(c["prune_rate"], c["n"]) for c in first["cells"]] == [(0.5, 2), (0.9, 2)]  # shown at both rates
+    assert first["cells"][0]["mean"] == first["cells"][1]["mean"]
+    md = (tmp_path / "results" / "t.md").read_text()
+    other = _tiny_table(tmp_path) + ["--base", str(tmp_path / "lr.yaml")]
+    (tmp_path / "lr.yaml").write_text("lr: 0.05\n")
+    with pytest.raises(ConfigError, match="lr=0.05 now"):  # the run directories hold runs of another config
+        paper_table.main(other)
+    assert json.loads(results.read_text())["rows"] == first["rows"]  # not recorded as runs of the new config
+
+    shutil.rmtree(tmp_path / "runs")  # a new session: the run directories are gone, the results file is kept
+
+    def refuse(command, env):
+        raise AssertionError(f"retrained a recorded cell: {command}")
+
+    from supermask import sweep as sweep_lib
+
+    monkeypatch.setattr(sweep_lib, "run_cell_process", refuse)
+    paper_table.main(_tiny_table(tmp_path))
+    again = json.loads(results.read_text())
+    assert again["rows"] == first["rows"] and again["cells"] == first["cells"]
+    assert (tmp_path / "results" / "t.md").read_text() == md
+    assert not (tmp_path / "runs").exists()
+
+    # the same cells under another config are not taken for the recorded ones: refused, naming the key
+    with pytest.raises(ConfigError, match="lr=0.05 now"):
+        paper_table.main(other)
+    assert json.loads(results.read_text())["rows"] == first["rows"]

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", help="a finished mask-search run directory")
     ex.add_argument("-o", "--output", required=True, metavar="NET.smask")
     ex.add_argument("--safetensors", metavar="PATH", help="also write the rebuilt network's dense weights")
-    ex.add_argument("--onnx", metavar="PATH", help="also write the rebuilt network as ONNX (needs onnx)")
+    ex.add_argument("--onnx", metavar="PATH", help="also write the rebuilt network as ONNX (needs onnx): input "
+                    "`images` (float N,C,H,W) or, for text-transformer, `tokens` (int64 N,length), output `logits`")
     ex.set_defaults(func=_export)
 
     pa = sub.add_parser("path", help="test accuracy along a path between two runs' masks (same random weights)")

@@ -35,7 +35,7 @@ from .convert import convert, masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
 from .mask import num_pruned
 from .methods import biprop_alpha
-from .models import MODELS, build_model
+from .models import MODELS, TOKEN_MODELS, build_model
 
 MAGIC = b"SMASK\x00\r\n"
 VERSION = 1
@@ -369,16 +369,29 @@ def save_plain(model: nn.Module, path: str | Path) -> None:
     save_tensors(path, dict(model.state_dict()))
 
 
+def example_input(header: dict[str, Any]) -> tuple[str, torch.Tensor]:
+    """(name, a batch of two) of the input the header's architecture reads: int64 token ids (2, length) for a token
+    model (its `image_size` is the sequence length, `in_channels` the vocabulary), else float images (2, C, H, W).
+    Two samples, so that the trace cannot take the batch size for a constant 1."""
+    if header["model"] in TOKEN_MODELS:
+        # id 1, a real token: an all-padding sequence would mask every attention key
+        return "tokens", torch.ones(2, header["image_size"], dtype=torch.int64)
+    return "images", torch.zeros(2, header["in_channels"], header["image_size"], header["image_size"])
+
+
 def save_onnx(model: nn.Module, header: dict[str, Any], path: str | Path) -> None:
-    """The rebuilt network as ONNX (needs the `onnx` package: pip install 'supermask[export]')."""
+    """The rebuilt network as ONNX, its input named `images` or `tokens` (see `example_input`), its output `logits`,
+    any batch size (needs the `onnx` package: pip install 'supermask[export]')."""
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise ConfigError("ONNX export needs the onnx package: pip install 'supermask[export]'") from None
     import warnings
 
-    x = torch.zeros(1, header["in_channels"], header["image_size"], header["image_size"])
+    name, x = example_input(header)
     with warnings.catch_warnings():  # the TorchScript exporter needs no onnxscript; its deprecation is noise here
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (x,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        # attention's checks of its own sizes, constants of the architecture (tests run other batch sizes)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, (x,), str(path), input_names=[name], output_names=["logits"],
+                          dynamic_axes={name: {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)

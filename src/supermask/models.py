@@ -287,6 +287,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vit": ViT,
     "text-transformer": text_transformer,
 }
+# The architectures that read int64 token ids (N, length), 0 the padding; the others read float images (N, C, H, W).
+TOKEN_MODELS = frozenset({"text-transformer"})
 
 
 def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:

@@ -38,7 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -336,7 +336,8 @@ def _attempt_local(sweep: Sweep, task: list[Cell], progress: Progress) -> None:
     progress.update()
 
 
-def _run_ray(sweep: Sweep, pending: list[list[Cell]], progress: Progress, address: str) -> None:
+def _run_ray(sweep: Sweep, pending: list[list[Cell]], progress: Progress, address: str,
+             on_task_end: Callable[[], None]) -> None:
     try:
         import ray
     except ImportError:
@@ -361,15 +362,17 @@ def _run_ray(sweep: Sweep, pending: list[list[Cell]], progress: Progress, addres
                 code, last = -1, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             _end(task, "" if code == 0 else last or f"worker exited with {code}")
             progress.update()
+            on_task_end()
     finally:
         if address == "local":
             ray.shutdown()
 
 
 def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = True,
-              retrain: bool = False) -> dict[str, Any]:
+              retrain: bool = False, on_task_end: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Run every unfinished cell, then aggregate; returns the aggregate (and raises if cells failed). A cell run
-    before with another config is refused, or with `retrain` deleted and run again."""
+    before with another config is refused, or with `retrain` deleted and run again. `on_task_end` is called in
+    this thread after each task ends (finished or failed), e.g. to save what has finished so far."""
     deleted = check_reuse([cell_config(sweep, c) for c in sweep.cells], retrain=retrain)
     if deleted:
         drop_groups(sorted((sweep.out_dir / "groups").glob("group-*")), deleted)
@@ -380,11 +383,12 @@ def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = 
     view = Progress(sweep, progress)
     try:
         if ray_address:
-            _run_ray(sweep, pending, view, ray_address)
+            _run_ray(sweep, pending, view, ray_address, on_task_end)
         else:
             with ThreadPoolExecutor(max_workers=sweep.workers) as pool:
                 for future in as_completed([pool.submit(_attempt_local, sweep, t, view) for t in pending]):
                     future.result()
+                    on_task_end()
     finally:
         view.close()
     result = aggregate(sweep)
