@@ -1,11 +1,14 @@
-"""What every benchmark records about the machine it ran on."""
+"""What every benchmark records about the machine it ran on, and paths as committed results may hold them."""
 
 from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict:
@@ -20,3 +23,17 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` without the machine it ran on: a relative path as given, an absolute one relative to the current
+    directory or the repository where it lies inside one, else only its last component."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    for root in (Path.cwd(), REPO):
+        try:
+            return p.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return p.name

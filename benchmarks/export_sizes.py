@@ -17,11 +17,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, portable_path  # noqa: E402
 
 from supermask.data import normalize  # noqa: E402
 from supermask.export import export_run, load  # noqa: E402
 from supermask.train import load_run_model  # noqa: E402
+
+
+def row_of(run_dir: str | Path, summary: dict, report: dict, exact: bool) -> dict:
+    """A run's row in the committed results, without this machine's paths (the .smask file went to a temporary
+    folder: only its name is kept)."""
+    return {"run": portable_path(run_dir), "method": summary["method"], "model": summary["model"],
+            "width": summary["width"], "prune_rate": summary["prune_rate"], **report,
+            "file": Path(report["file"]).name, "outputs_equal": exact}
 
 
 def main(argv=None) -> None:
@@ -35,15 +43,11 @@ def main(argv=None) -> None:
             path = Path(tmp) / "net.smask"
             report = export_run(run_dir, path)
             cfg, ds, model, _ = load_run_model(run_dir, device="cpu")
-
-
             x = normalize(ds.test_x[:256], ds.mean, ds.std)
             with torch.no_grad():
                 exact = torch.equal(model.eval()(x), load(path)(x))
             summary = json.loads((Path(run_dir) / "summary.json").read_text())
-            rows.append({"run": str(run_dir), "method": summary["method"], "model": summary["model"],
-                         "width": summary["width"], "prune_rate": summary["prune_rate"], **report,
-                         "outputs_equal": exact})
+            rows.append(row_of(run_dir, summary, report, exact))
             print(f"{summary['method']:15s} {report['bytes']:>9,} bytes  (dense float32 {report['dense_float32_bytes']:,}, "
                   f"{report['compression']}x; masks {report['mask_bytes']:,} = {report['mask_vs_entropy']}x entropy "
                   f"{report['entropy_bytes']:,.0f}; other {report['overhead_bytes']:,})  outputs equal: {exact}")

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, portable_path  # noqa: E402
 
 from supermask.config import paper_schedule  # noqa: E402
 from supermask.errors import ConfigError  # noqa: E402
@@ -73,9 +73,19 @@ def cell_name(o: dict) -> str:
 
 
 def row_of(summary: dict) -> dict:
+    """A run's row in the committed results: no path of this machine (the dataset as its file name and checksum,
+    the run directory relative)."""
     keys = ("method", "model", "width", "prune_rate", "epochs", "weight_seed", "score_seed", "data_seed", "test_acc",
-            "best_test_acc", "seconds", "params_total", "params_kept", "dataset_source", "out_dir")
-    return {**{k: summary[k] for k in keys}, "seed": summary["weight_seed"]}
+            "best_test_acc", "seconds", "params_total", "params_kept")
+    return {**{k: summary[k] for k in keys}, "dataset_source": Path(summary["dataset_source"]).name,
+            "dataset_sha256": summary.get("dataset_sha256"), "out_dir": portable_path(summary["out_dir"]),
+            "seed": summary["weight_seed"]}
+
+
+def with_dense_in_every_row(rows: list[dict], prune_rates: list[float]) -> list[dict]:
+    """Each dense run (trained once, at the first prune rate) repeated in every prune rate's row."""
+    dense = [r for r in rows if r["method"] == "dense"]
+    return rows + [{**r, "prune_rate": p} for r in dense for p in prune_rates if p != r["prune_rate"]]
 
 
 def markdown(cells: list[dict], differences: list[dict], methods: list[str]) -> str:
@@ -143,6 +153,8 @@ def main(argv=None) -> None:
             for p in prof["prune_rates"]:
                 for seed in prof["seeds"]:
                     for method in methods:
+                        if method == "dense" and p != prof["prune_rates"][0]:
+                            continue  # dense training ignores the prune rate: one run stands for every row
                         o = cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir)
                         cells.append(Cell(cell_name(o), o, Path(args.runs) / cell_name(o), base=args.base or model))
     sweep = Sweep(None, cells, Path(args.runs), workers=args.workers, together=args.together, grid=[*AXES, "method"])
@@ -150,7 +162,8 @@ def main(argv=None) -> None:
     try:
         run_sweep(sweep, ray_address=args.ray, progress=sys.stderr.isatty(), retrain=args.retrain)
     finally:  # whatever finished is reported, also when some cells failed
-        rows = [row_of(json.loads((c.out_dir / "summary.json").read_text())) for c in cells if c.finished]
+        rows = with_dense_in_every_row([row_of(json.loads((c.out_dir / "summary.json").read_text()))
+                                        for c in cells if c.finished], prof["prune_rates"])
         estimates, differences = seed_estimates(rows, AXES), paired_differences(rows, AXES)
         (out / f"{name}.json").write_text(json.dumps(
             {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows, "cells": estimates,

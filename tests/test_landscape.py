@@ -78,7 +78,8 @@ def test_write_comparison_files(tmp_path):
     summary = write_comparison(runs, tmp_path / "cmp")
     with open(tmp_path / "cmp" / "pairs.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["run_a", "run_b", "layer", "matching", "jaccard", "chance_matching", "chance_jaccard"]
+    assert list(rows[0]) == ["run_a", "run_b", "layer", "label", "matching", "jaccard", "chance_matching",
+                             "chance_jaccard"]
     assert len(rows) == 15 * 3  # 15 pairs x (2 layers + total)
     assert {r["layer"] for r in rows} == {"conv", "fc", TOTAL}
     assert set(summary["by_method_pair"]) == {"edge-popup|edge-popup", "biprop|biprop", "biprop|edge-popup"}

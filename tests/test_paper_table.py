@@ -8,9 +8,25 @@ import pytest
 
 from supermask.config import make_config
 
-spec = importlib.util.spec_from_file_location("paper_table", Path(__file__).parents[1] / "benchmarks" / "paper_table.py")
-paper_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(paper_table)
+
+def _benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+paper_table = _benchmark("paper_table")
+export_sizes = _benchmark("export_sizes")
+
+
+def absolute_paths(obj) -> list[str]:
+    """Every string in a JSON-like object that is an absolute path (of the machine that wrote it)."""
+    if isinstance(obj, dict):
+        return [p for v in obj.values() for p in absolute_paths(v)]
+    if isinstance(obj, list):
+        return [p for v in obj for p in absolute_paths(v)]
+    return [obj] if isinstance(obj, str) and (obj.startswith(("/", "~")) or obj[1:3] == ":\\") else []
 
 
 @pytest.mark.parametrize("method, model, epochs, every", [
@@ -43,11 +59,37 @@ def test_markdown_table_beside_published():
     assert "| conv4, 0.25, 50, 10 | edge-popup+iwr - edge-popup | +2.50 ± 6.35 (n=2) | within noise |" in lines
 
 
+SHA = "ab" * 32
+
+
+def test_result_rows_carry_no_absolute_path():
+    summary = {"method": "edge-popup", "model": "conv4", "width": 0.25, "prune_rate": 0.5, "epochs": 10,
+               "weight_seed": 0, "score_seed": 0, "data_seed": 0, "test_acc": 0.5, "best_test_acc": 0.5, "seconds": 1.0,
+               "params_total": 10, "params_kept": 5, "dataset_source": "/work/shared/datasets/cifar10-jpeg75.tar.gz",
+               "dataset_sha256": SHA, "out_dir": "/somewhere/else/runs/paper_table/conv4-s0"}
+    row = paper_table.row_of(summary)
+    assert absolute_paths(row) == []
+    assert row["dataset_source"] == "cifar10-jpeg75.tar.gz" and row["dataset_sha256"] == SHA
+    assert row["out_dir"] == "conv4-s0"  # outside the repository and the current directory: the folder's name
+    inside = paper_table.row_of({**summary, "out_dir": str(Path.cwd() / "runs" / "x")})
+    assert inside["out_dir"] == "runs/x"  # a run under the current directory: relative to it
+    assert paper_table.row_of({**summary, "out_dir": "runs/x"})["out_dir"] == "runs/x"
+    report = {"file": "/tmp/tmpx74oc7zb/net.smask", "bytes": 100}
+    row = export_sizes.row_of("/home/me/runs/a", {"method": "biprop", "model": "conv4", "width": 0.25,
+                                                  "prune_rate": 0.9}, report, True)
+    assert absolute_paths(row) == [] and row["file"] == "net.smask" and row["run"] == "a" and row["bytes"] == 100
+
+
 def test_a_tiny_digits_grid_with_seeds(tmp_path):
     paper_table.main(["--base", "digits", "--models", "small-conv", "--widths", "0.25", "--prune-rates", "0.5",
                       "--methods", "edge-popup,edge-popup+iwr", "--seeds", "0,1", "--epochs", "1", "--together", "2",
                       "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--name", "t"])
     out = json.loads((tmp_path / "t.json").read_text())
+    assert absolute_paths(out) == []  # the runs lie under an absolute tmp_path
+    assert {r["out_dir"] for r in out["rows"]} == {f"small-conv-w0.25-{m}-p0.5-e1-s{s}"
+                                                   for m in ("edge-popup", "edge-popup+iwr") for s in (0, 1)}
+    sha = json.loads((tmp_path / "runs" / out["rows"][0]["out_dir"] / "summary.json").read_text())["dataset_sha256"]
+    assert {(r["dataset_source"], r["dataset_sha256"]) for r in out["rows"]} == {("sklearn:load_digits", sha)}
     assert sorted((r["method"], r["weight_seed"], r["score_seed"], r["data_seed"]) for r in out["rows"]) == [
         ("edge-popup", 0, 0, 0), ("edge-popup", 1, 1, 1), ("edge-popup+iwr", 0, 0, 0), ("edge-popup+iwr", 1, 1, 1)]
     assert [(c["method"], c["n"]) for c in out["cells"]] == [("edge-popup", 2), ("edge-popup+iwr", 2)]
@@ -57,3 +99,11 @@ def test_a_tiny_digits_grid_with_seeds(tmp_path):
     assert d["mean"] == pytest.approx(sum(diffs) / 2) and d["verdict"] in ("ahead", "behind", "within noise")
     assert d["ci_half_width"] == pytest.approx(12.7062 * abs(diffs[0] - diffs[1]) / 2, abs=1e-3)
     assert "(n=2)" in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_a_dense_run_stands_in_every_prune_rates_row():
+    rows = [_row("dense", 0.5, 0, 0.6), _row("dense", 0.5, 1, 0.62), _row("edge-popup", 0.9, 0, 0.4)]
+    out = paper_table.with_dense_in_every_row(rows, [0.5, 0.9])
+    dense = sorted((r["prune_rate"], r["seed"], r["test_acc"]) for r in out if r["method"] == "dense")
+    assert dense == [(0.5, 0, 0.6), (0.5, 1, 0.62), (0.9, 0, 0.6), (0.9, 1, 0.62)]
+    assert [r for r in out if r["method"] == "edge-popup"] == [rows[2]]

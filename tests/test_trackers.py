@@ -55,7 +55,7 @@ def test_tensorboard_gets_every_step_epoch_layer_and_recycle_step(tmp_path):
     assert [v for _, v in scalars["train/lr"]][0] == pytest.approx(0.1)  # cosine, first epoch at the base lr
     # kept fraction per masked layer: n - floor(n / 2) of n
     kept = {t: v[0][1] for t, v in scalars.items() if t.startswith("kept_fraction/")}
-    assert set(kept) == {"kept_fraction/0", "kept_fraction/2", "kept_fraction/6", "kept_fraction/8"}
+    assert set(kept) == {"kept_fraction/conv1", "kept_fraction/conv2", "kept_fraction/fc1", "kept_fraction/fc2"}
     assert all(v == pytest.approx(0.5, abs=1e-3) for v in kept.values())
     # the resolved config is the run's hyperparameters (TensorBoard's HParams plugin data, in this run's own file)
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData

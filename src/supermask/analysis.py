@@ -11,6 +11,7 @@ import torch
 
 from .convert import masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
+from .labels import layer_labels
 from .landscape import check_finished
 from .mask import kth_smallest, num_pruned, topk_mask
 from .train import evaluate, load_run_model, pick_device
@@ -88,10 +89,10 @@ def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> 
         if dcfg.method != "dense" or (dcfg.model, dcfg.width) != (cfg.model, cfg.width):
             raise ConfigError(f"{dense_run} must be a dense run of {cfg.model} at width {cfg.width}")
         dense_weights = weight_tensors(dense)
-    rows = []
+    rows, labels = [], layer_labels(model)
     for name, layer, p in layers:
         w, m = random_weight(layer, p), p.mask()
-        row = {"layer": name, "kept": float(w[m].norm()), "pruned": float(w[~m].norm())}
+        row = {"layer": name, "label": labels[name], "kept": float(w[m].norm()), "pruned": float(w[~m].norm())}
         if dense_weights is not None:
             d = dense_weights[name]
             keep = topk_mask(d.abs(), cfg.prune_rate)

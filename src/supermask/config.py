@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .data import DATASET_NAMES, default_data_dir
+from .data import DATA_MODES, DATASET_NAMES, default_data_dir
 from .errors import ConfigError
 from .init import WEIGHT_INITS
 from .methods import MASK_METHODS, METHODS
@@ -58,7 +58,14 @@ class Config:
     data_seed: int = _opt(0, "seed of the data order and augmentation")
     dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), or a path to an image folder / .tar.gz")
     data_dir: str | None = _opt(None, "folder holding the datasets (default: $SUPERMASK_DATA)")
-    augment: bool | None = _opt(None, "random crop (pad 4) + horizontal flip (default: on for 32-pixel images)")
+    data_mode: str = _opt("auto", "memory (decode the whole set once), stream (decode each image when a batch needs it, "
+                                  "in worker processes: image folders too large for memory or of mixed sizes), or auto "
+                                  "(stream folders with a val/ split, of mixed sizes, or over 4 GiB decoded)")
+    image_size: int | None = _opt(None, "side in pixels of streamed images after their crop (default: 224); a set in "
+                                        "memory keeps its own")
+    num_workers: int | None = _opt(None, "processes decoding streamed images (default: min(8, CPU cores); 0: none)")
+    augment: bool | None = _opt(None, "random crop (pad 4) + horizontal flip; RandomResizedCrop + flip for streamed images "
+                                      "(default: on for 32-pixel images and streamed sets)")
     epochs: int | None = _opt(20, "training epochs; null: the papers' recipe, 250 for mask search and 100 for dense "
                                   "(what the CIFAR configs use) [default: 20]")
     batch_size: int = _opt(64, "training batch size")
@@ -282,6 +289,7 @@ def resolve(cfg: Config) -> Config:
                           f"{paper_schedule(cfg.method, cfg.model)['method']} and the schedule keys")
     _choice("optimizer", cfg.optimizer, ("sgd", "adam"))
     _choice("lr_schedule", cfg.lr_schedule, ("cosine", "constant"))
+    _choice("data_mode", cfg.data_mode, DATA_MODES)
     _check_dataset_name(cfg)
     if not 0.0 <= cfg.prune_rate < 1.0:
         raise ConfigError(f"prune_rate {cfg.prune_rate!r} is outside [0, 1): it is the fraction of weights removed")
@@ -304,6 +312,10 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"lr={cfg.lr!r} must be > 0")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads!r} must be >= 1")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise ConfigError(f"image_size={cfg.image_size!r} must be >= 1")
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise ConfigError(f"num_workers={cfg.num_workers!r} must be >= 0")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:

@@ -23,6 +23,7 @@ import torch
 
 from .checkpoint import load_tensors, read_json
 from .errors import ConfigError
+from .labels import labels_from_shapes
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 TOTAL = "total"
@@ -124,6 +125,7 @@ class Run:
     masks: dict[str, PackedMask]
     shapes: dict[str, tuple[int, ...]]
     summary: dict
+    labels: dict[str, str]  # key -> readable label (supermask.labels)
 
     @property
     def method(self) -> str:
@@ -153,7 +155,18 @@ def load_run(path: str | Path) -> Run:
     tensors = {name: tensors[name] for name in layer_order(tensors, meta)}
     summary_file = path / "summary.json"
     summary = read_json(summary_file) if summary_file.is_file() else {}
-    return Run(path.name, path, pack(tensors), {k: tuple(v.shape) for k, v in tensors.items()}, summary)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    return Run(path.name, path, pack(tensors), shapes, summary, recorded_labels(shapes, meta))
+
+
+def recorded_labels(shapes: dict[str, tuple[int, ...]], meta: dict | None) -> dict[str, str]:
+    """The layers' labels as the run recorded them, else (runs made before labels were recorded) rebuilt from the
+    keys and mask shapes."""
+    recorded = (meta or {}).get("labels")
+    if (isinstance(recorded, dict) and sorted(recorded) == sorted(shapes)
+            and all(isinstance(v, str) for v in recorded.values()) and len(set(recorded.values())) == len(recorded)):
+        return {k: recorded[k] for k in shapes}
+    return labels_from_shapes(shapes)
 
 
 def layer_order(tensors: dict, meta: dict | None) -> list[str]:
@@ -206,8 +219,9 @@ def compare(runs: list[Run]) -> list[dict]:
     for ra, rb in itertools.combinations(runs, 2):
         for layer, c in pair_counts(ra.masks, rb.masks).items():
             rows.append({"run_a": ra.name, "run_b": rb.name, "method_a": ra.method, "method_b": rb.method,
-                         "layer": layer, "matching": c.matching, "jaccard": c.jaccard,
-                         "chance_matching": c.chance_matching, "chance_jaccard": c.chance_jaccard})
+                         "layer": layer, "label": ra.labels.get(layer, layer), "matching": c.matching,
+                         "jaccard": c.jaccard, "chance_matching": c.chance_matching,
+                         "chance_jaccard": c.chance_jaccard})
     return rows
 
 
@@ -231,7 +245,7 @@ def summarize(rows: list[dict], runs: list[Run]) -> dict:
     return {"runs": [{"name": r.name, "path": str(r.path), "method": r.method, "test_acc": r.test_acc,
                       "score_seed": r.summary.get("score_seed"), "weight_seed": r.summary.get("weight_seed")}
                      for r in runs],
-            "layers": list(runs[0].masks) + [TOTAL], "by_method_pair": out}
+            "layers": list(runs[0].masks) + [TOTAL], "labels": {**runs[0].labels, TOTAL: TOTAL}, "by_method_pair": out}
 
 
 def hamming_matrix(runs: list[Run], rows: list[dict]) -> np.ndarray:
@@ -268,7 +282,8 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path, *, plots: 
     summary = summarize(rows, runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "pairs.csv", rows, ["run_a", "run_b", "layer", "matching", "jaccard", "chance_matching", "chance_jaccard"])
+    write_csv(out_dir / "pairs.csv", rows, ["run_a", "run_b", "layer", "label", "matching", "jaccard",
+                                            "chance_matching", "chance_jaccard"])
     write_json(out_dir / "summary.json", summary)
     if plots:
         from . import plots as plots_lib

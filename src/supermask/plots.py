@@ -99,7 +99,8 @@ def layer_curves(plt, summary: dict, path: Path) -> Path:
         ax.fill_between(x, [by_layer[l]["jaccard_min"] for l in layers], [by_layer[l]["jaccard_max"] for l in layers], alpha=0.25)
         ax.plot(x, [by_layer[l]["chance_jaccard"] for l in layers], ls="--", color="gray", lw=1)
     ax.plot([], [], ls="--", color="gray", label="random masks (chance)")
-    ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=7)
+    labels = summary.get("labels", {})
+    ax.set_xticks(x, [labels.get(l, l) for l in layers], rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="Jaccard index", title="Mask overlap per layer\n(mean, min-max band over pairs of runs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -151,7 +152,7 @@ def norms_plot(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 3.8))
     for i, (key, label) in enumerate(series):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, [r[key] for r in rows], width, label=label)
-    ax.set_xticks(x, [r["layer"] for r in rows], rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(x, [r.get("label", r["layer"]) for r in rows], rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="Frobenius norm", title=f"Per-layer weight norms ({100 * result['prune_rate']:g}% pruned)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")

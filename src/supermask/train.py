@@ -22,6 +22,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, read_json, save_chec
 from .config import Config, dump_yaml, make_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
+from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
 from .models import build_model
 from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
@@ -99,8 +100,9 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def kept_fractions(model: nn.Module) -> dict[str, float]:
-    """Each masked layer's kept fraction, as tracker scalars."""
-    return {f"kept_fraction/{name}": m.float().mean().item() for name, m in masks(model).items()}
+    """Each masked layer's kept fraction, as tracker scalars tagged with the layer's readable label."""
+    labels = layer_labels(model)
+    return {f"kept_fraction/{labels.get(name, name)}": m.float().mean().item() for name, m in masks(model).items()}
 
 
 def new_state() -> dict[str, Any]:
@@ -246,10 +248,17 @@ def default_out_dir(cfg: Config) -> Path:
 
 def _check_resumable(out_dir: Path, cfg: Config) -> None:
     saved = make_config(str(out_dir / "config.yaml"))
-    diffs = [k for k, v in saved.to_dict().items() if k != "out_dir" and cfg.to_dict()[k] != v]
+    # num_workers only changes how fast the same batches are decoded
+    diffs = [k for k, v in saved.to_dict().items() if k not in ("out_dir", "num_workers") and cfg.to_dict()[k] != v]
     if diffs:
         k = diffs[0]
         raise ConfigError(f"cannot resume {out_dir}: {k}={getattr(cfg, k)!r} differs from the run's {k}={getattr(saved, k)!r}")
+
+
+def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset:
+    """The run's data, held in memory or streamed as cfg.data_mode says."""
+    return data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
+                                 num_workers=cfg.num_workers)
 
 
 def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
@@ -276,7 +285,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)  # masks are bit-identical only between runs on the same thread count
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
-    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+    ds = load_data(cfg)
     resolve_data_paths(cfg, ds)
     if cfg.augment is None:
         cfg.augment = ds.augment
@@ -386,9 +395,11 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     total, kept = parameter_counts(model)
     if group.main:
         found = masks(model)
-        # safetensors stores tensors sorted by name; the metadata keeps the layers' order in the model
+        # safetensors stores tensors sorted by name; the metadata keeps the layers' order in the model and their
+        # readable labels (see supermask.labels)
         save_tensors(out_dir / "masks.safetensors", found, {"model": cfg.model, "width": cfg.width, "method": cfg.method,
-                                                            "prune_rate": cfg.prune_rate, "layers": list(found)})
+                                                            "prune_rate": cfg.prune_rate, "layers": list(found),
+                                                            "labels": layer_labels(model)})
     final = state["history"][-1]
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
@@ -420,7 +431,7 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto",
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = make_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
-    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+    ds = load_data(cfg)
     model = place(build(cfg, ds), cfg, pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
     return cfg, ds, model, meta

@@ -1,6 +1,6 @@
 """Datasets as in-memory uint8 tensors, plus deterministic batching and GPU-friendly augmentation.
 
-Every dataset used here fits in memory (CIFAR is 180 MB as uint8), so we load it once, keep it as
+The named datasets fit in memory (CIFAR is 180 MB as uint8), so we load one once, keep it as
 uint8 and convert batches to float on the target device. That keeps the data path simple, makes an
 epoch's order and augmentation a pure function of ``(seed, epoch)`` (exact resume), and avoids
 DataLoader worker processes.
@@ -10,9 +10,12 @@ archives (read with a restricted unpickler); or any image folder / ``.tar.gz`` l
 ``train/<class>/*`` and ``test/<class>/*``. Decoded archives are cached as ``.npz`` files. One dataset is token
 sequences, not images: ``listops``, generated from a fixed seed (see `generate_listops`).
 
-One module per source (`mnist`, `cifar`, `folder`, `generated`), `base` for the Dataset type, `cache` and
-`download` for files, `batches` for batching and augmentation, `load` for `load_dataset`; this package
-re-exports the public API.
+Image folders too large for memory, or whose images differ in size (ImageNet), are read lazily instead: a
+StreamDataset decodes each image when a batch needs it, in DataLoader worker processes (`stream`, `transforms`).
+
+One module per source (`mnist`, `cifar`, `folder`, `generated`, `stream`), `base` for the Dataset type, `cache`
+and `download` for files, `transforms` for the streamed images' crops, `batches` for batching and augmentation,
+`load` for `load_dataset`; this package re-exports the public API.
 """
 
 from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir
@@ -20,13 +23,15 @@ from .batches import augment_batch, check_augment, eval_batches, normalize, on_d
 from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
 from .download import download_file
 from .generated import LISTOPS_TOKENS, generate_listops, listops_value
-from .load import load_dataset
+from .load import DATA_MODES, load_dataset
 from .mnist import MNIST_MD5, MNIST_URL, parse_idx, read_idx
+from .stream import StreamDataset, index_image_folder
 
 __all__ = [
     "CIFAR_MD5",
     "CIFAR_URLS",
     "DATASET_NAMES",
+    "DATA_MODES",
     "Dataset",
     "LISTOPS_TOKENS",
     "MNIST_MD5",
@@ -47,5 +52,7 @@ __all__ = [
     "read_cifar_archive",
     "read_idx",
     "restricted_pickle_load",
+    "StreamDataset",
+    "index_image_folder",
     "train_batches",
 ]

@@ -80,7 +80,10 @@ class Dataset:
 @functools.lru_cache(maxsize=4)
 def content_sha256(ds: Dataset) -> str:
     """SHA-256 of the decoded data (shapes, images and labels of both splits): equal exactly when two runs saw the
-    same data, whatever file or folder it was read from. Results record it instead of a machine's path."""
+    same data, whatever file or folder it was read from. Results record it instead of a machine's path. A streamed
+    set (StreamDataset) hashes its listing instead."""
+    if not isinstance(ds, Dataset):
+        return ds.content_sha256()
     h = hashlib.sha256()
     for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
         a = np.ascontiguousarray(t.cpu().numpy())

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from supermask.errors import ConfigError
 
 from .base import _SPLITS, Dataset
+from .stream import ImageList, ImageStream, StreamDataset, stream_loader
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -71,7 +72,7 @@ def on_device(ds: Dataset, device: torch.device | str, *, budget: float = 0.5) -
     """`ds` with its uint8 tensors resident on a GPU when they take at most `budget` of its free memory, so batches
     are drawn and augmented there without host-to-device copies; otherwise (and on CPUs) `ds` itself."""
     device = torch.device(device)
-    if device.type != "cuda" or ds.train_x.device == device:
+    if not isinstance(ds, Dataset) or device.type != "cuda" or ds.train_x.device == device:
         return ds
     size = sum(t.numel() * t.element_size() for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y))
     free, _ = torch.cuda.mem_get_info(device)
@@ -110,6 +111,10 @@ def train_batches(
     """
     _check_batch_size(batch_size)
     check_augment(ds, augment)
+    if isinstance(ds, StreamDataset):
+        yield from _stream_batches(ds, ds.index.train, batch_size, augment=augment, shuffle=True, seed=seed,
+                                   epoch=epoch, device=device, shard=shard)
+        return
     gen = _epoch_generator(seed, epoch)
     order = torch.randperm(len(ds.train_y), generator=gen)
     for start in range(0, len(order), batch_size):
@@ -130,9 +135,38 @@ def eval_batches(
     _check_batch_size(batch_size)
     if split not in _SPLITS:
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if isinstance(ds, StreamDataset):
+        images = ds.index.train if split == "train" else ds.index.test
+        yield from _stream_batches(ds, images, batch_size, augment=False, shuffle=False, device=device, shard=shard)
+        return
     xs, ys = (ds.train_x, ds.train_y) if split == "train" else (ds.test_x, ds.test_y)
     xs, ys = _part(xs, shard), _part(ys, shard)
     for start in range(0, len(ys), batch_size):
         x = xs[start : start + batch_size].to(device, non_blocking=True)
         y = ys[start : start + batch_size].to(device, non_blocking=True)
         yield _inputs(ds, x), y
+
+
+def _stream_batches(
+    ds: StreamDataset, images: ImageList, batch_size: int, *, augment: bool, shuffle: bool, seed: int = 0,
+    epoch: int = 0, device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a streamed split, decoded in ds.num_workers DataLoader workers and normalized on `device`."""
+    device = torch.device(device)
+    stream = ImageStream(images, ds.image_size, augment=augment, seed=seed)
+    loader = stream_loader(stream, batch_size, shuffle=shuffle, epoch=epoch, rank=shard[0], world=shard[1],
+                           num_workers=ds.num_workers, pin_memory=device.type == "cuda")
+    try:
+        for x, y in loader:
+            yield normalize(x.to(device, non_blocking=True), ds.mean, ds.std), y.to(device, non_blocking=True)
+    except ConfigError as e:
+        raise ConfigError(_worker_message(str(e))) from None
+
+
+def _worker_message(message: str) -> str:
+    """The original one-line message of an error a DataLoader worker raised (the DataLoader re-raises it with the
+    worker's traceback as its text)."""
+    lines = message.strip().splitlines()
+    if len(lines) < 2 or "DataLoader worker" not in lines[0]:
+        return message
+    return lines[-1].partition(": ")[2] or lines[-1]

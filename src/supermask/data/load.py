@@ -12,15 +12,40 @@ from .cifar import _CIFAR, _load_cifar
 from .folder import _load_folder
 from .generated import _load_digits, _load_listops
 from .mnist import _load_mnist
+from .stream import StreamDataset, auto_stream_index, load_stream
+
+DATA_MODES = ("memory", "stream", "auto")
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True) -> Dataset:
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, *, download: bool = True, mode: str = "memory",
+    image_size: int | None = None, num_workers: int | None = None,
+) -> Dataset | StreamDataset:
     """Load a named dataset (see DATASET_NAMES) or an image folder / ``.tar.gz`` given by path.
 
     ``data_dir`` defaults to ``$SUPERMASK_DATA`` or ``~/.cache/supermask/data``. Repeated calls in one
-    process return the same (shared) Dataset without re-reading files.
+    process return the same (shared) Dataset without re-reading files (a streamed folder is listed again).
+
+    ``mode``: ``memory`` decodes the whole set into a Dataset; ``stream`` reads an image folder lazily (a
+    StreamDataset of ``image_size``-pixel images decoded by ``num_workers`` processes; see `stream`); ``auto``
+    streams the folders `auto_stream_index` picks and holds everything else in memory. ``image_size`` given to a
+    set held in memory must be its own size.
     """
+    if mode not in DATA_MODES:
+        raise ConfigError(f"unknown data_mode {mode!r}: expected one of {', '.join(DATA_MODES)}")
+    ds = _load(name, data_dir, download, mode, image_size, num_workers)
+    if isinstance(ds, Dataset) and image_size is not None and image_size != ds.image_size:
+        raise ConfigError(f"image_size={image_size}: {ds.name} is held in memory at its own size {ds.image_size};"
+                          " image_size applies to streamed image folders (data_mode=stream)")
+    return ds
+
+
+def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, image_size: int | None,
+          num_workers: int | None) -> Dataset | StreamDataset:
     key = name.strip().lower()
+    if mode == "stream" and key in DATASET_NAMES:
+        raise ConfigError(f"data_mode=stream reads image folders (train/<class>/ and val/ or test/); {key} is held in"
+                          " memory (data_mode=memory or auto)")
     if key == "digits":
         return _load_digits()
     if key == "listops":
@@ -37,6 +62,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
             f"unknown dataset {name!r}: expected one of {', '.join(DATASET_NAMES)} or a path to an image folder"
             " / .tar.gz with train/<class>/ and test/<class>/"
         )
+    if mode == "stream" and not path.is_dir():
+        raise ConfigError(f"data_mode=stream reads a folder, and {path} is an archive: extract it first")
+    index = auto_stream_index(path) if mode == "auto" and path.is_dir() else None
+    if mode == "stream" or index is not None:
+        return load_stream(path, _folder_name(path), image_size=image_size, num_workers=num_workers, index=index)
     return _load_folder(path, _folder_name(path))
 
 
