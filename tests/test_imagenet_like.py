@@ -157,3 +157,13 @@ def test_bad_requests_are_one_line_errors(tmp_path, colors, capsys):
     assert main([str(tmp_path / "n"), "--per-class", "0", "--source", str(colors)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "per_class" in err and "got 0" in err
+
+
+def test_the_stream_source_reads_it(imagenet_like):
+    from supermask.data.stream import index_image_folder
+
+    index = index_image_folder(imagenet_like.root)
+    assert index.classes == imagenet_like.wnids and len(index.train) == 80 and len(index.test) == 40
+    solution = dict(r.split(",") for r in (imagenet_like.root / "LOC_val_solution.csv").read_text().splitlines()[1:])
+    for file, label in zip(index.test.files, index.test.labels):
+        assert imagenet_like.wnids[label] == solution[Path(file.decode()).stem].split()[0]
