@@ -1,6 +1,5 @@
 """The ImageNet-shaped set built from CIFAR-10: layout, sizes, labels, shards and determinism."""
 
-import io
 import tarfile
 from pathlib import Path
 

@@ -165,3 +165,13 @@ def test_a_file_that_is_not_a_tar_names_it(tmp_path):
     (tmp_path / "bad-0.tar").write_bytes(b"this is not a tar archive" * 40)
     with pytest.raises(ConfigError, match=r"bad-0\.tar: cannot read shard"):
         _epoch(ShardStream(str(tmp_path / "bad-0.tar"), SIZE, shuffle=True, augment=True))
+
+
+def test_urls_that_webdataset_opens_read_like_the_file(imagenet_like):
+    path = expand_shards(imagenet_like.val_shards)[0]
+    local = _epoch(ShardStream(path, SIZE, shuffle=False, augment=False))
+    assert len(local) == 20
+    assert _epoch(ShardStream(f"pipe:cat {path}", SIZE, shuffle=False, augment=False)) == local
+    assert _epoch(ShardStream(f"file://{path}", SIZE, shuffle=False, augment=False)) == local
+    with pytest.raises(ConfigError, match=r"pipe:cat /nonexistent/x\.tar: cannot read shard"):
+        _epoch(ShardStream("pipe:cat /nonexistent/x.tar", SIZE, shuffle=False, augment=False))
