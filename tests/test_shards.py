@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from supermask.data.shards import ShardStream, _key_index, expand_shards, shard_loader
+from supermask.data.shards import ShardStream, _key_index, count_samples, expand_shards, shard_loader
 from supermask.data.transforms import eval_transform, sample_rng, train_transform
 from supermask.errors import ConfigError
 
@@ -175,3 +175,27 @@ def test_urls_that_webdataset_opens_read_like_the_file(imagenet_like):
     assert _epoch(ShardStream(f"file://{path}", SIZE, shuffle=False, augment=False)) == local
     with pytest.raises(ConfigError, match=r"pipe:cat /nonexistent/x\.tar: cannot read shard"):
         _epoch(ShardStream("pipe:cat /nonexistent/x.tar", SIZE, shuffle=False, augment=False))
+
+
+def test_sample_counts_come_from_tar_headers(imagenet_like, tmp_path):
+    urls = expand_shards(imagenet_like.train_shards)
+    assert [count_samples(u) for u in urls] == [20, 20, 20, 20]
+    files = {"a.jpg": _jpeg(), "a.cls": b"1", "d/e.JPG": _jpeg(), "d/e.cls": b"2", "b.c.png": _jpeg(), "b.c.cls": b"3",
+             "c.cls": b"4", "f.json": b"{}"}
+    shard = _write_tar(tmp_path / "s-0.tar", files)
+    # keys split as the reader splits them: a and d/e have an image; b's files are c.png and c.cls; c, f have none
+    assert count_samples(str(shard)) == 2
+    uneven = urls + [str(shard)]
+    for epoch in range(4):
+        s = ShardStream(uneven, SIZE, shuffle=True, augment=True, world=2)
+        s.set_epoch(epoch)
+        counts = s.process_samples()
+        assert sum(counts) == 82 and len(set(counts)) == 2  # 5 shards: one process has one more
+        for rank in range(2):  # each process's count is what it reads
+            r = ShardStream(uneven, SIZE, shuffle=True, augment=True, rank=rank, world=2)
+            assert counts[rank] == sum(count_samples(u) for u in (r.set_epoch(epoch) or r.reader_shards()))
+    with pytest.raises(ConfigError, match="only local shards"):
+        count_samples("https://example.com/x.tar")
+    (tmp_path / "bad.tar").write_bytes(b"x" * 100)
+    with pytest.raises(ConfigError, match=r"bad\.tar: cannot read shard"):
+        count_samples(str(tmp_path / "bad.tar"))
