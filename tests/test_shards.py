@@ -1,7 +1,9 @@
 """WebDataset shards: splitting among processes and workers, seeded order, transforms, errors."""
 
 import hashlib
+import importlib
 import io
+import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -10,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from supermask.data.shards import ShardStream, _key_index, count_samples, expand_shards, shard_loader
-from supermask.data.transforms import eval_transform, sample_rng, train_transform
-from supermask.errors import ConfigError
+pytest.importorskip("webdataset")
+
+from supermask.data.shards import ShardStream, _key_index, count_samples, expand_shards, shard_loader  # noqa: E402
+from supermask.data.transforms import eval_transform, sample_rng, train_transform  # noqa: E402
+from supermask.errors import ConfigError  # noqa: E402
 
 SIZE = 32
 
@@ -199,3 +203,10 @@ def test_sample_counts_come_from_tar_headers(imagenet_like, tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"x" * 100)
     with pytest.raises(ConfigError, match=r"bad\.tar: cannot read shard"):
         count_samples(str(tmp_path / "bad.tar"))
+
+
+def test_without_webdataset_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # `import webdataset` now raises ImportError
+    monkeypatch.delitem(sys.modules, "supermask.data.shards")
+    with pytest.raises(ConfigError, match=r"need the webdataset package: pip install 'supermask\[stream\]'"):
+        importlib.import_module("supermask.data.shards")

@@ -34,10 +34,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
 from supermask.errors import ConfigError
+
+try:
+    import webdataset as wds
+except ImportError:  # an optional extra: say how to get it, in one line
+    raise ConfigError("WebDataset shards need the webdataset package: pip install 'supermask[stream]'") from None
 
 from .base import _one_line
 from .transforms import eval_transform, sample_rng, train_transform
