@@ -166,3 +166,10 @@ def test_the_stream_source_reads_it(imagenet_like):
     solution = dict(r.split(",") for r in (imagenet_like.root / "LOC_val_solution.csv").read_text().splitlines()[1:])
     for file, label in zip(index.test.files, index.test.labels):
         assert imagenet_like.wnids[label] == solution[Path(file.decode()).stem].split()[0]
+
+
+def test_a_source_image_that_cannot_be_decoded_is_a_one_line_error(tmp_path, colors):
+    (colors / "train" / "a" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"train/a/0\.png: cannot decode this source image"):
+        build_imagenet_like(tmp_path / "out", per_class=1, val_per_class=1, source=colors)
+    assert not (tmp_path / "out").exists()

@@ -67,10 +67,13 @@ def random_size(rng: np.random.Generator) -> tuple[int, int]:
     return width, min(MAX_SIDE, max(MIN_SIDE, round(width / ratio)))
 
 
-def _jpeg(data: bytes, size: tuple[int, int]) -> bytes:
-    """An encoded image resized (bicubic) to size=(width, height), as RGB JPEG bytes."""
-    with Image.open(io.BytesIO(data)) as img:
-        out = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+def _jpeg(name: str, image: Path | bytes, size: tuple[int, int]) -> bytes:
+    """An image file or its encoded bytes resized (bicubic) to size=(width, height), as RGB JPEG bytes."""
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+            out = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ConfigError(f"{name}: cannot decode this source image ({_one_line(e)})") from None
     buf = io.BytesIO()
     out.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
@@ -84,36 +87,37 @@ def _split_class(name: str) -> tuple[str, str] | None:
     return (parts[-3], parts[-2]) if PurePosixPath(name).suffix.lower() in _IMAGE_SUFFIXES else None
 
 
-def read_source(source: Path) -> dict[tuple[str, str], list[bytes]]:
-    """The encoded images of an image folder or .tar.gz (train/<class>/*, test/<class>/*), by (split, class), each
-    list in file-name order. Reading the encoded bytes and decoding only the images used is several times faster
-    than decoding the whole set."""
-    found: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+def read_source(source: Path) -> dict[tuple[str, str], list[tuple[str, Path | bytes]]]:
+    """The images of an image folder (their paths) or .tar.gz (their encoded bytes: a gzip stream cannot be
+    revisited) laid out train/<class>/*, test/<class>/*, by (split, class): (name, image) pairs in name order. Decoding
+    only the images used is several times faster than decoding the whole set."""
+    found: dict[tuple[str, str], list[tuple[str, Path | bytes]]] = {}
     try:
         if source.is_dir():
             for path in source.rglob("*"):
                 hit = _split_class(path.relative_to(source).as_posix())
                 if hit is not None and path.is_file():
-                    found.setdefault(hit, []).append((path.name, path.read_bytes()))
+                    found.setdefault(hit, []).append((str(path), path))
         else:
             with tarfile.open(source, "r|*") as tar:  # a stream: no index of 60,000 members kept
                 for m in tar:
                     hit = _split_class(m.name) if m.isfile() else None
                     if hit is not None:
-                        found.setdefault(hit, []).append((m.name, tar.extractfile(m).read()))
+                        found.setdefault(hit, []).append((f"{source}:{m.name}", tar.extractfile(m).read()))
     except (OSError, tarfile.TarError) as e:
         raise ConfigError(f"{source}: cannot read ({_one_line(e)})") from None
-    return {k: [data for _, data in sorted(v)] for k, v in found.items()}
+    return {k: sorted(v, key=lambda item: item[0]) for k, v in found.items()}
 
 
-def _pick(images: dict[tuple[str, str], list[bytes]], split: str, classes: list[str], n: int, source: Path):
-    """[(label, encoded image)]: the first n images of every class, class by class."""
+def _pick(images: dict[tuple[str, str], list[tuple[str, Path | bytes]]], split: str, classes: list[str], n: int,
+          source: Path) -> list[tuple[int, str, Path | bytes]]:
+    """[(label, name, image)]: the first n images of every class, class by class."""
     chosen = []
     for label, c in enumerate(classes):
         have = images.get((split, c), [])
         if len(have) < n:
             raise ConfigError(f"{source}: {split}/{c} has {len(have)} images, fewer than the {n} asked for")
-        chosen += [(label, data) for data in have[:n]]
+        chosen += [(label, name, image) for name, image in have[:n]]
     return chosen
 
 
@@ -167,16 +171,16 @@ def build_imagenet_like(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         train, val = [], []
-        for k, (label, data) in enumerate(train_src):
+        for k, (label, name, image) in enumerate(train_src):
             wnid = wnids[label]
-            key, jpeg = f"{wnid}_{k:06d}", _jpeg(data, random_size(rng))
+            key, jpeg = f"{wnid}_{k:06d}", _jpeg(name, image, random_size(rng))
             (tmp / "train" / wnid).mkdir(parents=True, exist_ok=True)
             (tmp / "train" / wnid / f"{key}.JPEG").write_bytes(jpeg)
             train.append((key, jpeg, label))
         (tmp / "val").mkdir()
         rows = ["ImageId,PredictionString"]
-        for k, (label, data) in enumerate(val_src, start=1):
-            key, jpeg = f"ILSVRC2012_val_{k:08d}", _jpeg(data, random_size(rng))
+        for k, (label, name, image) in enumerate(val_src, start=1):
+            key, jpeg = f"ILSVRC2012_val_{k:08d}", _jpeg(name, image, random_size(rng))
             (tmp / "val" / f"{key}.JPEG").write_bytes(jpeg)
             rows.append(f"{key},{wnids[label]} 0 0 1 1")  # Kaggle's boxes; only the class is read
             val.append((key, jpeg, label))
