@@ -129,3 +129,19 @@ def test_the_imagenet_config_runs_end_to_end_on_an_imagenet_folder(imagenet_run,
     assert epochs[0]["lr"] == pytest.approx(0.1 * 4 / 256 / 5)  # the first of the 5 warm-up epochs
     saved = (out / "config.yaml").read_text()
     assert "dataset: imagenet" in saved and f"data_dir: {data}" in saved  # eval finds it again from any directory
+
+
+def test_eval_of_a_streamed_run_and_of_its_smask(imagenet_run, tmp_path, capsys):
+    data, out = imagenet_run
+    recorded = json.loads((out / "summary.json").read_text())
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_acc"] == result["recorded_test_acc"] == recorded["test_acc"]
+    assert result["same_data_as_run"] is True and result["dataset_source"] == "imagenet"
+    net = tmp_path / "net.smask"
+    assert main(["export", str(out), "-o", str(net)]) == 0
+    capsys.readouterr()
+    # the file names the dataset (imagenet) and its image size; data_dir says where it is on this machine
+    assert main(["eval", str(net), f"data_dir={data}", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_acc"] == recorded["test_acc"] and result["same_data_as_run"] is True

@@ -406,6 +406,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
         "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": ds.name,
+        "data_mode": "stream" if isinstance(ds, data_lib.StreamDataset) else "memory",
         "dataset_source": Path(ds.source).name, "dataset_sha256": data_lib.content_sha256(ds),
         "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
@@ -471,7 +472,9 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | Non
     header = header_of(path)
     model = load(path)
     dev = pick_device(device)
-    ds = data_lib.load_dataset(dataset or header["dataset"], data_dir)
+    streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
+    ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
+                               image_size=header["image_size"] if streamed else None)
     loss, acc = evaluate(model.to(dev), ds, 1000, dev)
     return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
             **_data_check(ds, header.get("dataset_sha256"))}
