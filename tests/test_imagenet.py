@@ -145,3 +145,24 @@ def test_eval_of_a_streamed_run_and_of_its_smask(imagenet_run, tmp_path, capsys)
     assert main(["eval", str(net), f"data_dir={data}", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["test_acc"] == recorded["test_acc"] and result["same_data_as_run"] is True
+
+
+def test_data_mode_memory_on_an_imagenet_layout_says_to_stream(tmp_path, capsys):
+    from supermask.data import load_dataset
+    from supermask.errors import ConfigError
+
+    root = _imagenet(tmp_path / "inet", per_class=1)
+    with pytest.raises(ConfigError, match=r"evaluation split is val/ .*use data_mode=stream \(or auto\)"):
+        load_dataset(str(root), mode="memory")
+    (root / "val").rename(root / "test")  # flat test/ with a labels file: a layout only streams read too
+    (root / "LOC_val_solution.csv").rename(root / "LOC_test_solution.csv")
+    with pytest.raises(ConfigError, match=r"test/ holds images without class folders.*use data_mode=stream"):
+        load_dataset(str(root), mode="memory")
+    assert load_dataset(str(root), mode="stream", num_workers=0).num_classes == 3
+    # under auto, such a layout gets the streamed index's own error, not the in-memory loader's
+    (root / "LOC_test_solution.csv").unlink()
+    with pytest.raises(ConfigError, match=r"images without class folders need a labels file"):
+        load_dataset(str(root), mode="auto")
+    code = main(["train", "digits", f"dataset={root}", "data_mode=memory", "-q", f"out_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "use data_mode=stream" in err and "same class folders" not in err
