@@ -166,3 +166,14 @@ def test_data_mode_memory_on_an_imagenet_layout_says_to_stream(tmp_path, capsys)
     code = main(["train", "digits", f"dataset={root}", "data_mode=memory", "-q", f"out_dir={tmp_path / 'r'}"])
     err = capsys.readouterr().err
     assert code == 2 and "use data_mode=stream" in err and "same class folders" not in err
+
+
+def test_runs_together_refuse_a_streamed_set_in_one_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    _imagenet(data / "imagenet", per_class=1)
+    code = main(["study", "imagenet", f"data_dir={data}", "width=0.05", "image_size=32", "epochs=1", "device=cpu",
+                 f"out_dir={tmp_path / 'st'}", "--score-seeds", "2", "--together", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "imagenet is streamed" in err and "without --together" in err
+    assert not (tmp_path / "st" / "runs").exists() or not any((tmp_path / "st" / "runs").iterdir())
