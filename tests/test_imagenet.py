@@ -49,7 +49,8 @@ def test_edge_popup_iwr_is_the_papers_imagenet_recipe():
         "resnet50", "imagenet", "edge-popup", "edge-popup+iwr", 0.7)
     assert (cfg.optimizer, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.label_smoothing) == (
         "sgd", 0.875, False, 2**-15, 0.1)
-    assert (cfg.batch_size, cfg.lr, cfg.lr_scaling, cfg.lr_schedule, cfg.warmup_epochs) == (256, 0.1, "linear", "cosine", 5)
+    assert (cfg.batch_size, cfg.lr, cfg.lr_scaling, cfg.lr_schedule, cfg.warmup_epochs) == (
+        256, 0.1, "linear", "cosine", 5)
     assert (cfg.epochs, cfg.iwr_every, cfg.iwr_rate, cfg.iwr_warmup) == (100, 10, 0.2, 0)
     assert _fired(cfg) == [10, 20, 30, 40, 50, 60, 70, 80, 90]  # never the last epoch (99)
     assert planned_steps(cfg, 5005)["iwr"] == 9
@@ -177,3 +178,14 @@ def test_runs_together_refuse_a_streamed_set_in_one_line(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "imagenet is streamed" in err and "without --together" in err
     assert not (tmp_path / "st" / "runs").exists() or not any((tmp_path / "st" / "runs").iterdir())
+
+
+def test_a_hidden_file_beside_test_class_folders_keeps_a_set_in_memory(tmp_path):
+    from supermask.data import Dataset, load_dataset
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (90, 40, 200)).save(tmp_path / split / c / "0.png")
+    (tmp_path / "test" / "._0.png").write_bytes(b"macOS resource fork")  # ignored by the in-memory reader too
+    assert isinstance(load_dataset(str(tmp_path), mode="memory"), Dataset)

@@ -77,7 +77,8 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
           "include_params?": NAMES, "channels_last?": FLAG,
-          "dataset": TEXT, "dataset_sha256?": TEXT, "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "tensors": [TENSOR],
+          "dataset": TEXT, "dataset_sha256?": TEXT, "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
+          "tensors": [TENSOR],
           "payload_length": COUNT}
 
 

@@ -89,7 +89,8 @@ def _only_streamed(root: Path) -> str | None:
     test = root / "test"
     if (root / "val").is_dir() and not test.is_dir():
         return "its evaluation split is val/ (ImageNet's layout)"
-    if test.is_dir() and any(p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES for p in test.iterdir()):
+    if test.is_dir() and any(p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
+                             for p in test.iterdir()):
         return "test/ holds images without class folders (labelled by a labels file)"
     return None
 
