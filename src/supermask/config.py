@@ -56,7 +56,8 @@ class Config:
     weight_seed: int = _opt(0, "seed of the random weights")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
-    dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), or a path to an image folder / .tar.gz")
+    dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), imagenet "
+                                 "(DATA/imagenet, streamed), or a path to an image folder / .tar.gz")
     data_dir: str | None = _opt(None, "folder holding the datasets (default: $SUPERMASK_DATA)")
     data_mode: str = _opt("auto", "memory (decode the whole set once), stream (decode each image when a batch needs it, "
                                   "in worker processes: image folders too large for memory or of mixed sizes), or auto "
@@ -67,11 +68,13 @@ class Config:
     augment: bool | None = _opt(None, "random crop (pad 4) + horizontal flip; RandomResizedCrop + flip for streamed images "
                                       "(default: on for 32-pixel images and streamed sets)")
     epochs: int | None = _opt(20, "training epochs; null: the papers' recipe, 250 for mask search and 100 for dense "
-                                  "(what the CIFAR configs use) [default: 20]")
+                                  "(what the CIFAR configs use), 100 on resnet50 (ImageNet) [default: 20]")
     batch_size: int = _opt(64, "training batch size")
     eval_batch_size: int = _opt(1000, "evaluation batch size")
     optimizer: str = _opt("sgd", "sgd or adam")
     lr: float | None = _opt(None, "base learning rate (default: 0.1 for mask search, 0.01 for dense)")
+    lr_scaling: str = _opt("none", "none: lr is the peak learning rate; linear: lr is per 256 images, and the peak is "
+                                   "lr * batch_size / 256 (batch_size is the global batch, whatever the process count)")
     lr_schedule: str = _opt("cosine", "cosine or constant (stepped per epoch)")
     warmup_epochs: int = _opt(0, "epochs of linear learning-rate warm-up")
     momentum: float = _opt(0.9, "SGD momentum")
@@ -103,6 +106,11 @@ class Config:
         if self.iterand_every_steps is not None or self.iterand_every_epochs is not None:
             return "iterand" if self.method == "edge-popup" else f"{self.method}+iterand"
         return self.method
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate after warm-up: lr, or lr scaled by batch_size / 256 under lr_scaling=linear."""
+        return self.lr * self.batch_size / 256 if self.lr_scaling == "linear" else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,22 +227,38 @@ def _choice(name: str, value: str, allowed) -> None:
         raise ConfigError(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
 
 
-# The run length each method shorthand's paper settings were tuned for.
+# The run length each method shorthand's paper settings were tuned for: CIFAR-10's, and ImageNet's (ResNet-50).
 PAPER_EPOCHS = 250
+IMAGENET_EPOCHS = 100
+
+
+def paper_epochs(model: str, masked: bool = True) -> int:
+    """The papers' run length (what epochs: null means): ResNet-50 is their ImageNet model, trained 100 epochs;
+    CIFAR mask searches 250 and dense baselines 100."""
+    return IMAGENET_EPOCHS if model == "resnet50" or not masked else PAPER_EPOCHS
 
 
 def paper_schedule(alias: str, model: str) -> dict[str, Any]:
-    """The schedule settings the IWR paper used for `alias` on `model` (CIFAR-10, 250 epochs)."""
+    """The schedule settings the IWR paper used for `alias` on `model` (CIFAR-10, 250 epochs; ResNet-50: ImageNet,
+    EP+IWR 100 epochs, Biprop+IWR 150)."""
+    imagenet = model == "resnet50"
     if alias == "edge-popup+iwr":
-        wide = model in ("conv6", "resnet18")
-        return {"method": "edge-popup", "iwr_every": 10 if wide else 3, "iwr_rate": 0.2 if wide else 0.1}
+        # The paper gives no ImageNet EP+IWR period: ResNet-50 takes its wider nets' F 10, r 0.2 (Conv-6, ResNet-18),
+        # which are also its ImageNet Biprop+IWR settings.
+        wide = model in ("conv6", "resnet18", "resnet50")
+        out: dict[str, Any] = {"method": "edge-popup", "iwr_every": 10 if wide else 3, "iwr_rate": 0.2 if wide else 0.1}
+        if imagenet:
+            out.update(epochs=IMAGENET_EPOCHS)
+        return out
     if alias == "biprop+iwr":
-        out: dict[str, Any] = {"method": "biprop", "iwr_every": 10, "iwr_rate": 0.2}
+        out = {"method": "biprop", "iwr_every": 10, "iwr_rate": 0.2}
         if model == "resnet18":
             out.update(iwr_warmup=50, epochs=200)
+        if imagenet:
+            out.update(iwr_warmup=40, epochs=150)
         return out
     if alias == "iterand":
-        return {"method": "edge-popup", "iterand_every_steps": 300, "iterand_rate": 0.1}
+        return {"method": "edge-popup", "iterand_every_steps": 1000 if imagenet else 300, "iterand_rate": 0.1}
     raise AssertionError(alias)
 
 
@@ -242,10 +266,10 @@ def _apply_preset(cfg: Config, alias: str, explicit: set[str]) -> None:
     """Fill the paper's settings of a method shorthand into the keys not given explicitly. The epoch period
     and warm-up are scaled to the run's length (as iwr_every_fraction does), so a short run still recycles."""
     preset = paper_schedule(alias, cfg.model)
-    paper_epochs = preset.pop("epochs", PAPER_EPOCHS)
+    length = preset.pop("epochs", paper_epochs(cfg.model))
     if cfg.epochs is None:  # null, the papers' recipe: the paper's run length for this shorthand
-        cfg.epochs = paper_epochs
-    scale = cfg.epochs / paper_epochs
+        cfg.epochs = length
+    scale = cfg.epochs / length
     given = {"iwr_every": {"iwr_every", "iwr_every_fraction"},
              "iterand_every_steps": {"iterand_every_steps", "iterand_every_epochs"}}
     for key, value in preset.items():
@@ -289,6 +313,7 @@ def resolve(cfg: Config) -> Config:
                           f"{paper_schedule(cfg.method, cfg.model)['method']} and the schedule keys")
     _choice("optimizer", cfg.optimizer, ("sgd", "adam"))
     _choice("lr_schedule", cfg.lr_schedule, ("cosine", "constant"))
+    _choice("lr_scaling", cfg.lr_scaling, ("none", "linear"))
     _choice("data_mode", cfg.data_mode, DATA_MODES)
     _check_dataset_name(cfg)
     if not 0.0 <= cfg.prune_rate < 1.0:
@@ -319,7 +344,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:
-        cfg.epochs = 250 if cfg.masked else 100
+        cfg.epochs = paper_epochs(cfg.model, cfg.masked)
     _resolve_schedules(cfg)
     if cfg.lr is None:
         cfg.lr = 0.1 if cfg.masked else 0.01

@@ -77,7 +77,8 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
           "include_params?": NAMES, "channels_last?": FLAG,
-          "dataset": TEXT, "dataset_sha256?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "tensors": [TENSOR],
+          "dataset": TEXT, "dataset_sha256?": TEXT, "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
+          "tensors": [TENSOR],
           "payload_length": COUNT}
 
 
@@ -149,6 +150,8 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     }
     if isinstance(summary.get("dataset_sha256"), str):
         header["dataset_sha256"] = summary["dataset_sha256"]
+    if summary.get("data_mode") == "stream":  # eval reads it streamed again (files of sets in memory stay as they were)
+        header["data_mode"] = "stream"
     shape_keys = ("num_classes", "in_channels", "image_size")
     if all(k in summary for k in shape_keys):
         header.update({k: summary[k] for k in shape_keys})

@@ -43,7 +43,7 @@ from .mask import straight_through, topk_masks
 from .methods import PARAMETRIZATIONS
 from .models import build_model
 from .schedule import end_of_epoch, iterand_step, step_fires
-from .train import (TrainingError, _check_resumable, _finish, build, input_layout, learning_rate, new_state,
+from .train import (TrainingError, _check_resumable, _finish, build, input_layout, learning_rate, load_data, new_state,
                     optimizer_for, pick_device, place, record_epoch, resolve_data_paths, write_logs)
 
 FORWARDS = ("auto", "loop", "vmap")
@@ -247,7 +247,10 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     if first.threads is not None:
         torch.set_num_threads(first.threads)  # as `train` does: the same thread count, the same masks
     device = pick_device(first.device)
-    ds = data_lib.load_dataset(first.dataset, first.data_dir)
+    ds = load_data(first)
+    if isinstance(ds, data_lib.StreamDataset):  # the runs share batches drawn from tensors held in memory
+        raise ConfigError(f"training together reads data held in memory, and {ds.name} is streamed: train these runs "
+                          "one by one (without --together)")
     for cfg in cfgs:
         resolve_data_paths(cfg, ds)  # as `train` does: config.yaml re-runs and evaluates from any directory
         if cfg.augment is None:

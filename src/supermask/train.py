@@ -36,13 +36,15 @@ class TrainingError(SupermaskError):
 
 
 def learning_rate(cfg: Config, epoch: int) -> float:
-    """The learning rate for `epoch` (0-based), stepped once per epoch as in the papers' code."""
+    """The learning rate for `epoch` (0-based), stepped once per epoch as in the papers' code: a linear warm-up to
+    cfg.peak_lr, then constant or cosine."""
+    peak = cfg.peak_lr
     if epoch < cfg.warmup_epochs:
-        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+        return peak * (epoch + 1) / cfg.warmup_epochs
     if cfg.lr_schedule == "constant":
-        return cfg.lr
+        return peak
     t = epoch - cfg.warmup_epochs
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / (cfg.epochs - cfg.warmup_epochs)))
+    return 0.5 * peak * (1 + math.cos(math.pi * t / (cfg.epochs - cfg.warmup_epochs)))
 
 
 def pick_device(name: str) -> torch.device:
@@ -404,10 +406,12 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
         "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": ds.name,
+        "data_mode": "stream" if isinstance(ds, data_lib.StreamDataset) else "memory",
         "dataset_source": Path(ds.source).name, "dataset_sha256": data_lib.content_sha256(ds),
         "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
-        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "test_acc": final["test_acc"],
+        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "lr_scaling": cfg.lr_scaling, "peak_lr": cfg.peak_lr,
+        "test_acc": final["test_acc"],
         "best_test_acc": state["best_test_acc"], "best_epoch": state["best_epoch"],
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
         "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
@@ -468,7 +472,9 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | Non
     header = header_of(path)
     model = load(path)
     dev = pick_device(device)
-    ds = data_lib.load_dataset(dataset or header["dataset"], data_dir)
+    streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
+    ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
+                               image_size=header["image_size"] if streamed else None)
     loss, acc = evaluate(model.to(dev), ds, 1000, dev)
     return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
             **_data_check(ds, header.get("dataset_sha256"))}

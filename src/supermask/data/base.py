@@ -15,7 +15,7 @@ import torch
 
 from supermask.errors import ConfigError
 
-DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100", "listops")
+DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100", "listops", "imagenet")
 _SPLITS = ("train", "test")
 
 

@@ -9,10 +9,11 @@ from supermask.errors import ConfigError
 
 from .base import DATASET_NAMES, Dataset, _folder_name, _is_tarball, _require_dir, default_data_dir
 from .cifar import _CIFAR, _load_cifar
-from .folder import _load_folder
+from .folder import _IMAGE_SUFFIXES, _load_folder
 from .generated import _load_digits, _load_listops
+from .imagenet import find_imagenet
 from .mnist import _load_mnist
-from .stream import StreamDataset, auto_stream_index, load_stream
+from .stream import StreamDataset, auto_stream_index, index_image_folder, load_stream
 
 DATA_MODES = ("memory", "stream", "auto")
 
@@ -43,7 +44,7 @@ def load_dataset(
 def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, image_size: int | None,
           num_workers: int | None) -> Dataset | StreamDataset:
     key = name.strip().lower()
-    if mode == "stream" and key in DATASET_NAMES:
+    if mode == "stream" and key in DATASET_NAMES and key != "imagenet":
         raise ConfigError(f"data_mode=stream reads image folders (train/<class>/ and val/ or test/); {key} is held in"
                           " memory (data_mode=memory or auto)")
     if key == "digits":
@@ -56,6 +57,12 @@ def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, ima
         return _load_mnist(_require_dir(root, "mnist", create=download and not explicit), download)
     if key in _CIFAR:
         return _load_cifar(key, _require_dir(root, key, create=download and not explicit), download)
+    if key == "imagenet":
+        if mode == "memory":
+            raise ConfigError("imagenet is streamed (data_mode=stream or auto): its 1.28 M images of differing sizes"
+                              " do not fit in memory")
+        path = find_imagenet(root)
+        return load_stream(path, "imagenet", image_size=image_size, num_workers=num_workers)
     path = _find_path(name.strip(), root)
     if path is None:
         raise ConfigError(
@@ -64,10 +71,28 @@ def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, ima
         )
     if mode == "stream" and not path.is_dir():
         raise ConfigError(f"data_mode=stream reads a folder, and {path} is an archive: extract it first")
-    index = auto_stream_index(path) if mode == "auto" and path.is_dir() else None
+    only_streamed = _only_streamed(path) if path.is_dir() else None
+    if mode == "memory" and only_streamed:
+        raise ConfigError(f"{path}: {only_streamed}, a layout data_mode=memory does not read (it reads train/<class>/ "
+                          "and test/<class>/): use data_mode=stream (or auto)")
+    index = None
+    if mode == "auto" and path.is_dir():  # a layout only streams read is indexed here, so its errors are the index's
+        index = index_image_folder(path) if only_streamed else auto_stream_index(path)
     if mode == "stream" or index is not None:
         return load_stream(path, _folder_name(path), image_size=image_size, num_workers=num_workers, index=index)
     return _load_folder(path, _folder_name(path))
+
+
+def _only_streamed(root: Path) -> str | None:
+    """Why folder `root` is laid out as only streams read it (an evaluation split val/, ImageNet's name, or a test/
+    of images without class folders), else None."""
+    test = root / "test"
+    if (root / "val").is_dir() and not test.is_dir():
+        return "its evaluation split is val/ (ImageNet's layout)"
+    if test.is_dir() and any(p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
+                             for p in test.iterdir()):
+        return "test/ holds images without class folders (labelled by a labels file)"
+    return None
 
 
 def _find_path(name: str, root: Path | None) -> Path | None:
