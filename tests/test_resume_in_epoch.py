@@ -143,7 +143,7 @@ def test_checkpoints_inside_epochs_leave_a_run_unchanged(tmp_path, monkeypatch, 
 # The run, with its data iterator stalling forever at one batch: the test kills it there (SIGKILL) once the
 # checkpoint before that batch is on disk, so the kill lands after steps the checkpoint does not hold.
 STALLING = textwrap.dedent("""
-    import runpy, sys, time
+    import os, runpy, sys, time
     import supermask.data
 
     real = supermask.data.train_batches
@@ -151,6 +151,7 @@ STALLING = textwrap.dedent("""
     def stalling(*args, **kwargs):
         for i, batch in enumerate(real(*args, **kwargs), start=kwargs.get("start_batch", 0)):
             if kwargs["epoch"] == {epoch} and i == {batch}:
+                open(os.path.join({pids!r}, f"{{os.getpid()}}.pid"), "w").close()  # stalled here
                 time.sleep(600)
             yield batch
 
@@ -186,7 +187,7 @@ def test_a_run_killed_inside_an_epoch_resumes_to_the_same_result(tmp_path, one_t
     # epoch 2), which an IteRand step also changed; steps 36 and 37 are lost and trained again.
     keys = {"method": "iterand", "iterand_every_steps": 7, "checkpoint_every_steps": 5}
     script = tmp_path / "stalling.py"
-    script.write_text(STALLING.format(epoch=1, batch=14))
+    script.write_text(STALLING.format(epoch=1, batch=14, pids=str(tmp_path)))
     killed = cli("train", "digits", *(f"{k}={v}" for k, v in {**ARGS, **keys}.items()), f"out_dir={tmp_path / 'r'}",
                  "-q", script=script)
     try:
@@ -280,3 +281,46 @@ def test_speed_reaches_the_log_line_and_the_trackers(tmp_path, monkeypatch, caps
     assert f"{m['images_per_s']:.0f} img/s, data wait {m['data_wait']:.0%}" in line
     epoch = [v for v in seen if "epoch/test_acc" in v]
     assert epoch[0]["epoch/images_per_s"] == m["images_per_s"] and epoch[0]["epoch/data_wait"] == m["data_wait"]
+
+
+def test_a_data_parallel_run_killed_inside_an_epoch_resumes_to_the_same_masks(tmp_path):
+    # torchrun, 2 gloo processes: both stall at batch 14 of epoch 2, where both are killed with SIGKILL (torchrun
+    # starts each in a session of its own) and torchrun ends.
+    keys = [f"{k}={v}" for k, v in ARGS.items()] + ["method=iterand", "iterand_every_steps=7"]
+    script = tmp_path / "stalling.py"
+    script.write_text(STALLING.format(epoch=1, batch=14, pids=str(tmp_path)))
+
+    def torchrun(*argv, port: int) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                                 str(port), *map(str, argv)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    whole = torchrun("-m", "supermask", "train", "digits", *keys, f"out_dir={tmp_path / 'whole'}", "-q", port=29542)
+    killed = torchrun(script, "train", "digits", *keys, "checkpoint_every_steps=5", f"out_dir={tmp_path / 'r'}", "-q",
+                      port=29541)
+    try:
+        meta = wait_for_checkpoint(tmp_path / "r", 35, killed, timeout=240)
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for pid_file in tmp_path.glob("*.pid"):
+            os.kill(int(pid_file.stem), signal.SIGKILL)
+        if len(list(tmp_path.glob("*.pid"))) < 2:
+            killed.kill()
+        killed.communicate(timeout=120)
+    assert len(list(tmp_path.glob("*.pid"))) == 2
+    assert (meta["step"], meta["partial"]["batch"]) == (35, 12)
+    assert not (tmp_path / "r" / "summary.json").exists()
+    assert whole.wait(timeout=300) == 0, whole.communicate()[1][-3000:]
+    resumed = torchrun("-m", "supermask", "train", "digits", *keys, "checkpoint_every_steps=5",
+                       f"out_dir={tmp_path / 'r'}", "--resume", "-q", port=29543)
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1][-3000:]
+    a, b = tmp_path / "whole", tmp_path / "r"
+    assert (a / "masks.safetensors").read_bytes() == (b / "masks.safetensors").read_bytes()
+    assert (a / "schedule.jsonl").read_text() == (b / "schedule.jsonl").read_text()
+    ma, mb = metrics(a), metrics(b)
+    # the epoch's loss sum was summed over the processes when saved: the same terms in another order
+    assert [m.pop("train_loss") for m in ma] == pytest.approx([m.pop("train_loss") for m in mb], rel=1e-12)
+    assert ma == mb
