@@ -292,8 +292,8 @@ def test_a_data_parallel_run_killed_inside_an_epoch_resumes_to_the_same_masks(tm
 
     def torchrun(*argv, port: int) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                                 str(port), *map(str, argv)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+        return subprocess.Popen([*command, *map(str, argv)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 
     whole = torchrun("-m", "supermask", "train", "digits", *keys, f"out_dir={tmp_path / 'whole'}", "-q", port=29542)

@@ -77,8 +77,8 @@ class Config:
     threads: int | None = _opt(None, "torch CPU threads (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
     compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
-    checkpoint_every_steps: int | None = _opt(None, "also checkpoint every N optimizer steps inside an epoch, so --resume "
-                                                    "continues at the next unseen batch (off when unset: once per epoch)")
+    checkpoint_every_steps: int | None = _opt(None, "also checkpoint every N optimizer steps inside an epoch, so "
+                                                    "--resume continues at the next unseen batch (off when unset)")
     logger: list[str] = _opt(None, "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (a list or comma-separated)")
 
     def __post_init__(self) -> None:
@@ -307,7 +307,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads!r} must be >= 1")
     if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
-        raise ConfigError(f"checkpoint_every_steps={cfg.checkpoint_every_steps!r} must be >= 1 (or null: once per epoch)")
+        raise ConfigError(f"checkpoint_every_steps={cfg.checkpoint_every_steps!r} must be >= 1 (or null: off)")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:

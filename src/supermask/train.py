@@ -209,7 +209,8 @@ class WaitClock:
 
 def speed(images: float, seconds: float, waited: float) -> dict[str, float]:
     """A training pass's images per second and the fraction of its wall time spent waiting for data."""
-    return {"images_per_s": round(images / max(seconds, 1e-9), 1), "data_wait": round(min(waited / max(seconds, 1e-9), 1.0), 4)}
+    seconds = max(seconds, 1e-9)
+    return {"images_per_s": round(images / seconds, 1), "data_wait": round(min(waited / seconds, 1.0), 4)}
 
 
 def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
@@ -232,7 +233,8 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     # Resuming inside the epoch: the saved sums are the global ones (summed over the processes when saved), so
     # rank 0 carries them and the others start from zero.
     partial = state.pop("partial", None) or {"batch": 0, "sums": [0.0] * 3, "seconds": 0.0, "waited": 0.0}
-    sums = torch.tensor(partial["sums"] if group.main else [0.0] * 3, device=device, dtype=torch.float64)  # loss, correct, seen
+    # loss, correct, seen
+    sums = torch.tensor(partial["sums"] if group.main else [0.0] * 3, device=device, dtype=torch.float64)
     first, start = partial["batch"], time.perf_counter() - partial["seconds"]
     batches = WaitClock(data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch,
                                                augment=cfg.augment, device=device, shard=(group.rank, group.world),
@@ -426,11 +428,13 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             if scaler.is_enabled():
                 state["grad_scaler"] = scaler.state_dict()
             bar.set_postfix({"train_acc": f"{train_acc:.3f}", "test_acc": f"{test_acc:.3f}",
-                             "img/s": f"{pace['images_per_s']:.0f}", "data wait": f"{pace['data_wait']:.0%}"}, refresh=True)
+                             "img/s": f"{pace['images_per_s']:.0f}", "data wait": f"{pace['data_wait']:.0%}"},
+                            refresh=True)
             if progress and not live:
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, test loss "
                       f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s, "
-                      f"{pace['images_per_s']:.0f} img/s, data wait {pace['data_wait']:.0%}", file=sys.stderr, flush=True)
+                      f"{pace['images_per_s']:.0f} img/s, data wait {pace['data_wait']:.0%}",
+                      file=sys.stderr, flush=True)
             if not group.main:
                 continue
             save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)  # the source of truth
