@@ -9,7 +9,6 @@ import itertools
 import json
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import supermask
 from supermask import ConfigError

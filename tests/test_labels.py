@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from torch import nn
 
 from supermask import build_model, convert

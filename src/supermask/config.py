@@ -26,6 +26,8 @@ from .trackers import TRACKERS
 
 # Method names of the papers' tables that are a base method plus a schedule, with the paper's settings.
 METHOD_ALIASES = ("edge-popup+iwr", "biprop+iwr", "iterand")
+# Keys that change how a run executes, never what it computes: a run resumed or reused may differ in them.
+RUN_ONLY_KEYS = ("num_workers", "checkpoint_every_steps")
 
 
 def _opt(default: Any, help: str, **kw) -> Any:  # noqa: A002 - mirrors argparse's name
@@ -87,6 +89,8 @@ class Config:
     threads: int | None = _opt(None, "torch CPU threads (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
     compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
+    checkpoint_every_steps: int | None = _opt(None, "also checkpoint every N optimizer steps inside an epoch, so "
+                                                    "--resume continues at the next unseen batch (off when unset)")
     logger: list[str] = _opt(None, "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (a list or comma-separated)")
 
     def __post_init__(self) -> None:
@@ -341,6 +345,8 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"image_size={cfg.image_size!r} must be >= 1")
     if cfg.num_workers is not None and cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers!r} must be >= 0")
+    if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
+        raise ConfigError(f"checkpoint_every_steps={cfg.checkpoint_every_steps!r} must be >= 1 (or null: off)")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .config import Config, make_config
+from .config import RUN_ONLY_KEYS, Config, make_config
 from .errors import ConfigError
 
 
@@ -21,9 +21,11 @@ def _same(key: str, requested, saved) -> bool:
 
 
 def differing_keys(requested: Config, run_dir: str | Path) -> list[str]:
-    """The config keys whose value in the run directory's config.yaml differs from `requested`, out_dir aside."""
+    """The config keys whose value in the run directory's config.yaml differs from `requested`, out_dir and the keys
+    that change nothing a run computes (RUN_ONLY_KEYS) aside."""
     saved = make_config(str(Path(run_dir) / "config.yaml")).to_dict()
-    return [k for k, v in requested.to_dict().items() if k != "out_dir" and not _same(k, v, saved[k])]
+    return [k for k, v in requested.to_dict().items()
+            if k not in ("out_dir", *RUN_ONLY_KEYS) and not _same(k, v, saved[k])]
 
 
 def check_reuse(configs: list[Config], *, retrain: bool) -> list[str]:

@@ -168,8 +168,9 @@ def check_group(cfgs: list[Config]) -> None:
             if k not in SEED_KEYS and base[k] != v:
                 raise ConfigError(f"runs trained together may differ only in {', '.join(SEED_KEYS)}; "
                                   f"{k} is {base[k]!r} in one and {v!r} in another")
-    if first.amp or first.compile or first.logger:
-        raise ConfigError("training together does not support amp=, compile= or logger= yet; train those runs alone")
+    if first.amp or first.compile or first.logger or first.checkpoint_every_steps is not None:
+        raise ConfigError("training together does not support amp=, compile=, logger= or checkpoint_every_steps= yet; "
+                          "train those runs alone")
     dirs = [c.out_dir for c in cfgs]
     if None in dirs or len(set(dirs)) != len(dirs):
         raise ConfigError("every run trained together needs its own out_dir")

@@ -9,6 +9,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from . import data as data_lib
 from . import distributed
 from .checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint, save_tensors, write_json
-from .config import Config, dump_yaml, make_config
+from .config import RUN_ONLY_KEYS, Config, dump_yaml, make_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
 from .labels import layer_labels
@@ -113,11 +114,11 @@ def new_state() -> dict[str, Any]:
 
 
 def record_epoch(state: dict[str, Any], lr: float, train: tuple[float, float], test: tuple[float, float],
-                 seconds: float) -> None:
-    """Add one finished epoch (train and test (loss, accuracy)) to a run's state."""
+                 seconds: float, speed: dict[str, float] | None = None) -> None:
+    """Add one finished epoch (train and test (loss, accuracy), and the training pass's `speed`) to a run's state."""
     epoch = state["epoch"] + 1
     state["history"].append({"epoch": epoch, "lr": lr, "train_loss": train[0], "train_acc": train[1],
-                             "test_loss": test[0], "test_acc": test[1], "seconds": round(seconds, 3)})
+                             "test_loss": test[0], "test_acc": test[1], "seconds": round(seconds, 3), **(speed or {})})
     state["epoch"] = epoch
     state["seconds"] += seconds
     if test[1] > state["best_test_acc"]:
@@ -193,12 +194,37 @@ def _check_finite(model: nn.Module, loss: float, where: str, lr: float,
                         f"(loss {loss:g}, lr {lr:g}); lower lr= or check the data")
 
 
+class WaitClock:
+    """An iterator that times how long its consumer is blocked in next(): the data-loading share of an epoch."""
+
+    def __init__(self, items: Iterable, waited: float = 0.0):
+        self.items, self.waited = iter(items), waited
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.waited += time.perf_counter() - start
+
+
+def speed(images: float, seconds: float, waited: float) -> dict[str, float]:
+    """A training pass's images per second and the fraction of its wall time spent waiting for data."""
+    seconds = max(seconds, 1e-9)
+    return {"images_per_s": round(images / seconds, 1), "data_wait": round(min(waited / seconds, 1.0), 4)}
+
+
 def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
                 group: distributed.Group = distributed.Group(), net: nn.Module | None = None,
-                scaler: torch.amp.GradScaler | None = None, trackers: Trackers = Trackers()) -> tuple[float, float]:
-    """One pass over the training set; returns (mean loss, accuracy). Counts steps and logs IteRand in `state`.
-    `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run, or the
-    compiled model)."""
+                scaler: torch.amp.GradScaler | None = None, trackers: Trackers = Trackers(),
+                checkpoint: Callable[[dict[str, Any]], None] | None = None) -> tuple[float, float, dict[str, float]]:
+    """One pass over the training set; returns (mean loss, accuracy, `speed`). Counts steps and logs IteRand in
+    `state`. `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run, or the
+    compiled model). Every `cfg.checkpoint_every_steps` steps inside the epoch, `checkpoint` gets what continuing
+    at the next batch needs (`state["partial"]` when a run resumes there)."""
     net = net or model
     scaler = scaler or grad_scaler(False, device)
     net.train()
@@ -207,10 +233,17 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     # and an empty slice adds zero.
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if group.active else "mean")
     n = len(ds.train_y)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
-    batches = data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
-                                     device=device, shard=(group.rank, group.world))
-    for step, (x, y) in enumerate(batches):
+    steps = math.ceil(n / cfg.batch_size)
+    # Resuming inside the epoch: the saved sums are the global ones (summed over the processes when saved), so
+    # rank 0 carries them and the others start from zero.
+    partial = state.pop("partial", None) or {"batch": 0, "sums": [0.0] * 3, "seconds": 0.0, "waited": 0.0}
+    # loss, correct, seen
+    sums = torch.tensor(partial["sums"] if group.main else [0.0] * 3, device=device, dtype=torch.float64)
+    first, start = partial["batch"], time.perf_counter() - partial["seconds"]
+    batches = WaitClock(data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch,
+                                               augment=cfg.augment, device=device, shard=(group.rank, group.world),
+                                               start_batch=first), partial["waited"])
+    for step, (x, y) in enumerate(batches, start=first):
         x = input_layout(x, cfg.channels_last)
         with autocast(cfg.amp, device):
             logits = net(x).float()
@@ -236,11 +269,17 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         if step % 20 == 0:  # a host sync only every few steps
             value = loss.item()
             _check_finite(model, value, f"epoch {epoch + 1} step {step + 1}", optimizer.param_groups[0]["lr"], group)
-            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+            now = speed(min(n, (step + 1) * cfg.batch_size), time.perf_counter() - start, batches.waited)
+            bar.set_postfix({"loss": f"{value:.3f}", "img/s": f"{now['images_per_s']:.0f}",
+                             "data wait": f"{now['data_wait']:.0%}"}, refresh=False)
             trackers.flush()  # the host has synchronized anyway
+        if checkpoint and step + 1 < steps and step_fires(state["step"], cfg.checkpoint_every_steps):
+            trackers.flush()
+            checkpoint({"batch": step + 1, "sums": distributed.all_sum(sums.clone(), group).tolist(),
+                        "seconds": time.perf_counter() - start, "waited": batches.waited})
     loss_sum, correct, seen = distributed.all_sum(sums, group).tolist()
     _check_finite(model, loss_sum / seen, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"], group)
-    return loss_sum / seen, correct / seen
+    return loss_sum / seen, correct / seen, speed(seen, time.perf_counter() - start, batches.waited)
 
 
 def default_out_dir(cfg: Config) -> Path:
@@ -250,8 +289,9 @@ def default_out_dir(cfg: Config) -> Path:
 
 def _check_resumable(out_dir: Path, cfg: Config) -> None:
     saved = make_config(str(out_dir / "config.yaml"))
-    # num_workers only changes how fast the same batches are decoded
-    diffs = [k for k, v in saved.to_dict().items() if k not in ("out_dir", "num_workers") and cfg.to_dict()[k] != v]
+    # neither how fast the same batches are decoded nor how often the run checkpoints changes what it computes
+    diffs = [k for k, v in saved.to_dict().items()
+             if k not in ("out_dir", *RUN_ONLY_KEYS) and cfg.to_dict()[k] != v]
     if diffs:
         k = diffs[0]
         raise ConfigError(f"cannot resume {out_dir}: {k}={getattr(cfg, k)!r} differs from the run's {k}={getattr(saved, k)!r}")
@@ -355,10 +395,27 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
     if "grad_scaler" in state:
         scaler.load_state_dict(state["grad_scaler"])
     steps_per_epoch = math.ceil(len(ds.train_y) / cfg.batch_size)
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        """A checkpoint inside an epoch: `partial` says where in it (see train_epoch)."""
+        if scaler.is_enabled():
+            state["grad_scaler"] = scaler.state_dict()
+        # Saved: the processes' mean BatchNorm statistics, as at the end of an epoch; kept: each its own, so a run
+        # that is never resumed computes exactly as without these checkpoints (the statistics are linear in
+        # their start, so a resumed data-parallel run ends with the same mean within float tolerance).
+        own = [b.clone() for b in model.buffers()] if group.active else []
+        distributed.average_buffers(model, group)
+        if group.main:
+            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, {**state, "partial": partial})
+            write_logs(out_dir, state)
+        for b, saved in zip(model.buffers(), own):
+            b.copy_(saved)
+
     # A bar redraws in place on a terminal; in a log file (cluster jobs, CI) every frame would be a line, so
     # there a plain line per epoch replaces it.
     live = progress and sys.stderr.isatty()
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch, disable=not live,
+    initial = state["epoch"] * steps_per_epoch + state.get("partial", {}).get("batch", 0)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, disable=not live,
                unit="step", dynamic_ncols=True, leave=False)
     with bar:
         for epoch in range(state["epoch"], cfg.epochs):
@@ -366,24 +423,27 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             lr = learning_rate(cfg, epoch)
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
-            start = time.perf_counter()
-            train_loss, train_acc = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net, scaler,
-                                                trackers)
+            start = time.perf_counter() - state.get("partial", {}).get("seconds", 0.0)  # trained before a resume
+            train_loss, train_acc, pace = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net,
+                                                      scaler, trackers, checkpoint)
             distributed.average_buffers(model, group)  # one set of BatchNorm statistics: evaluated and saved
             test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
             # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
             events = end_of_epoch(model, cfg, epoch, state["step"])
             distributed.check_agreement(model, group, f"epoch {epoch + 1}", buffers=True)
             state["schedule"] += events
-            record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start)
+            record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start, pace)
             trackers.epoch(state["history"][-1], state["step"])
             trackers.schedule(events)
             if scaler.is_enabled():
                 state["grad_scaler"] = scaler.state_dict()
-            bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=True)
+            bar.set_postfix({"train_acc": f"{train_acc:.3f}", "test_acc": f"{test_acc:.3f}",
+                             "img/s": f"{pace['images_per_s']:.0f}", "data wait": f"{pace['data_wait']:.0%}"},
+                            refresh=True)
             if progress and not live:
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, test loss "
-                      f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s",
+                      f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s, "
+                      f"{pace['images_per_s']:.0f} img/s, data wait {pace['data_wait']:.0%}",
                       file=sys.stderr, flush=True)
             if not group.main:
                 continue

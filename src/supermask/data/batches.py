@@ -102,22 +102,30 @@ def train_batches(
     augment: bool,
     device: torch.device | str = "cpu",
     shard: tuple[int, int] = (0, 1),
+    start_batch: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of (float32 normalized images, int64 labels) on device; the last batch may be short.
 
-    Order and augmentation depend only on (seed, epoch), so resuming at an epoch reproduces it exactly.
+    Order and augmentation depend only on (seed, epoch), so resuming at an epoch reproduces it exactly, and
+    `start_batch` skips the epoch's first batches (resuming inside it) yielding the same batches after them.
     With shard=(rank, world), each global batch is drawn and augmented whole, and this process gets its
     contiguous slice (data-parallel training sees exactly the batches of a single process).
     """
     _check_batch_size(batch_size)
     check_augment(ds, augment)
+    if start_batch < 0:
+        raise ConfigError(f"start_batch must be >= 0, got {start_batch}")
     if isinstance(ds, StreamDataset):
         yield from _stream_batches(ds, ds.index.train, batch_size, augment=augment, shuffle=True, seed=seed,
-                                   epoch=epoch, device=device, shard=shard)
+                                   epoch=epoch, device=device, shard=shard, start_batch=start_batch)
         return
     gen = _epoch_generator(seed, epoch)
     order = torch.randperm(len(ds.train_y), generator=gen)
-    for start in range(0, len(order), batch_size):
+    for i, start in enumerate(range(0, len(order), batch_size)):
+        if i < start_batch:
+            if augment:  # the skipped batch's draws, on a 1-pixel stand-in, leave `gen` where the epoch had it
+                augment_batch(torch.zeros(len(order[start : start + batch_size]), 1, 1, 1, dtype=torch.uint8), gen)
+            continue
         idx = order[start : start + batch_size].to(ds.train_x.device)
         x = ds.train_x.index_select(0, idx).to(device, non_blocking=True)
         y = ds.train_y.index_select(0, idx).to(device, non_blocking=True)
@@ -149,13 +157,13 @@ def eval_batches(
 
 def _stream_batches(
     ds: StreamDataset, images: ImageList, batch_size: int, *, augment: bool, shuffle: bool, seed: int = 0,
-    epoch: int = 0, device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1),
+    epoch: int = 0, device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1), start_batch: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of a streamed split, decoded in ds.num_workers DataLoader workers and normalized on `device`."""
     device = torch.device(device)
     stream = ImageStream(images, ds.image_size, augment=augment, seed=seed)
     loader = stream_loader(stream, batch_size, shuffle=shuffle, epoch=epoch, rank=shard[0], world=shard[1],
-                           num_workers=ds.num_workers, pin_memory=device.type == "cuda")
+                           start_batch=start_batch, num_workers=ds.num_workers, pin_memory=device.type == "cuda")
     try:
         for x, y in loader:
             yield normalize(x.to(device, non_blocking=True), ds.mean, ds.std), y.to(device, non_blocking=True)
