@@ -503,3 +503,13 @@ def test_bad_sweep_files_are_one_line(tmp_path, capsys, body, needle):
 def test_non_utf8_sweep_file(tmp_path, capsys):
     path = _sweep_file(tmp_path, b"base: digits\nout_dir: caf\xe9\n")
     assert_one_line_error(*cli(capsys, "sweep", path), "not UTF-8")
+
+
+def test_a_single_image_slice_on_a_1x1_batchnorm_map_is_one_line(tmp_path, capsys):
+    # digits has 1438 training images: batches of 479 leave a last batch of one image, and ResNet-50's stem and
+    # first stages shrink 8x8 digits to 1x1 maps, where BatchNorm cannot normalize a single value per channel
+    code = main(["train", "digits", "model=resnet50", "width=0.05", "batch_size=479", "epochs=1", "device=cpu",
+                 f"out_dir={tmp_path / 'r'}", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "epoch 1 step 4: BatchNorm got one value per channel (1 image(s)" in err

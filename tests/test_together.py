@@ -157,6 +157,9 @@ def test_groups_refuse_runs_that_differ_in_more_than_seeds(tmp_path):
     same_dir[1] = dataclasses.replace(same_dir[1], out_dir=same_dir[0].out_dir)
     with pytest.raises(ConfigError, match="own out_dir"):
         check_group(same_dir)
+    for streamed in ({"data_mode": "stream"}, {"dataset": "imagenet"}):  # refused before any data is read
+        with pytest.raises(ConfigError, match="is streamed"):
+            check_group([dataclasses.replace(c, **streamed) for c in _configs(tmp_path)])
 
 
 def test_a_study_trains_together_and_reuses(tmp_path):

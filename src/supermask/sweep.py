@@ -14,7 +14,7 @@ A sweep file (YAML):
     gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0)
     retries: 2                     # re-runs of a cell whose worker died (default 2)
     together: 8                    # train cells that differ only in seeds in one process, up to 8 at a time
-                                   # (true: no limit; default false); dense, amp and compile cells run alone
+                                   # (true: no limit; default false); cells `together` refuses run alone
 
 Each cell runs in its own process (`python -m supermask train ... --resume`), so a worker that dies takes only its
 cell with it, and the cell is re-run from its last checkpoint; a worker ends with its sweep, even a killed one
@@ -197,7 +197,8 @@ def _command(sweep: Sweep, task: list[Cell]) -> list[str]:
 
 
 def _groupable(sweep: Sweep, cell: Cell) -> bool:
-    """Whether `supermask together` takes the cell (dense, amp and compile cells it refuses run alone)."""
+    """Whether `supermask together` takes the cell (the cells it refuses: dense, amp, compile, logger,
+    checkpoint_every_steps, streamed data, run alone)."""
     from .together import check_group
 
     try:

@@ -171,6 +171,10 @@ def check_group(cfgs: list[Config]) -> None:
     if first.amp or first.compile or first.logger or first.checkpoint_every_steps is not None:
         raise ConfigError("training together does not support amp=, compile=, logger= or checkpoint_every_steps= yet; "
                           "train those runs alone")
+    if first.data_mode == "stream" or first.dataset.strip().lower() == "imagenet":  # a folder streamed under auto is
+        # refused when its data is loaded
+        raise ConfigError(f"training together reads data held in memory, and {first.dataset} is streamed: train these"
+                          " runs one by one (without --together)")
     dirs = [c.out_dir for c in cfgs]
     if None in dirs or len(set(dirs)) != len(dirs):
         raise ConfigError("every run trained together needs its own out_dir")

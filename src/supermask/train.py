@@ -217,6 +217,17 @@ def speed(images: float, seconds: float, waited: float) -> dict[str, float]:
     return {"images_per_s": round(images / seconds, 1), "data_wait": round(min(waited / seconds, 1.0), 4)}
 
 
+def _forward(net: nn.Module, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+    try:
+        return net(x).float()
+    except ValueError as e:  # BatchNorm's check, raised where a batch slice meets a 1x1 feature map
+        if "more than 1 value per channel" not in str(e):
+            raise
+        raise ConfigError(f"epoch {epoch + 1} step {step + 1}: BatchNorm got one value per channel ({len(x)} image(s) "
+                          "in this process's slice of the batch, on a 1x1 feature map); choose a batch_size that "
+                          "leaves no single-image slice, fewer processes, or a larger image_size") from None
+
+
 def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
                 group: distributed.Group = distributed.Group(), net: nn.Module | None = None,
                 scaler: torch.amp.GradScaler | None = None, trackers: Trackers = Trackers(),
@@ -246,7 +257,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     for step, (x, y) in enumerate(batches, start=first):
         x = input_layout(x, cfg.channels_last)
         with autocast(cfg.amp, device):
-            logits = net(x).float()
+            logits = _forward(net, x, epoch, step)
             loss = loss_fn(logits, y)
             per_sample = min(cfg.batch_size, n - step * cfg.batch_size) / group.world if group.active else len(y)
             if group.active:
