@@ -53,6 +53,11 @@ class ScoredWeight(nn.Module):
             magnitudes = self.scores.abs()
             mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
             return self.effective_weight(weight, mask_lib.straight_through(magnitudes, mask))
+        if torch.compiler.is_compiling():
+            # A compiled forward cannot keep Python-side caches without guarding (and recompiling) on them: it
+            # computes the mask every call, as training does.
+            return self.effective_weight(weight, mask_lib.topk_mask(self.scores.detach().abs(), self.prune_rate)
+                                         .to(weight.dtype))
         # Without autograd (evaluation, inference) the whole effective weight is reused across batches.
         mask = self.mask()
         if self._weight_of is None or self._weight_of[0] is not mask or not _same(self._weight_of[1], weight):
