@@ -2,6 +2,8 @@
 
 import csv
 import json
+import re
+import sys
 
 import pytest
 import yaml
@@ -247,3 +249,42 @@ def test_cells_that_cannot_train_together_run_alone(tmp_path, monkeypatch):
                 for g in groups}
     assert commands == {"edge-popupFalse2": "together", "edge-popupTrue1": "train", "denseFalse1": "train",
                         "denseTrue1": "train"}
+
+
+def _one_fails(sweep, monkeypatch):
+    """Workers that finish every cell at test accuracy 0.5 but fail score_seed=1."""
+    fake, _ = _run_fake(sweep)
+    monkeypatch.setattr(sweep_mod, "run_cell_process",
+                        lambda c, e: (1, "boom") if "score_seed=1" in c else fake(c, e))
+
+
+def test_progress_is_a_plain_line_per_cell_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    sweep = load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1, 2]}, workers=1, retries=0))
+    _one_fails(sweep, monkeypatch)
+    with pytest.raises(sweep_mod.SupermaskError, match="1 of 3 cells failed"):
+        run_sweep(sweep)  # progress on; capsys's stderr is no terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err and "cell/s" not in err
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert re.fullmatch(r"\[1/3\] score_seed=0: done, test acc 0\.5000; 1 done, 0 failed, ETA \d\d:\d\d", lines[0])
+    assert re.fullmatch(r"\[2/3\] score_seed=1: failed \(boom\); 1 done, 1 failed, ETA \d\d:\d\d", lines[1])
+    assert lines[2] == "[3/3] score_seed=2: done, test acc 0.5000; 2 done, 1 failed, ETA 00:00"
+    status = json.loads((sweep.out_dir / "status.json").read_text())
+    assert (status["done"], status["failed"], status["eta_s"]) == (2, 1, 0.0)
+
+
+def test_sweep_progress_is_a_bar_on_a_terminal_and_nothing_when_quiet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    sweep = load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1]}, workers=1, retries=0))
+    _one_fails(sweep, monkeypatch)
+    with pytest.raises(sweep_mod.SupermaskError):
+        run_sweep(sweep)
+    err = capsys.readouterr().err
+    assert "\r" in err and "cell" in err and "score_seed=0:" not in err  # the bar, no plain line
+    (tmp_path / "q").mkdir()
+    sweep = load_sweep(_spec(tmp_path / "q", grid={"score_seed": [0, 1]}, workers=1, retries=0))
+    _one_fails(sweep, monkeypatch)
+    with pytest.raises(sweep_mod.SupermaskError):
+        run_sweep(sweep, progress=False)
+    assert capsys.readouterr().err == ""

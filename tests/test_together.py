@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import re
+import sys
 
 import pytest
 import torch
@@ -271,3 +273,24 @@ def test_a_group_keeps_a_tied_tensor_shared_in_each_run():
         for i, m in enumerate(members):
             assert torch.equal(m.head.weight, m.embed.weight)  # both owners see the stack's storage
             torch.testing.assert_close(group(x)[i], m(x), rtol=0, atol=1e-6)
+
+
+def test_progress_is_a_plain_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    train_together(_configs(tmp_path, n=2), tmp_path / "g")  # progress on; capsys's stderr is no terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err and "step/s" not in err
+    lines = err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["2 runs, epoch 1/2", "2 runs, epoch 2/2"]
+    metrics = [[json.loads(x) for x in (tmp_path / f"r{i}" / "metrics.jsonl").read_text().splitlines()] for i in (0, 1)]
+    for epoch, line in enumerate(lines):
+        assert f"test acc {metrics[0][epoch]['test_acc']:.4f} {metrics[1][epoch]['test_acc']:.4f}, " in line
+        assert re.search(r", \d+\.\d s, \d+ img/s$", line), line
+
+
+def test_progress_is_a_bar_on_a_terminal_and_nothing_when_quiet(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    train_together(_configs(tmp_path / "a", n=2, epochs=1), tmp_path / "ga")
+    err = capsys.readouterr().err
+    assert "\r" in err and "2 runs, epoch 1/1" in err and "test acc " not in err  # the bar, no plain line
+    train_together(_configs(tmp_path / "b", n=2, epochs=1), tmp_path / "gb", progress=False)
+    assert capsys.readouterr().err == ""

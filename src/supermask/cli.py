@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"a built-in config name or a YAML file (default: {DEFAULT_CONFIG})")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config values overriding CONFIG's")
     train.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="re-evaluate a finished run, or a .smask file, on its test set")
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "turn (faster on CPUs); auto picks by device (default)")
     st.add_argument("--retrain", action="store_true",
                     help="delete and train again the runs trained with another config (default: refuse)")
-    st.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    st.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
     st.set_defaults(func=_study)
 
     cp = sub.add_parser("compare", help="compare the masks of finished runs (Jaccard, matching, plots)")
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("group_file", metavar="GROUP.json")
     tg.add_argument("--forward", choices=FORWARDS, default="auto",
                     help="vmap: one batched pass through grouped layers (GPUs); loop: the runs in turn (CPUs)")
-    tg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
     tg.set_defaults(func=_together)
 
     sw = sub.add_parser("sweep", help="run a grid of runs (local worker processes or a Ray cluster) and tabulate them",
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "'local' (start one on this machine) or a cluster address")
     sw.add_argument("--retrain", action="store_true",
                     help="delete and train again the cells run with another config (default: refuse)")
-    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
     sw.set_defaults(func=_sweep)
 
     cf = sub.add_parser("configs", help="list the built-in configs, or show one resolved (with overrides)")

@@ -45,6 +45,7 @@ import yaml
 from .checkpoint import atomic_write_text, write_csv, write_json
 from .config import Config, make_config
 from .errors import ConfigError, SupermaskError
+from .progress import is_live, log_line
 from .reuse import check_reuse, drop_groups
 from .stats import Estimate, estimate, paired_difference, verdict
 
@@ -286,27 +287,44 @@ def die_with_parent() -> None:
 
 
 class Progress:
-    """The live view: cells done, running and failed, and the time left, as a bar and as status.json."""
+    """The live view: cells done, running and failed, and the time left, as a bar on a terminal, else as a line
+    per cell that ends (see supermask.progress), and as status.json."""
 
     def __init__(self, sweep: Sweep, enabled: bool):
         from tqdm.auto import tqdm
 
         self.sweep = sweep
+        self.enabled, self.live = enabled, is_live(enabled)
         self.lock = threading.Lock()
         self.start = time.time()
-        self.bar = tqdm(total=len(sweep.cells), unit="cell", disable=not enabled, dynamic_ncols=True)
+        self.seen = {c.name: c.status for c in sweep.cells}  # as last shown: a cell that ends is logged once
+        self.ended = 0  # cells ended since the start: the pace the time left is estimated from
+        self.bar = tqdm(total=len(sweep.cells), unit="cell", disable=not self.live, dynamic_ncols=True)
         self.bar.update(sum(c.status == "done" for c in sweep.cells))
         self.update()
 
     def update(self) -> None:
         with self.lock:
-            counts = {s: sum(c.status == s for c in self.sweep.cells) for s in ("done", "running", "failed", "pending")}
+            cells = self.sweep.cells
+            counts = {s: sum(c.status == s for c in cells) for s in ("done", "running", "failed", "pending")}
+            ended = [c for c in cells if c.status in ("done", "failed") and self.seen[c.name] != c.status]
+            self.seen = {c.name: c.status for c in cells}
+            self.ended += len(ended)
+            left = counts["running"] + counts["pending"]
+            eta = round((time.time() - self.start) / self.ended * left, 1) if self.ended else None
             self.bar.n = counts["done"]
             self.bar.set_postfix(running=counts["running"], failed=counts["failed"], refresh=True)
+            if self.enabled and not self.live:
+                tally = {s: counts[s] - sum(c.status == s for c in ended) for s in ("done", "failed")}
+                for c in ended:
+                    tally[c.status] += 1
+                    result = (f"done, test acc {json.loads((c.out_dir / 'summary.json').read_text())['test_acc']:.4f}"
+                              if c.status == "done" else f"failed ({c.error or 'see its run directory'})")
+                    log_line(f"[{tally['done'] + tally['failed']}/{len(cells)}] {c.name}: {result}; "
+                             f"{tally['done']} done, {tally['failed']} failed, ETA {self.bar.format_interval(eta)}")
             write_json(self.sweep.out_dir / "status.json", {
-                **counts, "total": len(self.sweep.cells), "elapsed_s": round(time.time() - self.start, 1),
-                "eta_s": self.bar.format_dict.get("rate") and round((len(self.sweep.cells) - counts["done"]) / self.bar.format_dict["rate"], 1),
-                "cells": {c.name: {"status": c.status, "attempts": c.attempts, "error": c.error} for c in self.sweep.cells}})
+                **counts, "total": len(cells), "elapsed_s": round(time.time() - self.start, 1), "eta_s": eta,
+                "cells": {c.name: {"status": c.status, "attempts": c.attempts, "error": c.error} for c in cells}})
 
     def close(self) -> None:
         self.bar.close()

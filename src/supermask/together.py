@@ -42,6 +42,7 @@ from .lock import LOCK_FILE, run_lock
 from .mask import straight_through, topk_masks
 from .methods import PARAMETRIZATIONS
 from .models import build_model
+from .progress import is_live, log_line
 from .schedule import end_of_epoch, iterand_step, step_fires
 from .train import (TrainingError, _check_resumable, _finish, build, input_layout, learning_rate, load_data, new_state,
                     optimizer_for, pick_device, place, record_epoch, resolve_data_paths, write_logs)
@@ -317,7 +318,8 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
     n = len(cfgs)
     epoch0, step = states[0]["epoch"], states[0]["step"]
     steps_per_epoch = math.ceil(len(ds.train_y) / first.batch_size)
-    bar = tqdm(total=first.epochs * steps_per_epoch, initial=epoch0 * steps_per_epoch, disable=not progress,
+    live = is_live(progress)  # a bar on a terminal, else a plain line per epoch (see supermask.progress)
+    bar = tqdm(total=first.epochs * steps_per_epoch, initial=epoch0 * steps_per_epoch, disable=not live,
                unit="step", dynamic_ncols=True, leave=False)
     with bar:
         for epoch in range(epoch0, first.epochs):
@@ -347,14 +349,20 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
                 if step % 20 == 0:
                     _check_finite(cfgs, group, losses, epoch, lr)
             _check_finite(cfgs, group, sums[:, 0], epoch, lr)
+            images_per_s = float(sums[:, 2].sum()) / (time.perf_counter() - start)  # the training pass, all runs
             results = evaluate_together(group, ds, first.eval_batch_size, device, first.channels_last)
-            seconds = (time.perf_counter() - start) / n  # each run's share of the group's time
+            elapsed = time.perf_counter() - start
+            seconds = elapsed / n  # each run's share of the group's time
             for i, (cfg, model, state) in enumerate(zip(cfgs, group.models, states)):
                 state["schedule"] += end_of_epoch(model, cfg, epoch, step)
                 loss_sum, correct, seen = sums[i].tolist()
                 record_epoch(state, lr, (loss_sum / seen, correct / seen), results[i], seconds)
             accs = [r[1] for r in results]
-            bar.set_postfix(test_acc=f"{min(accs):.3f}-{max(accs):.3f}", refresh=True)
+            bar.set_postfix({"test_acc": f"{min(accs):.3f}-{max(accs):.3f}", "img/s": f"{images_per_s:.0f}"},
+                            refresh=True)
+            if progress and not live:
+                log_line(f"{n} runs, epoch {epoch + 1}/{first.epochs}: test acc {' '.join(f'{a:.4f}' for a in accs)}, "
+                         f"{elapsed:.1f} s, {images_per_s:.0f} img/s")
             _save_group(group_dir / GROUP_CHECKPOINT, cfgs, group, optimizer, states)
             for cfg, state in zip(cfgs, states):
                 write_logs(Path(cfg.out_dir), state)

@@ -26,6 +26,7 @@ from .errors import ConfigError, SupermaskError
 from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
 from .models import build_model
+from .progress import is_live, log_line
 from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
 from .trackers import Trackers, check_available, open_trackers
 
@@ -422,9 +423,7 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
         for b, saved in zip(model.buffers(), own):
             b.copy_(saved)
 
-    # A bar redraws in place on a terminal; in a log file (cluster jobs, CI) every frame would be a line, so
-    # there a plain line per epoch replaces it.
-    live = progress and sys.stderr.isatty()
+    live = is_live(progress)  # a bar on a terminal, else a plain line per epoch (see supermask.progress)
     initial = state["epoch"] * steps_per_epoch + state.get("partial", {}).get("batch", 0)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, disable=not live,
                unit="step", dynamic_ncols=True, leave=False)
@@ -452,10 +451,9 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
                              "img/s": f"{pace['images_per_s']:.0f}", "data wait": f"{pace['data_wait']:.0%}"},
                             refresh=True)
             if progress and not live:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, test loss "
-                      f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s, "
-                      f"{pace['images_per_s']:.0f} img/s, data wait {pace['data_wait']:.0%}",
-                      file=sys.stderr, flush=True)
+                log_line(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, test loss "
+                         f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s, "
+                         f"{pace['images_per_s']:.0f} img/s, data wait {pace['data_wait']:.0%}")
             if not group.main:
                 continue
             save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)  # the source of truth
