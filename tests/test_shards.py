@@ -154,15 +154,27 @@ def test_a_sample_without_a_label_names_the_shard_and_key(tmp_path):
         _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
 
 
-def test_a_corrupt_image_is_skipped_and_named(tmp_path, capfd):
-    good = _jpeg()
+def test_a_corrupt_image_is_named_and_replaced_by_the_next_decodable_one(tmp_path, capfd):
+    good, red = _jpeg(), _jpeg(color=(0, 0, 250))
     shard = _write_tar(tmp_path / "s-0.tar", {"a.jpg": good, "a.cls": b"0", "b.jpg": good[: len(good) // 3],
                                               "b.cls": b"1", "c.jpeg": b"not a jpeg", "c.cls": b"2",
-                                              "d.png": good, "d.cls": b"3"})
-    got = _epoch(ShardStream(str(shard), SIZE, shuffle=True, augment=True, shuffle_buffer=1))
-    assert [y for _, y in got] == [0, 3]
+                                              "d.png": red, "d.cls": b"3", "e.jpg": b"", "e.cls": b"4"})
+    got = _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
+    # one sample out per sample in, so a reader's count is its shards' count: b and c become d, e (last) becomes d
+    assert [y for _, y in got] == [0, 3, 3, 3, 3]
+    assert len({d for d, _ in got[1:]}) == 1 and got[0][0] != got[1][0]
     err = capfd.readouterr().err
-    assert "skipping" in err and f"{shard}: b.jpg" in err and f"{shard}: c.jpeg" in err
+    assert "skipping" in err and f"{shard}: b.jpg" in err and f"{shard}: c.jpeg" in err and f"{shard}: e.jpg" in err
+
+
+def test_a_shard_of_undecodable_images_is_an_error_not_an_empty_epoch(tmp_path):
+    shard = _write_tar(tmp_path / "s-0.tar", {"a.jpg": b"x", "a.cls": b"0", "b.jpg": b"y", "b.cls": b"1"})
+    with pytest.raises(ConfigError, match=r"no image of .*s-0\.tar can be decoded"):
+        _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
+    many = {f"k{i:02d}.{ext}": (b"bad" if ext == "jpg" else b"0") for i in range(20) for ext in ("jpg", "cls")}
+    shard = _write_tar(tmp_path / "s-1.tar", many)
+    with pytest.raises(ConfigError, match=r"s-1\.tar: 16 images in a row cannot be decoded, the last 'k15'"):
+        _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
 
 
 def test_a_file_that_is_not_a_tar_names_it(tmp_path):

@@ -254,7 +254,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
         torch.set_num_threads(first.threads)  # as `train` does: the same thread count, the same masks
     device = pick_device(first.device)
     ds = load_data(first)
-    if isinstance(ds, data_lib.StreamDataset):  # the runs share batches drawn from tensors held in memory
+    if data_lib.is_streamed(ds):  # the runs share batches drawn from tensors held in memory
         raise ConfigError(f"training together reads data held in memory, and {ds.name} is streamed: train these runs "
                           "one by one (without --together)")
     for cfg in cfgs:

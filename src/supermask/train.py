@@ -245,7 +245,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     # and an empty slice adds zero.
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if group.active else "mean")
     n = len(ds.train_y)
-    steps = math.ceil(n / cfg.batch_size)
+    steps = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, world=group.world)
     # Resuming inside the epoch: the saved sums are the global ones (summed over the processes when saved), so
     # rank 0 carries them and the others start from zero.
     partial = state.pop("partial", None) or {"batch": 0, "sums": [0.0] * 3, "seconds": 0.0, "waited": 0.0}
@@ -309,7 +309,7 @@ def _check_resumable(out_dir: Path, cfg: Config) -> None:
         raise ConfigError(f"cannot resume {out_dir}: {k}={getattr(cfg, k)!r} differs from the run's {k}={getattr(saved, k)!r}")
 
 
-def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset:
+def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset | data_lib.ShardDataset:
     """The run's data, held in memory or streamed as cfg.data_mode says."""
     return data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
                                  num_workers=cfg.num_workers)
@@ -348,7 +348,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     ds = data_lib.on_device(ds, device)
     optimizer = make_optimizer(cfg, model)
     group = distributed.setup(device)
-    warning = never_fires(cfg, math.ceil(len(ds.train_y) / cfg.batch_size))
+    warning = never_fires(cfg, data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=group.world))
     if warning and group.main:
         print(f"supermask: warning: {warning}", file=sys.stderr)
 
@@ -406,7 +406,8 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
     scaler = grad_scaler(cfg.amp, device)
     if "grad_scaler" in state:
         scaler.load_state_dict(state["grad_scaler"])
-    steps_per_epoch = math.ceil(len(ds.train_y) / cfg.batch_size)
+    # the bar's length; from shards, an epoch's steps vary a little with its shard order (see data.train_steps)
+    steps_per_epoch = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=group.world)
 
     def checkpoint(partial: dict[str, Any]) -> None:
         """A checkpoint inside an epoch: `partial` says where in it (see train_epoch)."""
@@ -475,7 +476,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
         "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": ds.name,
-        "data_mode": "stream" if isinstance(ds, data_lib.StreamDataset) else "memory",
+        "data_mode": "stream" if data_lib.is_streamed(ds) else "memory",
         "dataset_source": Path(ds.source).name, "dataset_sha256": data_lib.content_sha256(ds),
         "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,

@@ -12,19 +12,22 @@ sequences, not images: ``listops``, generated from a fixed seed (see `generate_l
 
 Image folders too large for memory, or whose images differ in size (ImageNet), are read lazily instead: a
 StreamDataset decodes each image when a batch needs it, in DataLoader worker processes (`stream`, `transforms`).
+Folders of WebDataset shards are streamed alike, each process reading its own shards (`shards`, `shard_dataset`).
 
-One module per source (`mnist`, `cifar`, `folder`, `generated`, `stream`), `base` for the Dataset type, `cache`
-and `download` for files, `transforms` for the streamed images' crops, `batches` for batching and augmentation,
-`load` for `load_dataset`; this package re-exports the public API.
+One module per source (`mnist`, `cifar`, `folder`, `generated`, `stream`, `shard_dataset`), `base` for the
+Dataset type, `cache` and `download` for files, `transforms` for the streamed images' crops, `batches` for batching
+and augmentation, `load` for `load_dataset`; this package re-exports the public API.
 """
 
 from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir
-from .batches import augment_batch, check_augment, eval_batches, normalize, on_device, train_batches
+from .batches import (augment_batch, check_augment, eval_batches, is_streamed, normalize, on_device, train_batches,
+                      train_steps)
 from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
 from .download import download_file
 from .generated import LISTOPS_TOKENS, generate_listops, listops_value
 from .load import DATA_MODES, load_dataset
 from .mnist import MNIST_MD5, MNIST_URL, parse_idx, read_idx
+from .shard_dataset import ShardDataset
 from .stream import StreamDataset, index_image_folder
 
 __all__ = [
@@ -52,7 +55,10 @@ __all__ = [
     "read_cifar_archive",
     "read_idx",
     "restricted_pickle_load",
+    "ShardDataset",
     "StreamDataset",
     "index_image_folder",
+    "is_streamed",
     "train_batches",
+    "train_steps",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from supermask.errors import ConfigError
 
 from .base import _SPLITS, Dataset
+from .shard_dataset import ShardDataset, shard_eval_loader, shard_steps, shard_train_loader
 from .stream import ImageList, ImageStream, StreamDataset, stream_loader
 
 
@@ -88,6 +89,20 @@ def _part(t: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
     return torch.tensor_split(t, world)[rank] if world > 1 else t
 
 
+def is_streamed(ds: object) -> bool:
+    """Whether `ds` is read lazily (an image folder or shards) rather than held in memory."""
+    return isinstance(ds, (StreamDataset, ShardDataset))
+
+
+def train_steps(ds: Dataset, batch_size: int, *, seed: int = 0, epoch: int = 0, world: int = 1) -> int:
+    """Steps of a training epoch: every batch, the last one short, except with shards, where each process reads
+    its own and all stop after the smallest part's full batches (see `shard_dataset`), so it depends on the epoch."""
+    _check_batch_size(batch_size)
+    if isinstance(ds, ShardDataset):
+        return shard_steps(ds, batch_size, seed=seed, epoch=epoch, world=world)
+    return -(-len(ds.train_y) // batch_size)
+
+
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -109,7 +124,8 @@ def train_batches(
     Order and augmentation depend only on (seed, epoch), so resuming at an epoch reproduces it exactly, and
     `start_batch` skips the epoch's first batches (resuming inside it) yielding the same batches after them.
     With shard=(rank, world), each global batch is drawn and augmented whole, and this process gets its
-    contiguous slice (data-parallel training sees exactly the batches of a single process).
+    contiguous slice (data-parallel training sees exactly the batches of a single process); from shards, each
+    process reads batch_size / world samples a step from its own shards, `train_steps` batches.
     """
     _check_batch_size(batch_size)
     check_augment(ds, augment)
@@ -118,6 +134,12 @@ def train_batches(
     if isinstance(ds, StreamDataset):
         yield from _stream_batches(ds, ds.index.train, batch_size, augment=augment, shuffle=True, seed=seed,
                                    epoch=epoch, device=device, shard=shard, start_batch=start_batch)
+        return
+    if isinstance(ds, ShardDataset):
+        device = torch.device(device)
+        loader = shard_train_loader(ds, batch_size, seed=seed, epoch=epoch, augment=augment, rank=shard[0],
+                                    world=shard[1], start_batch=start_batch, pin_memory=device.type == "cuda")
+        yield from _normalized(ds, loader, device)
         return
     gen = _epoch_generator(seed, epoch)
     order = torch.randperm(len(ds.train_y), generator=gen)
@@ -147,6 +169,12 @@ def eval_batches(
         images = ds.index.train if split == "train" else ds.index.test
         yield from _stream_batches(ds, images, batch_size, augment=False, shuffle=False, device=device, shard=shard)
         return
+    if isinstance(ds, ShardDataset):
+        device = torch.device(device)
+        loader = shard_eval_loader(ds, batch_size, split=split, rank=shard[0], world=shard[1],
+                                   pin_memory=device.type == "cuda")
+        yield from _normalized(ds, loader, device)
+        return
     xs, ys = (ds.train_x, ds.train_y) if split == "train" else (ds.test_x, ds.test_y)
     xs, ys = _part(xs, shard), _part(ys, shard)
     for start in range(0, len(ys), batch_size):
@@ -164,6 +192,12 @@ def _stream_batches(
     stream = ImageStream(images, ds.image_size, augment=augment, seed=seed)
     loader = stream_loader(stream, batch_size, shuffle=shuffle, epoch=epoch, rank=shard[0], world=shard[1],
                            start_batch=start_batch, num_workers=ds.num_workers, pin_memory=device.type == "cuda")
+    yield from _normalized(ds, loader, device)
+
+
+def _normalized(ds: StreamDataset | ShardDataset, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A loader's uint8 batches normalized on `device`; a DataLoader worker's error in its own words."""
     try:
         for x, y in loader:
             yield normalize(x.to(device, non_blocking=True), ds.mean, ds.std), y.to(device, non_blocking=True)

@@ -13,7 +13,8 @@ from .folder import _IMAGE_SUFFIXES, _load_folder
 from .generated import _load_digits, _load_listops
 from .imagenet import find_imagenet
 from .mnist import _load_mnist
-from .stream import StreamDataset, auto_stream_index, index_image_folder, load_stream
+from .shard_dataset import ShardDataset, find_shard_files, load_shards
+from .stream import StreamDataset, auto_stream_index, index_image_folder, load_stream, stream_settings
 
 DATA_MODES = ("memory", "stream", "auto")
 
@@ -21,16 +22,17 @@ DATA_MODES = ("memory", "stream", "auto")
 def load_dataset(
     name: str, data_dir: str | Path | None = None, *, download: bool = True, mode: str = "memory",
     image_size: int | None = None, num_workers: int | None = None,
-) -> Dataset | StreamDataset:
-    """Load a named dataset (see DATASET_NAMES) or an image folder / ``.tar.gz`` given by path.
+) -> Dataset | StreamDataset | ShardDataset:
+    """Load a named dataset (see DATASET_NAMES), an image folder / ``.tar.gz`` or a folder of WebDataset shards
+    (``train-*.tar`` and ``val-*.tar`` or ``test-*.tar``, see `shard_dataset`) given by path.
 
     ``data_dir`` defaults to ``$SUPERMASK_DATA`` or ``~/.cache/supermask/data``. Repeated calls in one
     process return the same (shared) Dataset without re-reading files (a streamed folder is listed again).
 
     ``mode``: ``memory`` decodes the whole set into a Dataset; ``stream`` reads an image folder lazily (a
     StreamDataset of ``image_size``-pixel images decoded by ``num_workers`` processes; see `stream`); ``auto``
-    streams the folders `auto_stream_index` picks and holds everything else in memory. ``image_size`` given to a
-    set held in memory must be its own size.
+    streams the folders `auto_stream_index` picks and holds everything else in memory. Shards are always streamed.
+    ``image_size`` given to a set held in memory must be its own size.
     """
     if mode not in DATA_MODES:
         raise ConfigError(f"unknown data_mode {mode!r}: expected one of {', '.join(DATA_MODES)}")
@@ -42,7 +44,7 @@ def load_dataset(
 
 
 def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, image_size: int | None,
-          num_workers: int | None) -> Dataset | StreamDataset:
+          num_workers: int | None) -> Dataset | StreamDataset | ShardDataset:
     key = name.strip().lower()
     if mode == "stream" and key in DATASET_NAMES and key != "imagenet":
         raise ConfigError(f"data_mode=stream reads image folders (train/<class>/ and val/ or test/); {key} is held in"
@@ -69,6 +71,12 @@ def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, ima
             f"unknown dataset {name!r}: expected one of {', '.join(DATASET_NAMES)} or a path to an image folder"
             " / .tar.gz with train/<class>/ and test/<class>/"
         )
+    if path.is_dir() and find_shard_files(path) is not None:
+        if mode == "memory":
+            raise ConfigError(f"{path}: WebDataset shards are streamed, a layout data_mode=memory does not read: use "
+                              "data_mode=stream (or auto)")
+        size, workers = stream_settings(image_size, num_workers)
+        return load_shards(path, _folder_name(path), image_size=size, num_workers=workers)
     if mode == "stream" and not path.is_dir():
         raise ConfigError(f"data_mode=stream reads a folder, and {path} is an archive: extract it first")
     only_streamed = _only_streamed(path) if path.is_dir() else None

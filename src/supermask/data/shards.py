@@ -17,18 +17,24 @@ world and W, and an image's augmentation on the seed, the epoch and its key only
 shards are read in order, split alike.
 
 A sample without ``cls`` or without an image is an error naming the shard and key; a shard that is missing or not
-a tar is an error naming it; an image that does not decode is logged on stderr, naming the shard and key, and
-skipped.
+a tar is an error naming it; an image that does not decode is logged on stderr, naming the shard and key, and the
+next decodable image of the same reader takes its place (the last one, at the reader's end), so every reader yields
+exactly as many samples as its shards hold: a data-parallel loop can count its steps from the tar headers, and a
+resumed epoch skips samples without decoding them. 16 undecodable images in a row raise instead.
+
+For a run (`shard_dataset`), a stream yields batches: each reader collates its own samples in batches of
+`batch_size` (its last one short), and may hand its first `skip[reader]` batches over empty and undecoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import random
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -47,6 +53,7 @@ from .base import _one_line
 from .transforms import eval_transform, sample_rng, train_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png")
+_MAX_BAD_IN_A_ROW = 16
 _BAD_IMAGE = (OSError, ValueError, EOFError, Image.DecompressionBombError, SyntaxError)
 
 
@@ -72,19 +79,48 @@ def _local_path(url: str) -> Path | None:
 def count_samples(url: str) -> int:
     """The samples (keys with an image) of one local shard, from its tar headers alone: the data is seeked over, so
     counting an ImageNet shard of 1 GB reads about 8 MB."""
+    return len(_scan(url, labels=False))
+
+
+def shard_labels(url: str) -> np.ndarray:
+    """The labels (int64) of one local shard's samples in the order they are stored, read from the tar headers and
+    the small ``cls`` members only; a sample with an image but no readable label is an error naming it."""
+    keys = _scan(url, labels=True)
+    return np.array(list(keys.values()), dtype=np.int64)
+
+
+def _scan(url: str, *, labels: bool) -> dict[str, int | None]:
+    """The keys with an image of a local shard, in order, with their labels when `labels`."""
     path = _local_path(url)
     if path is None:
         raise ConfigError(f"{url}: only local shards can be counted without reading them")
-    keys = set()
+    images: dict[str, int | None] = {}
+    found: dict[str, int] = {}
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
                 key, ext = wds.tariterators.base_plus_ext(m.name)  # split as the reader splits (at the first dot)
-                if m.isfile() and ext is not None and ext.lower() in IMAGE_KEYS:
-                    keys.add(key)
+                if not m.isfile() or ext is None:
+                    continue
+                if ext.lower() in IMAGE_KEYS:
+                    images[key] = None
+                elif labels and ext == "cls":
+                    found[key] = _label(url, key, tar.extractfile(m).read())
     except (OSError, tarfile.TarError) as e:
         raise ConfigError(f"{url}: cannot read shard ({_one_line(e)})") from None
-    return len(keys)
+    if labels:
+        missing = next((k for k in images if k not in found), None)
+        if missing is not None:
+            raise ConfigError(f"{url}: sample {missing!r} has no cls (the label)")
+        images = {k: found[k] for k in images}
+    return images
+
+
+def _label(url: str, key: str, cls: bytes) -> int:
+    try:
+        return int(cls)
+    except ValueError:
+        raise ConfigError(f"{url}: sample {key!r}: cls is {cls[:20]!r}, not an integer label") from None
 
 
 def _key_index(key: str) -> int:
@@ -109,16 +145,20 @@ def _samples(url: str) -> Iterator[dict]:
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """An iterable dataset over shards: (uint8 (3, size, size) image, label) pairs of one epoch (`set_epoch`).
+    """An iterable dataset over shards: (uint8 (3, size, size) image, label) pairs of one epoch (`set_epoch`), or
+    with `batch_size` each reader's collated batches of that many (see `skip`).
 
     `shuffle` permutes the shards and passes the samples through the shuffle buffer (training); `augment` draws a
     RandomResizedCrop + flip (training), else resize and center crop. `rank` and `world` are the process's place in
-    a torchrun; DataLoader workers are found with get_worker_info.
+    a torchrun; DataLoader workers are found with get_worker_info. `counts` (samples per shard URL) spares
+    `process_samples` reading the headers again. `skip[w]`: how many of reader w's first batches to hand over
+    empty, their samples read but not decoded (resuming inside an epoch).
     """
 
     def __init__(
         self, shards: str | list[str], image_size: int, *, shuffle: bool, augment: bool, seed: int = 0, rank: int = 0,
-        world: int = 1, shuffle_buffer: int = 1000,
+        world: int = 1, shuffle_buffer: int = 1000, counts: dict[str, int] | None = None,
+        batch_size: int | None = None, skip: Sequence[int] = (),
     ):
         if image_size < 1:
             raise ConfigError(f"image_size must be >= 1, got {image_size}")
@@ -126,12 +166,15 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise ConfigError(f"rank must be in [0, {world}), got {rank}")
         if seed < 0 or shuffle_buffer < 1:
             raise ConfigError(f"seed must be >= 0 and shuffle_buffer >= 1, got {seed} and {shuffle_buffer}")
+        if (batch_size is not None and batch_size < 1) or any(k < 0 for k in skip):
+            raise ConfigError(f"batch_size must be >= 1 and skip >= 0, got {batch_size} and {list(skip)}")
         self.urls = expand_shards(shards)
         _parts(self.urls, rank, world, f"{world} processes")
         self.image_size, self.shuffle, self.augment, self.seed = image_size, shuffle, augment, seed
         self.rank, self.world = rank, world
         self.shuffle_buffer, self.epoch = shuffle_buffer, 0
-        self._counts: dict[str, int] | None = None
+        self._counts = counts
+        self.batch_size, self.skip = batch_size, tuple(skip)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -165,34 +208,65 @@ class ShardStream(torch.utils.data.IterableDataset):
             found = ", ".join(sorted(k for k in sample if not k.startswith("__"))) or "nothing"
             need = "cls (the label)" if ext is not None else "image (jpg, jpeg or png)"
             raise ConfigError(f"{url}: sample {key!r} has no {need}; it has {found}")
-        try:
-            label = int(sample["cls"])
-        except ValueError:
-            raise ConfigError(f"{url}: sample {key!r}: cls is {sample['cls'][:20]!r}, not an integer label") from None
+        label = _label(url, key, sample["cls"])
         rng = sample_rng(self.seed, self.epoch, _key_index(key)) if self.augment else None
         try:
             with Image.open(io.BytesIO(sample[ext])) as img:
                 x = eval_transform(img, self.image_size) if rng is None else train_transform(img, self.image_size, rng)
             return x, label
         except _BAD_IMAGE as e:
-            print(f"supermask: warning: skipping {url}: {key}.{ext}, an image that cannot be decoded"
-                  f" ({_one_line(e)})", file=sys.stderr, flush=True)
+            print(f"supermask: warning: skipping {url}: {key}.{ext}, an image that cannot be decoded ({_one_line(e)});"
+                  " the next one takes its place", file=sys.stderr, flush=True)
             return None
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    def _raw(self, worker: int, workers: int) -> Iterator[dict]:
+        """Reader `worker`'s encoded samples of the epoch, in the order it yields them."""
         samples: Iterator[dict] = (s for url in self.reader_shards(worker, workers) for s in _samples(url))
         if self.shuffle:
             seed = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker]).generate_state(1)[0]
             samples = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=random.Random(int(seed)))(samples)
-        for sample in samples:  # decoded after the shuffle: the buffer holds encoded images, not pixels
+        return samples
+
+    def _decoded(self, samples: Iterator[dict]) -> Iterator[tuple[torch.Tensor, int]]:
+        """The samples decoded (after the shuffle: the buffer holds encoded images, not pixels), one out per sample in:
+        an undecodable image is replaced by the next decodable one (the previous one at the end)."""
+        bad, last = 0, None
+        for sample in samples:
             item = self._decode(sample)
-            if item is not None:
+            if item is None:
+                bad += 1
+                if bad >= _MAX_BAD_IN_A_ROW:
+                    raise ConfigError(f"{sample['__url__']}: {bad} images in a row cannot be decoded, the last"
+                                      f" {sample['__key__']!r}; is the data intact?")
+                continue
+            for _ in range(bad + 1):
                 yield item
+            bad, last = 0, item
+        if bad and last is None:
+            raise ConfigError(f"no image of {', '.join(self.urls)} can be decoded")
+        for _ in range(bad):
+            yield last
+
+    def __iter__(self) -> Iterator:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        samples = self._raw(worker, workers)
+        if self.batch_size is None:
+            yield from self._decoded(samples)
+            return
+        for _ in range(self.skip[worker] if worker < len(self.skip) else 0):
+            if sum(1 for _ in itertools.islice(samples, self.batch_size)) == 0:  # read through, not decoded
+                return
+            yield self.collate([])
+        decoded = self._decoded(samples)
+        while batch := list(itertools.islice(decoded, self.batch_size)):
+            yield self.collate(batch)
 
     def collate(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 (B, 3, size, size), int64 (B,))."""
+        """(uint8 (B, 3, size, size), int64 (B,)); B may be 0 (a skipped batch)."""
+        if not samples:
+            s = self.image_size
+            return torch.empty((0, 3, s, s), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         return torch.stack([x for x, _ in samples]), torch.tensor([y for _, y in samples], dtype=torch.int64)
 
 

@@ -263,13 +263,19 @@ def load_stream(root: Path, name: str, *, image_size: int | None = None, num_wor
                 index: StreamIndex | None = None) -> StreamDataset:
     """The image folder `root` as a StreamDataset (images `image_size` pixels square, default 224; `num_workers`
     decoding processes, default min(8, CPU cores))."""
+    size, workers = stream_settings(image_size, num_workers)
+    return StreamDataset(name, index or index_image_folder(root), size, str(root), workers)
+
+
+def stream_settings(image_size: int | None, num_workers: int | None) -> tuple[int, int]:
+    """(image size, DataLoader workers) of a streamed set: by default 224 pixels and min(8, CPU cores) workers."""
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     if size < 1:
         raise ConfigError(f"image_size={size} must be >= 1")
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
     if workers < 0:
         raise ConfigError(f"num_workers={workers} must be >= 0")
-    return StreamDataset(name, index or index_image_folder(root), size, str(root), workers)
+    return size, workers
 
 
 def auto_stream_index(root: Path) -> StreamIndex | None:
