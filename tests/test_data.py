@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import struct
@@ -31,6 +30,7 @@ from supermask.data import (
     train_batches,
 )
 from supermask.errors import ConfigError
+from tar_helpers import write_tar
 
 REAL_DATA = Path(os.environ.get("SUPERMASK_DATA") or Path(__file__).parents[2] / "shared" / "datasets")
 
@@ -281,18 +281,9 @@ def _cifar_members(per_batch: int = 4) -> tuple[dict[str, bytes], np.ndarray, np
     return members, np.concatenate(xs).reshape(-1, 3, 32, 32), np.concatenate(ys)
 
 
-def _write_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tf:
-        for name, blob in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tf.addfile(info, io.BytesIO(blob))
-    return path
-
-
 def _cifar10_archive(path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     members, x, y = _cifar_members()
-    _write_tar(path, {f"cifar-10-batches-py/{k}": v for k, v in members.items()})
+    write_tar(path, {f"cifar-10-batches-py/{k}": v for k, v in members.items()}, "w:gz")
     return path, x, y
 
 
@@ -335,7 +326,8 @@ def test_load_cifar100_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "test": pickle.dumps({b"fine_labels": [5, 6], b"coarse_labels": [0] * 2, b"data": x[5:]}, 2),
         "meta": pickle.dumps({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}, 2),
     }
-    path = _write_tar(tmp_path / "cifar-100-python.tar.gz", {f"cifar-100-python/{k}": v for k, v in members.items()})
+    path = write_tar(tmp_path / "cifar-100-python.tar.gz", {f"cifar-100-python/{k}": v for k, v in members.items()},
+                     "w:gz")
     monkeypatch.setitem(data.CIFAR_MD5, "cifar100", hashlib.md5(path.read_bytes()).hexdigest())
     ds = load_dataset("cifar100", tmp_path)
     assert ds.num_classes == 100 and ds.train_y.tolist() == [0, 1, 2, 3, 99] and ds.test_y.tolist() == [5, 6]
@@ -359,7 +351,8 @@ def test_restricted_unpickler_rejects_code(tmp_path: Path):
     # the same inside an archive that otherwise looks official
     members, _, _ = _cifar_members()
     members["data_batch_3"] = blob
-    path = _write_tar(tmp_path / "cifar-10-python.tar.gz", {f"cifar-10-batches-py/{k}": v for k, v in members.items()})
+    path = write_tar(tmp_path / "cifar-10-python.tar.gz", {f"cifar-10-batches-py/{k}": v for k, v in members.items()},
+                     "w:gz")
     with pytest.raises(ConfigError, match="refusing"):
         read_cifar_archive(path, "cifar10", md5=None)
     assert not marker.exists()

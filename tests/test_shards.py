@@ -4,9 +4,7 @@ import hashlib
 import importlib
 import io
 import sys
-import tarfile
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ pytest.importorskip("webdataset")
 from supermask.data.shards import ShardStream, _key_index, count_samples, expand_shards, shard_loader  # noqa: E402
 from supermask.data.transforms import eval_transform, sample_rng, train_transform  # noqa: E402
 from supermask.errors import ConfigError  # noqa: E402
+from tar_helpers import write_tar  # noqa: E402
 
 SIZE = 32
 
@@ -29,15 +28,6 @@ def _epoch(stream: ShardStream, epoch: int = 0, workers: int = 0) -> list[tuple[
     """(image digest, label) of every sample of one epoch, in the order read."""
     return [(_digest(x), int(y)) for xs, ys in shard_loader(stream, 7, epoch=epoch, num_workers=workers)
             for x, y in zip(xs, ys)]
-
-
-def _write_tar(path: Path, files: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def _jpeg(color=(200, 30, 30), size=(60, 40)) -> bytes:
@@ -140,23 +130,23 @@ def test_the_transforms_are_the_folder_sources(imagenet_like):
 
 
 def test_a_sample_without_a_label_names_the_shard_and_key(tmp_path):
-    shard = _write_tar(tmp_path / "s-0.tar", {"a.jpg": _jpeg(), "a.cls": b"1", "b.jpg": _jpeg(), "b.json": b"{}"})
+    shard = write_tar(tmp_path / "s-0.tar", {"a.jpg": _jpeg(), "a.cls": b"1", "b.jpg": _jpeg(), "b.json": b"{}"})
     stream = ShardStream(str(shard), SIZE, shuffle=True, augment=True)
     with pytest.raises(ConfigError, match=r"s-0\.tar: sample 'b' has no cls \(the label\); it has jpg, json"):
         _epoch(stream)
     with pytest.raises(ConfigError, match=r"s-0\.tar: sample 'b' has no cls"):  # raised in a worker, still named
         _epoch(stream, workers=1)
-    shard = _write_tar(tmp_path / "s-1.tar", {"a.txt": b"hi", "a.cls": b"1"})
+    shard = write_tar(tmp_path / "s-1.tar", {"a.txt": b"hi", "a.cls": b"1"})
     with pytest.raises(ConfigError, match=r"s-1\.tar: sample 'a' has no image \(jpg, jpeg or png\); it has cls, txt"):
         _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
-    shard = _write_tar(tmp_path / "s-2.tar", {"a.png": _jpeg(), "a.cls": b"cat"})
+    shard = write_tar(tmp_path / "s-2.tar", {"a.png": _jpeg(), "a.cls": b"cat"})
     with pytest.raises(ConfigError, match=r"s-2\.tar: sample 'a': cls is b'cat', not an integer label"):
         _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
 
 
 def test_a_corrupt_image_is_named_and_replaced_by_the_next_decodable_one(tmp_path, capfd):
     good, red = _jpeg(), _jpeg(color=(0, 0, 250))
-    shard = _write_tar(tmp_path / "s-0.tar", {"a.jpg": good, "a.cls": b"0", "b.jpg": good[: len(good) // 3],
+    shard = write_tar(tmp_path / "s-0.tar", {"a.jpg": good, "a.cls": b"0", "b.jpg": good[: len(good) // 3],
                                               "b.cls": b"1", "c.jpeg": b"not a jpeg", "c.cls": b"2",
                                               "d.png": red, "d.cls": b"3", "e.jpg": b"", "e.cls": b"4"})
     got = _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
@@ -168,11 +158,11 @@ def test_a_corrupt_image_is_named_and_replaced_by_the_next_decodable_one(tmp_pat
 
 
 def test_a_shard_of_undecodable_images_is_an_error_not_an_empty_epoch(tmp_path):
-    shard = _write_tar(tmp_path / "s-0.tar", {"a.jpg": b"x", "a.cls": b"0", "b.jpg": b"y", "b.cls": b"1"})
+    shard = write_tar(tmp_path / "s-0.tar", {"a.jpg": b"x", "a.cls": b"0", "b.jpg": b"y", "b.cls": b"1"})
     with pytest.raises(ConfigError, match=r"no image of .*s-0\.tar can be decoded"):
         _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
     many = {f"k{i:02d}.{ext}": (b"bad" if ext == "jpg" else b"0") for i in range(20) for ext in ("jpg", "cls")}
-    shard = _write_tar(tmp_path / "s-1.tar", many)
+    shard = write_tar(tmp_path / "s-1.tar", many)
     with pytest.raises(ConfigError, match=r"s-1\.tar: 16 images in a row cannot be decoded, the last 'k15'"):
         _epoch(ShardStream(str(shard), SIZE, shuffle=False, augment=False))
 
@@ -198,7 +188,7 @@ def test_sample_counts_come_from_tar_headers(imagenet_like, tmp_path):
     assert [count_samples(u) for u in urls] == [20, 20, 20, 20]
     files = {"a.jpg": _jpeg(), "a.cls": b"1", "d/e.JPG": _jpeg(), "d/e.cls": b"2", "b.c.png": _jpeg(), "b.c.cls": b"3",
              "c.cls": b"4", "f.json": b"{}"}
-    shard = _write_tar(tmp_path / "s-0.tar", files)
+    shard = write_tar(tmp_path / "s-0.tar", files)
     # keys split as the reader splits them: a and d/e have an image; b's files are c.png and c.cls; c, f have none
     assert count_samples(str(shard)) == 2
     uneven = urls + [str(shard)]
