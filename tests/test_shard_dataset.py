@@ -120,6 +120,20 @@ def test_memory_mode_and_missing_evaluation_shards_are_named(imagenet_like, tmp_
         supermask.data.load_dataset(str(tmp_path / "only"), mode="stream")
 
 
+def test_a_shard_without_labels_is_named_when_the_run_starts(imagenet_like, tmp_path, capsys):
+    from tar_helpers import write_tar
+
+    val = imagenet_like.root / "shards" / "val-000000.tar"
+    (tmp_path / "val-000000.tar").write_bytes(val.read_bytes())
+    write_tar(tmp_path / "train-000000.tar", {"a.jpg": val.read_bytes()[:10], "a.cls": b"1", "b.jpg": b"x"})
+    with pytest.raises(ConfigError, match=r"train-000000\.tar: sample 'b' has no cls \(the label\)"):
+        supermask.data.load_dataset(str(tmp_path), mode="auto")
+    assert main(["train", "digits", f"dataset={tmp_path}", "device=cpu", f"out_dir={tmp_path / 'r'}", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "has no cls" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("world", [1, 2])
 def test_every_process_takes_the_same_steps_of_disjoint_samples(imagenet_like, world):
     ds = _shards(imagenet_like, workers=1)
