@@ -59,7 +59,8 @@ class Config:
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
     dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), imagenet "
-                                 "(DATA/imagenet, streamed), or a path to an image folder / .tar.gz")
+                                 "(DATA/imagenet, streamed), or a path to an image folder / .tar.gz or to a folder "
+                                 "of WebDataset shards (train-*.tar and val-*.tar, streamed)")
     data_dir: str | None = _opt(None, "folder holding the datasets (default: $SUPERMASK_DATA)")
     data_mode: str = _opt("auto", "memory (decode the whole set once), stream (decode each image when a batch needs it, "
                                   "in worker processes: image folders too large for memory or of mixed sizes), or auto "
