@@ -285,6 +285,11 @@ def test_progress_is_a_plain_line_per_epoch_when_stderr_is_not_a_terminal(tmp_pa
     for epoch, line in enumerate(lines):
         assert f"test acc {metrics[0][epoch]['test_acc']:.4f} {metrics[1][epoch]['test_acc']:.4f}, " in line
         assert re.search(r", \d+\.\d s, \d+ img/s$", line), line
+        # each run records the group's pace, as a run alone records its own
+        first, second = metrics[0][epoch], metrics[1][epoch]
+        assert line.endswith(f", {first['images_per_s']:.0f} img/s") and first["images_per_s"] > 0
+        assert (first["images_per_s"], first["data_wait"]) == (second["images_per_s"], second["data_wait"])
+        assert 0 <= first["data_wait"] <= 1
 
 
 def test_progress_is_a_bar_on_a_terminal_and_nothing_when_quiet(tmp_path, capsys, monkeypatch):

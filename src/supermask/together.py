@@ -45,7 +45,8 @@ from .models import build_model
 from .progress import is_live, log_line
 from .schedule import end_of_epoch, iterand_step, step_fires
 from .train import (TrainingError, _check_resumable, _finish, build, input_layout, learning_rate, load_data, new_state,
-                    optimizer_for, pick_device, place, record_epoch, resolve_data_paths, write_logs)
+                    WaitClock, optimizer_for, pick_device, place, record_epoch, resolve_data_paths, speed,
+                    write_logs)
 
 FORWARDS = ("auto", "loop", "vmap")
 GROUP_CHECKPOINT = "together.safetensors"
@@ -330,7 +331,8 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
             start = time.perf_counter()
             group.train(True)
             sums = torch.zeros(n, 3, dtype=torch.float64, device=device)  # loss, correct, seen
-            for x, y in group_batches(ds, cfgs, epoch, device):
+            batches = WaitClock(group_batches(ds, cfgs, epoch, device))
+            for x, y in batches:
                 logits = group(to_layout(x, first.channels_last))
                 losses = per_run_losses(logits, y, first.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -349,14 +351,16 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
                 if step % 20 == 0:
                     _check_finite(cfgs, group, losses, epoch, lr)
             _check_finite(cfgs, group, sums[:, 0], epoch, lr)
-            images_per_s = float(sums[:, 2].sum()) / (time.perf_counter() - start)  # the training pass, all runs
+            # the training pass of all runs: images/s counts every run's images, as a run alone would its own
+            pace = speed(float(sums[:, 2].sum()), time.perf_counter() - start, batches.waited)
+            images_per_s = pace["images_per_s"]
             results = evaluate_together(group, ds, first.eval_batch_size, device, first.channels_last)
             elapsed = time.perf_counter() - start
             seconds = elapsed / n  # each run's share of the group's time
             for i, (cfg, model, state) in enumerate(zip(cfgs, group.models, states)):
                 state["schedule"] += end_of_epoch(model, cfg, epoch, step)
                 loss_sum, correct, seen = sums[i].tolist()
-                record_epoch(state, lr, (loss_sum / seen, correct / seen), results[i], seconds)
+                record_epoch(state, lr, (loss_sum / seen, correct / seen), results[i], seconds, pace)
             accs = [r[1] for r in results]
             bar.set_postfix({"test_acc": f"{min(accs):.3f}-{max(accs):.3f}", "img/s": f"{images_per_s:.0f}"},
                             refresh=True)
