@@ -50,6 +50,7 @@ except ImportError:  # an optional extra: say how to get it, in one line
     raise ConfigError("WebDataset shards need the webdataset package: pip install 'supermask[stream]'") from None
 
 from .base import _one_line
+from .stream import collate_images
 from .transforms import eval_transform, sample_rng, train_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png")
@@ -264,10 +265,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def collate(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (B, 3, size, size), int64 (B,)); B may be 0 (a skipped batch)."""
-        if not samples:
-            s = self.image_size
-            return torch.empty((0, 3, s, s), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        return torch.stack([x for x, _ in samples]), torch.tensor([y for _, y in samples], dtype=torch.int64)
+        return collate_images(samples, self.image_size)
 
 
 def shard_loader(

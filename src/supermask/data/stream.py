@@ -355,10 +355,14 @@ class ImageStream(torch.utils.data.Dataset):
 
     def collate(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (B, 3, size, size), int64 (B,)); B may be 0 (a process's empty part of a short last batch)."""
-        if not samples:
-            s = self.image_size
-            return torch.empty((0, 3, s, s), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        return torch.stack([x for x, _ in samples]), torch.tensor([y for _, y in samples], dtype=torch.int64)
+        return collate_images(samples, self.image_size)
+
+
+def collate_images(samples: list[tuple[torch.Tensor, int]], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, label) samples as (uint8 (B, 3, size, size), int64 (B,)); no samples give B = 0."""
+    if not samples:
+        return (torch.empty((0, 3, image_size, image_size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+    return torch.stack([x for x, _ in samples]), torch.tensor([y for _, y in samples], dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------------------------- #
