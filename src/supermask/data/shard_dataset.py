@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def find_shard_files(root: Path) -> tuple[list[str], list[str]] | None:
 @dataclass(frozen=True, eq=False, repr=False)
 class ShardDataset:
     """Shards read lazily, with the attributes of an in-memory Dataset a run reads; the labels of every shard are
-    read when it is opened (tar headers and the small cls files), to count the samples and the classes."""
+    read when it is opened (tar headers and the small cls files), to count the samples and the classes. What is
+    derived from the labels is computed once (cached_property): a run asks for it every epoch."""
 
     name: str
     train_shards: tuple[str, ...]
@@ -76,7 +78,7 @@ class ShardDataset:
     def in_channels(self) -> int:
         return 3
 
-    @property
+    @cached_property
     def num_classes(self) -> int:
         return 1 + max(int(y.max()) for y in self.labels.values() if len(y))
 
@@ -84,15 +86,15 @@ class ShardDataset:
     def classes(self) -> tuple[str, ...]:
         return tuple(str(i) for i in range(self.num_classes))
 
-    @property
+    @cached_property
     def counts(self) -> dict[str, int]:
         return {url: len(y) for url, y in self.labels.items()}
 
-    @property
+    @cached_property
     def train_y(self) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([self.labels[u] for u in self.train_shards]))
 
-    @property
+    @cached_property
     def test_y(self) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([self.labels[u] for u in self.test_shards]))
 
