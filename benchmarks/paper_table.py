@@ -28,7 +28,8 @@ The vit profile is issue 11's table: ViT-Lite-7/4 (`vit`, its built-in config: A
 0.1) at width 0.25 on the CIFAR-10 copy, 10 epochs, Edge-Popup, Biprop, EP+IWR and Biprop+IWR at 50% and 90%
 pruned, and dense: 9 runs. benchmarks/results/step_time_vit.json measured 0.45 s per Edge-Popup step (0.47
 Biprop, 0.41 dense) at batch 128 on 2 threads: 391 steps and a test pass per epoch, about 3 minutes an epoch and
-30 minutes a cell. The papers publish no transformer figures, and no IWR recipe for one: vit takes
+30 minutes a cell alone; run two at a time on 2 cores (--workers 2, a thread each), an epoch took 5 minutes, a cell
+50, the table about 4 hours. The papers publish no transformer figures, and no IWR recipe for one: vit takes
 `config.paper_schedule`'s default, the recipe the paper gives every model but Conv-6 and ResNet-18 (EP+IWR F 3,
 r 0.1; Biprop+IWR has one recipe, F 10, r 0.2). The paper states no rule behind the exception (Conv-8, larger than
 Conv-6, keeps the default), so the default it is: the recipe of the cpu profile's Conv-4 at width 0.25, a network
