@@ -29,15 +29,16 @@ The vit profile is issue 11's table: ViT-Lite-7/4 (`vit`, its built-in config: A
 pruned, and dense: 9 runs. benchmarks/results/step_time_vit.json measured 0.45 s per Edge-Popup step (0.47
 Biprop, 0.41 dense) at batch 128 on 2 threads: 391 steps and a test pass per epoch. Alone on 2 cores (--workers 1,
 2 threads) an epoch took about 2 minutes and a cell 20 (1172 s for Biprop+IWR at 90%), the table about 3 hours;
-two at a time (--workers 2, a thread each) an epoch took 5 minutes and a cell 50, so one at a time is faster here. The papers publish no transformer figures, and no IWR recipe for one: vit takes
+two at a time (--workers 2, a thread each) an epoch took 5 minutes and a cell 50, so one at a time is faster here.
+The papers publish no transformer figures, and no IWR recipe for one: vit takes
 `config.paper_schedule`'s default, the recipe the paper gives every model but Conv-6 and ResNet-18 (EP+IWR F 3,
 r 0.1; Biprop+IWR has one recipe, F 10, r 0.2). The paper states no rule behind the exception (Conv-8, larger than
 Conv-6, keeps the default), so the default it is: the recipe of the cpu profile's Conv-4 at width 0.25, a network
 of about vit's size at width 0.25 (0.15 M weights against 0.24 M), so the two tables compare like with like.
 
 Short runs scale the IWR period with the run (F as a fraction of training: the paper's F / 250 epochs), or the
-schedule would never fire (10 epochs: F 1 for both recipes, recycling after epochs 1 to 8 counted from 0, 8 steps); IteRand keeps its
-period of 300 iterations.
+schedule would never fire (10 epochs: F 1 for both recipes, recycling after epochs 1 to 8 counted from 0, 8 steps);
+IteRand keeps its period of 300 iterations.
 """
 
 from __future__ import annotations
