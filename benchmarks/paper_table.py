@@ -44,6 +44,7 @@ IteRand keeps its period of 300 iterations.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, portable_path  # noqa: E402
 
 from supermask.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
-from supermask.config import make_config, paper_schedule  # noqa: E402
+from supermask.config import make_config, paper_epochs, paper_schedule, recorded_config  # noqa: E402
 from supermask.errors import ConfigError, SupermaskError  # noqa: E402
 from supermask.reuse import check_reuse  # noqa: E402
 from supermask.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text, paired_differences,  # noqa: E402
@@ -74,6 +75,7 @@ PUBLISHED: dict[tuple[str, float, float], dict[str, float]] = {
     ("conv8", 1.0, 0.9): {"edge-popup": 83.6, "biprop": 84.84, "iterand": 84.73, "edge-popup+iwr": 86.93, "biprop+iwr": 86.4, "dense": 89.41},
     ("resnet18", 1.0, 0.95): {"edge-popup": 92.5, "biprop": 92.62, "iterand": 86.52, "biprop+iwr": 93.46, "dense": 93.03},
     ("resnet18", 1.0, 0.99): {"edge-popup": 81.67, "biprop": 82.6, "iterand": 80.25, "biprop+iwr": 85.3, "dense": 93.03},
+    ("conv4", 0.1, 0.5): {"edge-popup": 50.73, "edge-popup+iwr": 59.82, "biprop": 50.4, "biprop+iwr": 59.64, "iterand": 59.3, "dense": 67.26},
     ("conv4", 0.25, 0.5): {"edge-popup": 73.34, "edge-popup+iwr": 78.92, "biprop": 73.23, "biprop+iwr": 78.51, "iterand": 78.91, "dense": 81.13},
 }
 
@@ -84,12 +86,19 @@ PROFILES = {
              "seeds": [0, 1, 2], "epochs": PAPER_EPOCHS, "methods": list(METHODS)},
     "vit": {"models": ["vit"], "widths": [0.25], "prune_rates": [0.5, 0.9], "seeds": [0], "epochs": 10,
             "methods": ["edge-popup", "biprop", "edge-popup+iwr", "biprop+iwr", "dense"]},
+    # Issue 23: the width-0.1 column of the paper's width figure at its own budget (epochs None: 250 for a mask
+    # search, 100 for dense, as the built-in conv4 config says). The headline methods first.
+    "width01": {"models": ["conv4"], "widths": [0.1], "prune_rates": [0.5], "seeds": [0, 1, 2], "epochs": None,
+                "methods": ["edge-popup", "edge-popup+iwr", "dense", "biprop", "biprop+iwr", "iterand"]},
 }
 # Config keys that say where a run's files are, not what it computes: a recorded row does not depend on them.
 PLACE_KEYS = ("out_dir", "data_dir")
 
 
-def cell_overrides(model: str, width: float, prune_rate: float, method: str, seed: int, epochs: int, data_dir: str | None) -> dict:
+def cell_overrides(model: str, width: float, prune_rate: float, method: str, seed: int, epochs: int | None,
+                   data_dir: str | None) -> dict:
+    if epochs is None:  # the papers' own budget for the method
+        epochs = paper_epochs(model, method != "dense")
     o = {"model": model, "width": width, "prune_rate": prune_rate, "method": method, "epochs": epochs,
          "weight_seed": seed, "score_seed": seed, "data_seed": seed}
     if data_dir:
@@ -104,14 +113,23 @@ def cell_name(o: dict) -> str:
     return f"{o['model']}-w{o['width']:g}-{o['method']}-p{o['prune_rate']:g}-e{o['epochs']}-s{o['weight_seed']}"
 
 
-def row_of(summary: dict) -> dict:
+def row_of(summary: dict, run_dir: Path) -> dict:
     """A run's row in the committed results: no path of this machine (the dataset as its file name and checksum,
-    the run directory relative)."""
+    the run directory relative), and its test accuracy after each epoch (`curve`), which outlives the run
+    directory."""
     keys = ("method", "model", "width", "prune_rate", "epochs", "weight_seed", "score_seed", "data_seed", "test_acc",
             "best_test_acc", "seconds", "params_total", "params_kept")
     return {**{k: summary[k] for k in keys}, "dataset_source": Path(summary["dataset_source"]).name,
             "dataset_sha256": summary.get("dataset_sha256"), "out_dir": portable_path(summary["out_dir"]),
-            "seed": summary["weight_seed"]}
+            "seed": summary["weight_seed"], "curve": test_curve(run_dir)}
+
+
+def test_curve(run_dir: Path) -> list[float]:
+    """Test accuracy after each epoch, from the run's metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["test_acc"] for line in path.read_text().splitlines() if line.strip()]
 
 
 def markdown(cells: list[dict], differences: list[dict], methods: list[str]) -> str:
@@ -155,7 +173,7 @@ def recorded_rows(path: Path) -> dict[str, dict]:
     return {r["cell"]: r for r in read_json(path).get("rows", []) if "cell" in r and "config" in r}
 
 
-def recorded_config(cfg) -> dict:
+def row_config(cfg) -> dict:
     """What a row records of its cell: the resolved config, without where the files are."""
     return {k: v for k, v in cfg.to_dict().items() if k not in PLACE_KEYS}
 
@@ -163,10 +181,10 @@ def recorded_config(cfg) -> dict:
 def difference(row: dict, cfg) -> str | None:
     """Why a recorded row does not stand for the cell of config `cfg`, or None when it does."""
     try:  # read back like a run's config.yaml: keys added since take their defaults
-        then = recorded_config(make_config(None, row["config"]))
+        then = row_config(recorded_config(row["config"]))
     except ConfigError as e:
         return f"a config this supermask cannot read ({e})"
-    now = recorded_config(cfg)
+    now = row_config(cfg)
     keys = [k for k in now if then.get(k) != now[k]]
     return ", ".join(f"{k}={then.get(k)!r} there, {k}={now[k]!r} now" for k in keys) or None
 
@@ -185,6 +203,7 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", default="runs/paper_table", help="where the cells' run directories go")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"), help="where <name>.json/md/png go")
     ap.add_argument("--name", help="results file name (default: paper_table_<profile>)")
+    ap.add_argument("--threads", type=int, help="torch threads per cell (default: the cores divided by --workers)")
     ap.add_argument("--workers", type=int, default=1, help="cells run at once by local worker processes")
     ap.add_argument("--together", type=int, default=0, metavar="N",
                     help="train up to N seeds of a cell in one process (0: every run alone, the default)")
@@ -216,6 +235,8 @@ def main(argv=None) -> None:
                         if method == "dense" and p != prof["prune_rates"][0]:
                             continue  # dense prunes nothing: one run stands for every prune rate
                         o = cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir)
+                        if args.threads:
+                            o["threads"] = args.threads
                         cells.append(Cell(cell_name(o), o, Path(args.runs) / cell_name(o), base=args.base or model))
     configs = {c.name: make_config(c.base, {**c.overrides, "out_dir": str(c.out_dir)}) for c in cells}
 
@@ -240,8 +261,8 @@ def main(argv=None) -> None:
         rows = []
         for c in cells:
             if c.finished:
-                rows.append({"cell": c.name, **row_of(read_json(c.out_dir / "summary.json")),
-                             "config": recorded_config(configs[c.name]), "machine": machine()})
+                rows.append({"cell": c.name, **row_of(read_json(c.out_dir / "summary.json"), c.out_dir),
+                             "config": row_config(configs[c.name]), "machine": machine()})
             elif c.name in reused:
                 rows.append(reused[c.name])
         ours = {c.name for c in cells}

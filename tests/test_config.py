@@ -1,6 +1,7 @@
 """Config loading, overrides, method-dependent defaults, and one-line errors for bad values."""
 
 import pytest
+import yaml
 
 from supermask import ConfigError
 from supermask.config import builtin_configs, make_config, parse_overrides
@@ -221,3 +222,29 @@ def test_help_shows_the_effective_defaults():
         assert getattr(cfg, key) == [] and help_lines[key].endswith("[default: []]"), help_lines[key]
     assert cfg.include_params == [] and "default: every weight" in help_lines["include_params"]
     assert help_lines["model"].endswith(f"[default: {cfg.model}]")
+
+
+def test_biprop_grad_defaults_to_the_published_gradient_and_only_biprop_takes_it():
+    assert make_config(None, {"method": "biprop"}).biprop_grad == "weight"
+    assert make_config(None, {"method": "biprop+iwr", "biprop_grad": "alpha"}).biprop_grad == "alpha"
+    assert make_config(None, {"method": "edge-popup"}).biprop_grad is None
+    with pytest.raises(ConfigError, match="biprop_grad='alpha' applies only to method=biprop"):
+        make_config(None, {"method": "edge-popup", "biprop_grad": "alpha"})
+    with pytest.raises(ConfigError, match="biprop_grad"):
+        make_config(None, {"method": "biprop", "biprop_grad": "sign"})
+
+
+def test_a_biprop_run_recorded_before_biprop_grad_reads_as_the_alpha_gradient(tmp_path):
+    from supermask.config import dump_yaml, recorded_config
+
+    old = make_config(None, {"method": "biprop"}).to_dict()
+    del old["biprop_grad"]  # what a run made before the key existed recorded
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert recorded_config(str(tmp_path / "config.yaml")).biprop_grad == "alpha"
+    assert make_config(str(tmp_path / "config.yaml")).biprop_grad == "weight"  # a user's YAML takes today's default
+    new = make_config(None, {"method": "biprop"})
+    (tmp_path / "config.yaml").write_text(dump_yaml(new))
+    assert recorded_config(str(tmp_path / "config.yaml")).biprop_grad == "weight"
+    ep = make_config(None, {"method": "edge-popup"}).to_dict()
+    del ep["biprop_grad"]
+    assert recorded_config(ep).biprop_grad is None

@@ -40,16 +40,49 @@ def test_edge_popup_weight_and_score_gradient():
     assert layer.parametrizations.weight.original.grad is None
 
 
+def _biprop_with(grad):
+    layer = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(W)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", Biprop(S.clone(), 0.5, grad=grad))
+    layer.parametrizations.weight.original.requires_grad_(False)
+    return layer
+
+
 def test_biprop_alpha_and_weight():
     layer = _linear_with(Biprop, W, S, 0.5)
     kept = torch.tensor([[True, False], [True, False]])
     alpha = (1.0 + 3.0) / 2  # mean |w| over the kept weights
     assert biprop_alpha(W, kept).item() == alpha
     assert torch.equal(layer.weight, torch.tensor([[alpha, 0.0], [alpha, 0.0]]))
+
+
+# W = [[1, -2], [3, -4]], S = [[0.4, -0.1], [-0.3, 0.2]]: kept (0,0) and (1,0), alpha = (1 + 3) / 2 = 2.
+# x = [1, 2] and L = sum(W_eff @ x), so dL/dW_eff[i, j] = x[j] = [[1, 2], [1, 2]] and sign(S) = [[1, -1], [-1, 1]].
+def test_biprop_score_gradient_is_the_published_one_by_default():
+    layer = _biprop_with("weight")
+    assert torch.equal(layer.weight, torch.tensor([[2.0, 0.0], [2.0, 0.0]]))  # the value is the same either way
     layer(torch.tensor([[1.0, 2.0]])).sum().backward()
-    # alpha is a constant in backward: dL/d|S| = dL/dW_eff * alpha * sign(W)
-    expected = torch.tensor([[1.0, 2.0], [1.0, 2.0]]) * alpha * W.sign() * S.sign()
-    assert torch.allclose(layer.parametrizations.weight[0].scores.grad, expected)
+    # GetQuantnet_binary's backward sends g * |W| to |S|; the layer's sign(W) makes it g * W: dL/dS = g * W * sign(S)
+    # = [[1*1*1, 2*-2*-1], [1*3*-1, 2*-4*1]]
+    assert layer.parametrizations.weight[0].scores.grad.tolist() == [[1.0, 4.0], [-3.0, -8.0]]
+    assert Biprop(S.clone(), 0.5).grad == "weight"
+
+
+def test_biprop_alpha_gradient_is_kept_as_an_option():
+    layer = _biprop_with("alpha")
+    assert torch.equal(layer.weight, torch.tensor([[2.0, 0.0], [2.0, 0.0]]))
+    layer(torch.tensor([[1.0, 2.0]])).sum().backward()
+    # alpha * sign(W) * M differentiated with alpha constant: dL/dS = g * alpha * sign(W) * sign(S)
+    # = [[1*2*1*1, 2*2*-1*-1], [1*2*1*-1, 2*2*-1*1]]
+    assert layer.parametrizations.weight[0].scores.grad.tolist() == [[2.0, 4.0], [-2.0, -4.0]]
+
+
+def test_biprop_grad_is_checked():
+    with pytest.raises(supermask.ConfigError, match="biprop_grad 'sign'"):
+        Biprop(S.clone(), 0.5, grad="sign")
+    model = supermask.convert(nn.Sequential(nn.Linear(4, 3)), "biprop", 0.5, biprop_grad="alpha")
+    assert model[0].parametrizations.weight[0].grad == "alpha"
 
 
 def test_mask_is_computed_once_in_evaluation(monkeypatch):

@@ -40,9 +40,19 @@ def test_stacked_masks_equal_each_row_alone_ties_included():
 def test_biprop_alpha_per_run_equals_alone():
     w = torch.randn(4, 3, 5)
     m = torch.rand(4, 3, 5) < 0.5
-    stacked = Biprop.combine(w, m.float(), members=True)
-    for i in range(4):
-        assert torch.allclose(stacked[i], biprop_alpha(w[i], m[i]) * w[i].sign() * m[i].float(), atol=1e-7)
+    for grad in ("weight", "alpha"):
+        method = Biprop(torch.zeros(3, 5), 0.5, grad=grad)
+        soft = m.float().requires_grad_()  # a mask carrying a gradient, as the straight-through one does
+        stacked = method.combine(w, soft, members=True)
+        g = torch.randn_like(w)
+        (stacked * g).sum().backward()
+        for i in range(4):
+            alone = m[i].float().requires_grad_()
+            own = method.combine(w[i], alone)
+            assert torch.allclose(stacked[i], biprop_alpha(w[i], m[i]) * w[i].sign() * m[i].float(), atol=1e-7)
+            assert torch.equal(own, stacked[i])
+            (own * g[i]).sum().backward()
+            assert torch.allclose(soft.grad[i], alone.grad, atol=1e-6)  # each run's gradient is its own
 
 
 def _models(method, n):

@@ -19,7 +19,7 @@ import yaml
 from .data import DATA_MODES, DATASET_NAMES, default_data_dir
 from .errors import ConfigError
 from .init import WEIGHT_INITS
-from .methods import MASK_METHODS, METHODS
+from .methods import BIPROP_GRADS, MASK_METHODS, METHODS
 from .models import MODELS
 from .trackers import TRACKERS
 
@@ -43,6 +43,9 @@ class Config:
     prune_rate: float = _opt(0.5, "fraction of each layer's weights REMOVED, in [0, 1)")
     weight_init: str | None = _opt(None, f"{', '.join(WEIGHT_INITS)} (default: signed-constant for edge-popup, kaiming-normal otherwise)")
     scale_fan: bool | None = _opt(None, "divide fan_in by the keep fraction in the weight init (default: true for biprop)")
+    biprop_grad: str | None = _opt(None, "biprop's score gradient: weight (the published code's, dL/dW_eff * W * sign(S)) "
+                                         "or alpha (dL/dW_eff * alpha * sign(W) * sign(S), an ablation) [default: weight "
+                                         "for biprop; only biprop takes it]")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
     skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
     include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
@@ -309,6 +312,21 @@ def make_config(source: str | dict[str, Any] | None = None, overrides: dict[str,
     return resolve(cfg)
 
 
+# Keys added after runs were recorded without them: the value that reproduces what such a run did (today's
+# default may differ: Biprop's published score gradient became the default after runs were made with the other).
+RECORDED_BEFORE = {"biprop_grad": lambda raw: "alpha" if raw.get("method") == "biprop" else None}
+
+
+def recorded_config(source: str | dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """A config as a run recorded it (its config.yaml path, or a mapping): a key it lacks takes the value the
+    supermask that wrote it used, not today's default (`RECORDED_BEFORE`), so an old run reads as what it was."""
+    raw = read_config_source(source) if isinstance(source, str) else dict(source)
+    for key, then in RECORDED_BEFORE.items():
+        if key not in raw:
+            raw[key] = then(raw)
+    return make_config(raw, overrides)
+
+
 def resolve(cfg: Config) -> Config:
     """Validate every value and fill the method-dependent defaults."""
     _choice("model", cfg.model, list(MODELS))
@@ -367,6 +385,11 @@ def resolve(cfg: Config) -> Config:
         cfg.weight_init = "signed-constant" if cfg.method == "edge-popup" else "kaiming-normal"
     if cfg.scale_fan is None:
         cfg.scale_fan = cfg.method == "biprop"
+    if cfg.method == "biprop":
+        _choice("biprop_grad", cfg.biprop_grad or "weight", BIPROP_GRADS)
+        cfg.biprop_grad = cfg.biprop_grad or "weight"
+    elif cfg.biprop_grad is not None:
+        raise ConfigError(f"biprop_grad={cfg.biprop_grad!r} applies only to method=biprop, not method={cfg.method}")
     return cfg
 
 

@@ -255,6 +255,7 @@ def convert(
     skip: str | Iterable[str] = (),
     include: str | Iterable[str] = (),
     strict: bool = False,
+    biprop_grad: str = "weight",
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
 
@@ -268,6 +269,9 @@ def convert(
 
     A float parameter of two or more dimensions of a module supermask does not know is left as it is, named in
     the report and in a warning; `strict=True` refuses it instead. The report: `report(model)`.
+
+    `biprop_grad` is Biprop's score gradient: "weight" (the published code's, dL/dW_eff * W * sign(S)) or "alpha"
+    (dL/dW_eff * alpha * sign(W) * sign(S), an ablation); see `supermask.methods`.
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
     fan scaled by the keep fraction, dense Kaiming normal.
@@ -332,7 +336,8 @@ def convert(
             continue
         fan, gain = s.fan
         scores = draw_scores(w.shape, seed=score_seed, name=s.key, fan=fan).to(device=w.device, dtype=w.dtype)
-        scored = PARAMETRIZATIONS[method](scores, prune_rate)
+        options = {"grad": biprop_grad} if method == "biprop" else {}
+        scored = PARAMETRIZATIONS[method](scores, prune_rate, **options)
         scored.param_name = s.name
         # IteRand redraws pruned weights from the layer's own init distribution.
         scored.weight_init = None if weight_init == "keep" else (weight_init, keep_fraction)

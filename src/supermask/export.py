@@ -30,7 +30,7 @@ from torch import nn
 
 from . import codec
 from .checkpoint import atomic_write_bytes, load_checkpoint, read_json
-from .config import make_config
+from .config import make_config, recorded_config
 from .convert import convert, masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
 from .mask import num_pruned
@@ -137,7 +137,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     if not summary_file.is_file():
         raise ConfigError(f"{run_dir} is not a finished run (no summary.json)")
     summary = read_json(summary_file)
-    cfg = make_config(str(run_dir / "config.yaml"))
+    cfg = recorded_config(str(run_dir / "config.yaml"))
     if not cfg.masked:
         raise ConfigError(f"{run_dir} is a dense run: there is no mask to export")
     if cfg.weight_init == "keep":

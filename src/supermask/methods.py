@@ -9,6 +9,12 @@ any Conv/Linear layer keeps its type and its place in the model; only `weight` b
 
 M is the top-k mask of |S| (see `supermask.mask`). Gradients reach S through the straight-through estimator:
 dL/d|S| = dL/dM, so dL/dS = dL/dM * sign(S) (the sign comes from |.|, as in the published code).
+
+The score gradient of each method is the published one: for Edge-Popup dL/dS = dL/dW_eff * W * sign(S). Biprop's
+published code (`GetQuantnet_binary`, chrundle/biprop) returns alpha * M in forward but sends g * |W| back to |S|,
+so its score gradient is Edge-Popup's too, dL/dW_eff * W * sign(S) (`biprop_grad="weight"`, the default).
+`biprop_grad="alpha"` instead differentiates alpha * sign(W) * M as written, with alpha constant:
+dL/dW_eff * alpha * sign(W) * sign(S), which supermask used before 0.2 (kept as an ablation).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from . import mask as mask_lib
+from .errors import ConfigError
 
 METHODS = ("edge-popup", "biprop", "dense")
 MASK_METHODS = ("edge-popup", "biprop")
+BIPROP_GRADS = ("weight", "alpha")  # the published score gradient (the default), the ablation
 
 
 class ScoredWeight(nn.Module):
@@ -68,11 +76,10 @@ class ScoredWeight(nn.Module):
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
         return self.combine(weight, mask)
 
-    @classmethod
-    def combine(cls, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
-        """The method's effective weight from a weight and a float mask; with `members`, both are stacks
-        (N, *shape) of N runs' layers and each run gets its own weight."""
-        return cls.values(weight, mask, members) * mask
+    def combine(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        """The method's effective weight from a weight and a float mask (straight-through when it carries a
+        gradient); with `members`, both are stacks (N, *shape) of N runs' layers and each run gets its own weight."""
+        return self.values(weight, mask, members) * mask
 
     @staticmethod
     def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
@@ -92,11 +99,29 @@ class EdgePopup(ScoredWeight):
 
 
 class Biprop(ScoredWeight):
-    """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha."""
+    """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha. `grad` is
+    the score gradient: "weight" (the published one, g * W) or "alpha" (g * alpha * sign(W))."""
+
+    def __init__(self, scores: Tensor, prune_rate: float, grad: str = "weight"):
+        super().__init__(scores, prune_rate)
+        if grad not in BIPROP_GRADS:
+            raise ConfigError(f"unknown biprop_grad {grad!r}: expected one of {', '.join(BIPROP_GRADS)}")
+        self.grad = grad
+
+    def combine(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        if self.grad == "alpha" or not mask.requires_grad:
+            return super().combine(weight, mask, members)
+        hard = mask.detach()
+        # The value alpha * sign(W) * M; the second term is zero in value and carries the published gradient,
+        # d W_eff / dM = W (GetQuantnet_binary's backward: g * |W| into |S|, times sign(W) from the layer).
+        return self.values(weight, hard, members) * hard + weight.detach() * (mask - hard)
 
     @staticmethod
     def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
         return biprop_alpha(weight, mask, members) * weight.sign()
+
+    def extra_repr(self) -> str:
+        return f"prune_rate={self.prune_rate}, grad={self.grad}"
 
 
 def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .config import RUN_ONLY_KEYS, Config, make_config
+from .config import RUN_ONLY_KEYS, Config, make_config, recorded_config
 from .errors import ConfigError
 
 
@@ -23,7 +23,7 @@ def _same(key: str, requested, saved) -> bool:
 def differing_keys(requested: Config, run_dir: str | Path) -> list[str]:
     """The config keys whose value in the run directory's config.yaml differs from `requested`, out_dir and the keys
     that change nothing a run computes (RUN_ONLY_KEYS) aside."""
-    saved = make_config(str(Path(run_dir) / "config.yaml")).to_dict()
+    saved = recorded_config(str(Path(run_dir) / "config.yaml")).to_dict()
     return [k for k, v in requested.to_dict().items()
             if k not in ("out_dir", *RUN_ONLY_KEYS) and not _same(k, v, saved[k])]
 
@@ -39,7 +39,7 @@ def check_reuse(configs: list[Config], *, retrain: bool) -> list[str]:
                 stale.append((cfg, keys))
     if stale and not retrain:
         cfg, keys = stale[0]
-        saved = make_config(str(Path(cfg.out_dir) / "config.yaml"))
+        saved = recorded_config(str(Path(cfg.out_dir) / "config.yaml"))
         diff = ", ".join(f"{k}={getattr(saved, k)!r} there, {k}={getattr(cfg, k)!r} now" for k in keys)
         more = f" (and {len(stale) - 1} more runs)" if len(stale) > 1 else ""
         raise ConfigError(f"{cfg.out_dir}{more} was trained with another config: {diff}; pass --retrain to train "

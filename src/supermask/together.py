@@ -40,7 +40,6 @@ from .convert import masked_layers, random_weight
 from .errors import ConfigError
 from .lock import LOCK_FILE, run_lock
 from .mask import straight_through, topk_masks
-from .methods import PARAMETRIZATIONS
 from .models import build_model
 from .progress import is_live, log_line
 from .schedule import end_of_epoch, iterand_step, step_fires
@@ -63,8 +62,9 @@ class Together:
         if forward == "vmap" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules()):
             raise ConfigError("forward=vmap cannot update BatchNorm running statistics of stacked runs; use forward=loop")
         self.models, self.template, self.forward_kind = models, template, forward
-        self.combine = PARAMETRIZATIONS[method].combine
         first = list(masked_layers(models[0]))
+        # The method's own combine (and its options, e.g. Biprop's gradient), as each run computes it alone.
+        self.combine = first[0][2].combine
         self.names = [name for name, _, _ in first]
         self.prune_rates = [p.prune_rate for _, _, p in first]
         # The masked tensors' qualified parameter names (a layer's weight, attention's in_proj_weight, ...)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import data as data_lib
 from . import distributed
 from .checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint, save_tensors, write_json
-from .config import RUN_ONLY_KEYS, Config, dump_yaml, make_config
+from .config import RUN_ONLY_KEYS, Config, dump_yaml, make_config, recorded_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
 from .labels import layer_labels
@@ -70,7 +70,7 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
         load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
     return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
-                   include=cfg.include_params)
+                   include=cfg.include_params, biprop_grad=cfg.biprop_grad or "weight")
 
 
 def place(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
@@ -300,7 +300,7 @@ def default_out_dir(cfg: Config) -> Path:
 
 
 def _check_resumable(out_dir: Path, cfg: Config) -> None:
-    saved = make_config(str(out_dir / "config.yaml"))
+    saved = recorded_config(str(out_dir / "config.yaml"))
     # neither how fast the same batches are decoded nor how often the run checkpoints changes what it computes
     diffs = [k for k, v in saved.to_dict().items()
              if k not in ("out_dir", *RUN_ONLY_KEYS) and cfg.to_dict()[k] != v]
@@ -504,7 +504,7 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto",
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = make_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
+    cfg = recorded_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
     ds = load_data(cfg)
     model = place(build(cfg, ds), cfg, pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
