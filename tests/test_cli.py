@@ -296,6 +296,28 @@ def test_resume_with_a_changed_config(tmp_path, capsys):
     assert snapshot(run) == before
 
 
+def test_resume_names_every_differing_key_at_once(tmp_path, capsys):
+    run, argv = _finished_run(tmp_path, capsys)
+    code, out, err = cli(capsys, *argv, "prune_rate=0.8", "width=0.5", "--resume")
+    assert_one_line_error(code, out, err, "prune_rate=0.5 there, prune_rate=0.8 now", "width=0.25 there, width=0.5 now")
+
+
+def test_resume_takes_the_runs_own_config(tmp_path, capsys):
+    run, _ = _finished_run(tmp_path, capsys)  # FAST's keys differ from the default config's
+    masks = (run / "masks.safetensors").read_bytes()
+    code, _, err = cli(capsys, "train", f"out_dir={run}", "--resume", "-q")
+    assert code == 0, err
+    assert (run / "masks.safetensors").read_bytes() == masks
+    # the overrides given with it are checked against the run, all at once
+    assert_one_line_error(*cli(capsys, "train", f"out_dir={run}", "epochs=3", "--resume"), "epochs=1 there, epochs=3 now")
+
+
+def test_resume_may_change_what_changes_no_result(tmp_path, capsys):
+    run, argv = _finished_run(tmp_path, capsys)
+    code, _, err = cli(capsys, *argv, "logger=tensorboard", "num_workers=0", "checkpoint_every_steps=5", "--resume")
+    assert code == 0, err
+
+
 def test_resume_of_a_finished_run_keeps_its_results(tmp_path, capsys):
     run, argv = _finished_run(tmp_path, capsys)
     metrics = (run / "metrics.jsonl").read_text()

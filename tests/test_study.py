@@ -10,7 +10,7 @@ from supermask import ConfigError
 from supermask.checkpoint import atomic_write_text, write_json
 from supermask.cli import main
 from supermask.config import dump_yaml, make_config
-from supermask.reuse import differing_keys
+from supermask.rundir import differing_keys
 from supermask.study import run_study, study_configs
 
 
@@ -73,7 +73,10 @@ def test_differing_keys(tmp_path):
     same = make_config("digits", {"out_dir": str(tmp_path / "elsewhere"), "epochs": 3})
     assert differing_keys(same, tmp_path / "r") == []  # out_dir is where, not what; augment is resolved at run time
     other = make_config("digits", {"epochs": 4, "method": "biprop"})
-    assert differing_keys(other, tmp_path / "r") == ["method", "weight_init", "scale_fan", "epochs"]
+    assert differing_keys(other, tmp_path / "r") == ["method", "weight_init", "scale_fan", "biprop_grad", "epochs"]
+    # a tracker, the decoding processes and checkpoints inside an epoch change no result
+    run_only = make_config("digits", {"epochs": 3, "logger": "tensorboard", "num_workers": 2, "checkpoint_every_steps": 5})
+    assert differing_keys(run_only, tmp_path / "r") == []
     assert study_configs(same, 2)[1].score_seed == 1
 
 

@@ -23,7 +23,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from . import distributed
 
-    cfg = make_config(args.config, parse_overrides(args.overrides))
+    cfg = train_config(args.config, parse_overrides(args.overrides), args.resume)
     try:
         summary = run(cfg, resume=args.resume, progress=not args.quiet)
     finally:
@@ -37,6 +37,17 @@ def _train(args: argparse.Namespace) -> int:
           f"{summary['seconds']:.1f} s")
     print(f"run written to {summary['out_dir']}")
     return 0
+
+
+def train_config(config: str | None, overrides: dict, resume: bool):
+    """The config `train` runs. `--resume` without a CONFIG continues the run in out_dir from its own config.yaml:
+    the overrides given with it must then make the same run (`supermask.rundir`), which `run` checks."""
+    from .rundir import holds_run, recorded
+
+    out_dir = overrides.get("out_dir")
+    if config is None and resume and out_dir is not None and holds_run(out_dir):
+        return make_config(recorded(out_dir).to_dict(), overrides)
+    return make_config(config or DEFAULT_CONFIG, overrides)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -204,10 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"config keys (set in the YAML file or as key=value):\n{config_help()}\n\n"
                f"built-in configs: {', '.join(builtin_configs())}\n"
                "example: supermask train conv4 method=biprop prune_rate=0.9 width=0.25 epochs=10 out_dir=runs/x")
-    train.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
-                       help=f"a built-in config name or a YAML file (default: {DEFAULT_CONFIG})")
+    train.add_argument("config", nargs="?", default=None,
+                       help=f"a built-in config name or a YAML file (default: {DEFAULT_CONFIG}; with --resume, the "
+                            "run's own config.yaml)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config values overriding CONFIG's")
-    train.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in out_dir from its last checkpoint; overrides may change only what "
+                            "changes no result (logger, num_workers, checkpoint_every_steps)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
     train.set_defaults(func=_train)
 
@@ -316,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     # A config name given alone with overrides after it parses as config=first override: put it back.
     if getattr(args, "command", None) == "train" and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
-        args.config = DEFAULT_CONFIG
+        args.config = None
     try:
         code = args.func(args)
         sys.stdout.flush()  # inside the try: a reader that left (`| head`) surfaces here

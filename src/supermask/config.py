@@ -26,8 +26,6 @@ from .trackers import TRACKERS
 
 # Method names of the papers' tables that are a base method plus a schedule, with the paper's settings.
 METHOD_ALIASES = ("edge-popup+iwr", "biprop+iwr", "iterand")
-# Keys that change how a run executes, never what it computes: a run resumed or reused may differ in them.
-RUN_ONLY_KEYS = ("num_workers", "checkpoint_every_steps")
 
 
 def _opt(default: Any, help: str, **kw) -> Any:  # noqa: A002 - mirrors argparse's name

@@ -42,8 +42,9 @@ from .lock import LOCK_FILE, run_lock
 from .mask import straight_through, topk_masks
 from .models import build_model
 from .progress import is_live, log_line
+from .rundir import check_same_run
 from .schedule import end_of_epoch, iterand_step, step_fires
-from .train import (TrainingError, _check_resumable, _finish, build, input_layout, learning_rate, load_data, new_state,
+from .train import (TrainingError, _finish, build, input_layout, learning_rate, load_data, new_state,
                     WaitClock, optimizer_for, pick_device, place, record_epoch, resolve_data_paths, speed,
                     write_logs)
 
@@ -278,7 +279,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
             _lock_all(held, [group_dir, *dirs])
             states = _load_group(ckpt, group, optimizer, dirs)
             for cfg in cfgs:
-                _check_resumable(Path(cfg.out_dir), cfg)
+                check_same_run(cfg, cfg.out_dir)
         else:
             for cfg in cfgs:
                 out = Path(cfg.out_dir)
@@ -286,7 +287,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
                     raise ConfigError(f"out_dir {out} exists and is not a directory; choose another out_dir")
                 found = {p.name for p in out.iterdir()} - {LOCK_FILE} if out.exists() else set()
                 if found == {"config.yaml"}:  # a group killed before its first checkpoint: start it again
-                    _check_resumable(out, cfg)
+                    check_same_run(cfg, out)
                 elif found:
                     raise ConfigError(f"out_dir {out} already holds a run; finish it alone (supermask train --resume) "
                                       "or choose another out_dir")

@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 from . import data as data_lib
 from . import distributed
 from .checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint, save_tensors, write_json
-from .config import RUN_ONLY_KEYS, Config, dump_yaml, make_config, recorded_config
+from .config import Config, dump_yaml, recorded_config
 from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
 from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
 from .models import build_model
 from .progress import is_live, log_line
+from .rundir import check_same_run
 from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
 from .trackers import Trackers, check_available, open_trackers
 
@@ -299,16 +300,6 @@ def default_out_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.model}-{cfg.method}-p{cfg.prune_rate:g}-{stamp}"
 
 
-def _check_resumable(out_dir: Path, cfg: Config) -> None:
-    saved = recorded_config(str(out_dir / "config.yaml"))
-    # neither how fast the same batches are decoded nor how often the run checkpoints changes what it computes
-    diffs = [k for k, v in saved.to_dict().items()
-             if k not in ("out_dir", *RUN_ONLY_KEYS) and cfg.to_dict()[k] != v]
-    if diffs:
-        k = diffs[0]
-        raise ConfigError(f"cannot resume {out_dir}: {k}={getattr(cfg, k)!r} differs from the run's {k}={getattr(saved, k)!r}")
-
-
 def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset | data_lib.ShardDataset:
     """The run's data, held in memory or streamed as cfg.data_mode says."""
     return data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
@@ -364,7 +355,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
                 raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
             if group.main:  # the one writer, for the run's life
                 held.enter_context(run_lock(out_dir))
-            _check_resumable(out_dir, cfg)
+            check_same_run(cfg, out_dir)
             state = load_checkpoint(ckpt, model, optimizer)
         else:
             if out_dir.exists() and not out_dir.is_dir():
