@@ -248,3 +248,12 @@ def test_a_biprop_run_recorded_before_biprop_grad_reads_as_the_alpha_gradient(tm
     ep = make_config(None, {"method": "edge-popup"}).to_dict()
     del ep["biprop_grad"]
     assert recorded_config(ep).biprop_grad is None
+
+
+def test_scale_fan_by_is_a_choice_and_refuses_a_zero_fan():
+    assert make_config(None, {"method": "biprop"}).scale_fan_by == "kept"
+    assert make_config(None, {"method": "biprop", "scale_fan_by": "pruned", "prune_rate": 0.9}).scale_fan_by == "pruned"
+    with pytest.raises(ConfigError, match="scale_fan_by"):
+        make_config(None, {"scale_fan_by": "removed"})
+    with pytest.raises(ConfigError, match="prune_rate=0"):
+        make_config(None, {"method": "biprop", "scale_fan_by": "pruned", "prune_rate": 0.0})

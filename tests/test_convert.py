@@ -172,3 +172,17 @@ def test_bake_of_a_copy_leaves_the_original_working():
         assert torch.equal(baked(x), expected)
         assert torch.equal(model(x), expected)  # the original keeps its parametrizations
     assert len(list(supermask.masked_layers(model))) == 6
+
+
+@pytest.mark.parametrize("by, fan_scale", [("kept", 0.1), ("pruned", 0.9)])
+def test_scaled_fan_multiplies_fan_in_by_the_kept_or_the_pruned_fraction(by, fan_scale):
+    model = supermask.convert(nn.Sequential(nn.Linear(10, 4, bias=False)), "edge-popup", 0.9, scale_fan=True,
+                              scale_fan_by=by)
+    # signed constant: |w| = sqrt(2 / (s * fan_in)) with fan_in 10: sqrt(2) when s = 0.1, sqrt(2 / 9) when s = 0.9
+    expected = math.sqrt(2 / (fan_scale * 10))
+    w = supermask.random_weight(model[0])
+    assert torch.allclose(w.abs(), torch.full_like(w, expected))
+    with pytest.raises(supermask.ConfigError, match="scale_fan_by"):
+        supermask.convert(nn.Sequential(nn.Linear(10, 4)), "biprop", 0.0, scale_fan_by="pruned")
+    with pytest.raises(supermask.ConfigError, match="scale_fan_by 'removed'"):
+        supermask.convert(nn.Sequential(nn.Linear(10, 4)), "biprop", 0.5, scale_fan_by="removed")

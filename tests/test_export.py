@@ -28,6 +28,8 @@ VARIANTS = {
     "biprop+iwr": {"method": "biprop", "prune_rate": 0.5, "iwr_every": 1, "iwr_rate": 0.5, "epochs": 4},
     "iterand": {"method": "edge-popup", "prune_rate": 0.5, "iterand_every_steps": 3, "iterand_rate": 0.5},
     "skip-first": {"method": "biprop", "prune_rate": 0.5, "skip_layers": ["first"], "channels_last": False},
+    # the published builders' fan (fan_in * p) and the ablation gradient: the file rebuilds the weights it used
+    "published-fan": {"method": "biprop", "prune_rate": 0.9, "scale_fan_by": "pruned", "biprop_grad": "alpha"},
 }
 
 
@@ -62,6 +64,7 @@ def test_rebuild_is_exact(runs, tmp_path, name):
     header, _ = read(tmp_path / "net.smask")
     if name in ("edge-popup+iwr", "biprop+iwr", "iterand"):
         assert any("changed" in e for e in header["layers"])  # what the seed no longer gives back is stored
+    assert header.get("scale_fan_by") == ("pruned" if name == "published-fan" else None)  # written only when not the default
     if name == "edge-popup":
         assert not any("changed" in e for e in header["layers"])
         # plain EP: masks within 1.1x their entropy bound, plus a fixed header of a few hundred bytes per file

@@ -18,7 +18,7 @@ import yaml
 
 from .data import DATA_MODES, DATASET_NAMES, default_data_dir
 from .errors import ConfigError
-from .init import WEIGHT_INITS
+from .init import SCALE_FAN_BY, WEIGHT_INITS
 from .methods import BIPROP_GRADS, MASK_METHODS, METHODS
 from .models import MODELS
 from .trackers import TRACKERS
@@ -41,6 +41,9 @@ class Config:
     prune_rate: float = _opt(0.5, "fraction of each layer's weights REMOVED, in [0, 1)")
     weight_init: str | None = _opt(None, f"{', '.join(WEIGHT_INITS)} (default: signed-constant for edge-popup, kaiming-normal otherwise)")
     scale_fan: bool | None = _opt(None, "divide fan_in by the keep fraction in the weight init (default: true for biprop)")
+    scale_fan_by: str = _opt("kept", "what the scaled fan multiplies fan_in by: kept (the keep fraction 1 - p, as the "
+                                     "papers write it) or pruned (p, what the published builders compute, their "
+                                     "prune_rate being the kept fraction); the two agree at p = 0.5")
     biprop_grad: str | None = _opt(None, "biprop's score gradient: weight (the published code's, dL/dW_eff * W * sign(S)) "
                                          "or alpha (dL/dW_eff * alpha * sign(W) * sign(S), an ablation) [default: weight "
                                          "for biprop; only biprop takes it]")
@@ -383,6 +386,10 @@ def resolve(cfg: Config) -> Config:
         cfg.weight_init = "signed-constant" if cfg.method == "edge-popup" else "kaiming-normal"
     if cfg.scale_fan is None:
         cfg.scale_fan = cfg.method == "biprop"
+    _choice("scale_fan_by", cfg.scale_fan_by, SCALE_FAN_BY)
+    if cfg.scale_fan and cfg.masked and cfg.scale_fan_by == "pruned" and cfg.prune_rate == 0:
+        raise ConfigError("scale_fan_by=pruned multiplies fan_in by the prune rate, and prune_rate=0 would make it 0; "
+                          "use scale_fan_by=kept or scale_fan=false")
     if cfg.method == "biprop":
         _choice("biprop_grad", cfg.biprop_grad or "weight", BIPROP_GRADS)
         cfg.biprop_grad = cfg.biprop_grad or "weight"

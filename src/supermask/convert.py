@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .errors import ConfigError
-from .init import RELU_GAIN, WEIGHT_INITS, draw_scores, draw_uniform, draw_weight, generator
+from .init import RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_scores, draw_uniform, draw_weight, fan_scale, generator
 from .mask import num_pruned
 from .methods import METHODS, PARAMETRIZATIONS, ScoredWeight
 
@@ -256,6 +256,7 @@ def convert(
     include: str | Iterable[str] = (),
     strict: bool = False,
     biprop_grad: str = "weight",
+    scale_fan_by: str = "kept",
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
 
@@ -270,7 +271,8 @@ def convert(
     A float parameter of two or more dimensions of a module supermask does not know is left as it is, named in
     the report and in a warning; `strict=True` refuses it instead. The report: `report(model)`.
 
-    `biprop_grad` is Biprop's score gradient: "weight" (the published code's, dL/dW_eff * W * sign(S)) or "alpha"
+    `scale_fan_by` is what the scaled fan multiplies fan_in by: "kept" (1 - p) or "pruned" (p, as the published
+    builders compute it). `biprop_grad` is Biprop's score gradient: "weight" (the published code's, dL/dW_eff * W * sign(S)) or "alpha"
     (dL/dW_eff * alpha * sign(W) * sign(S), an ablation); see `supermask.methods`.
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
@@ -301,7 +303,11 @@ def convert(
     chosen = _matching(targets, include, "include") if include else {s.qualname for s in targets}
     chosen -= _matching(targets, skip, "skip")
     masked = method != "dense"
-    keep_fraction = 1.0 - float(prune_rate) if (scale_fan and masked) else 1.0
+    if scale_fan_by not in SCALE_FAN_BY:
+        raise ConfigError(f"unknown scale_fan_by {scale_fan_by!r}: expected one of {', '.join(SCALE_FAN_BY)}")
+    keep_fraction = fan_scale(prune_rate, scale_fan_by) if (scale_fan and masked) else 1.0
+    if keep_fraction <= 0:
+        raise ConfigError("scale_fan_by=pruned with prune_rate=0 would scale the fan by 0")
     report = Report(method, float(prune_rate), weight_init, unsupported=unsupported)
 
     if masked:

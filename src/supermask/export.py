@@ -30,7 +30,7 @@ from torch import nn
 
 from . import codec
 from .checkpoint import atomic_write_bytes, load_checkpoint, read_json
-from .config import make_config, recorded_config
+from .config import FIELDS, make_config, recorded_config
 from .convert import convert, masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
 from .mask import num_pruned
@@ -47,7 +47,7 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 
 # The config keys that, with the input shape, rebuild a run's network from its seed.
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
-OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params")  # absent from files written before they existed
+OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by")  # absent from files written before they existed
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ TENSOR = {"key": TEXT, "shape": SHAPE, "dtype": TEXT, "data": SPAN}
 HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num_classes": COUNT,
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
-          "include_params?": NAMES, "channels_last?": FLAG,
+          "include_params?": NAMES, "scale_fan_by?": TEXT, "channels_last?": FLAG,
           "dataset": TEXT, "dataset_sha256?": TEXT, "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
           "tensors": [TENSOR],
           "payload_length": COUNT}
@@ -120,7 +120,8 @@ def _skeleton(header: dict) -> nn.Module:
     run's memory layout: float sums (Biprop's alpha, a conv's) depend on it, and the rebuild must equal the run."""
     model = convert(_architecture(header), header["method"], header["prune_rate"], weight_init=header["weight_init"],
                     scale_fan=header["scale_fan"], weight_seed=header["weight_seed"],
-                    skip=header["skip_layers"] + header.get("skip_params", []), include=header.get("include_params", []))
+                    skip=header["skip_layers"] + header.get("skip_params", []), include=header.get("include_params", []),
+                    scale_fan_by=header.get("scale_fan_by", "kept"))
     return model.to(memory_format=torch.channels_last) if header.get("channels_last") else model
 
 
@@ -145,7 +146,8 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     header: dict[str, Any] = {
         "format": "supermask", "version": VERSION,
         **{k: v for k, v in cfg.to_dict().items() if k in REBUILD_KEYS + ("dataset", "channels_last")},
-        **{k: v for k, v in cfg.to_dict().items() if k in OPTIONAL_REBUILD_KEYS and v},
+        # written only where they differ from the default, so files that do not use them stay as they were
+        **{k: v for k, v in cfg.to_dict().items() if k in OPTIONAL_REBUILD_KEYS and v and v != FIELDS[k].default},
         "label": cfg.label, "test_acc": summary.get("test_acc"),
     }
     if isinstance(summary.get("dataset_sha256"), str):

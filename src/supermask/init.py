@@ -13,6 +13,16 @@ import torch
 from torch import Tensor
 
 WEIGHT_INITS = ("signed-constant", "kaiming-normal", "kaiming-uniform")
+# The scaled fan multiplies fan_in by the kept fraction (the papers' text) or by the pruned one (the published
+# builders, whose `prune_rate` is the kept fraction but whose fan uses 1 - prune_rate; docs/fidelity.md D2).
+SCALE_FAN_BY = ("kept", "pruned")
+
+
+def fan_scale(prune_rate: float, by: str = "kept") -> float:
+    """The fraction the scaled fan multiplies fan_in by."""
+    if by not in SCALE_FAN_BY:
+        raise ValueError(f"unknown scale_fan_by {by!r}: expected one of {', '.join(SCALE_FAN_BY)}")
+    return 1.0 - float(prune_rate) if by == "kept" else float(prune_rate)
 RELU_GAIN = math.sqrt(2.0)
 
 
