@@ -63,18 +63,20 @@ def test_markdown_table_beside_published():
 SHA = "ab" * 32
 
 
-def test_result_rows_carry_no_absolute_path():
+def test_result_rows_carry_no_absolute_path(tmp_path):
     summary = {"method": "edge-popup", "model": "conv4", "width": 0.25, "prune_rate": 0.5, "epochs": 10,
                "weight_seed": 0, "score_seed": 0, "data_seed": 0, "test_acc": 0.5, "best_test_acc": 0.5, "seconds": 1.0,
                "params_total": 10, "params_kept": 5, "dataset_source": "/work/shared/datasets/cifar10-jpeg75.tar.gz",
                "dataset_sha256": SHA, "out_dir": "/somewhere/else/runs/paper_table/conv4-s0"}
-    row = paper_table.row_of(summary)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.25}\n{"epoch": 1, "test_acc": 0.5}\n')
+    row = paper_table.row_of(summary, tmp_path)
+    assert row["curve"] == [0.25, 0.5]  # the accuracy after each epoch outlives the run directory
     assert absolute_paths(row) == []
     assert row["dataset_source"] == "cifar10-jpeg75.tar.gz" and row["dataset_sha256"] == SHA
     assert row["out_dir"] == "conv4-s0"  # outside the repository and the current directory: the folder's name
-    inside = paper_table.row_of({**summary, "out_dir": str(Path.cwd() / "runs" / "x")})
+    inside = paper_table.row_of({**summary, "out_dir": str(Path.cwd() / "runs" / "x")}, tmp_path)
     assert inside["out_dir"] == "runs/x"  # a run under the current directory: relative to it
-    assert paper_table.row_of({**summary, "out_dir": "runs/x"})["out_dir"] == "runs/x"
+    assert paper_table.row_of({**summary, "out_dir": "runs/x"}, tmp_path)["out_dir"] == "runs/x"
     report = {"file": "/tmp/tmpx74oc7zb/net.smask", "bytes": 100}
     row = export_sizes.row_of("/home/me/runs/a", {"method": "biprop", "model": "conv4", "width": 0.25,
                                                   "prune_rate": 0.9}, report, True)
@@ -128,7 +130,7 @@ def test_markdown_says_when_the_papers_have_no_figures():
 @pytest.mark.parametrize("method", ["edge-popup+iwr", "biprop+iwr", "dense"])
 def test_a_recorded_config_stands_for_its_cell_and_no_other(method):
     cfg = make_config("vit", {**paper_table.cell_overrides("vit", 0.25, 0.5, method, 0, 10, "/data"), "out_dir": "r"})
-    row = {"config": json.loads(json.dumps(paper_table.recorded_config(cfg)))}  # as read back from the JSON
+    row = {"config": json.loads(json.dumps(paper_table.row_config(cfg)))}  # as read back from the JSON
     assert "out_dir" not in row["config"] and "data_dir" not in row["config"]  # where files are is no part of it
     assert paper_table.difference(row, cfg) is None
     assert paper_table.difference(row, make_config("vit", {**cfg.to_dict(), "out_dir": "elsewhere"})) is None
@@ -187,3 +189,11 @@ def test_finished_cells_are_kept_in_the_results_across_sessions(tmp_path, monkey
     with pytest.raises(ConfigError, match="lr=0.05 now"):
         paper_table.main(other)
     assert json.loads(results.read_text())["rows"] == first["rows"]
+
+
+def test_a_biprop_row_recorded_before_biprop_grad_is_not_todays_biprop():
+    cfg = make_config("conv4", {**paper_table.cell_overrides("conv4", 0.25, 0.5, "biprop", 0, 10, None), "out_dir": "r"})
+    old = paper_table.row_config(cfg)
+    del old["biprop_grad"]  # a row written before the published gradient became the default
+    assert paper_table.difference({"config": old}, cfg) == "biprop_grad='alpha' there, biprop_grad='weight' now"
+    assert paper_table.difference({"config": {**old, "biprop_grad": "weight"}}, cfg) is None
