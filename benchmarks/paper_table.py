@@ -167,6 +167,46 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str]) -> 
     return "\n".join(lines) + "\n"
 
 
+def column_plot(cells: list[dict], rows: list[dict], methods: list[str], path: Path) -> None:
+    """A table of one (model, width, prune rate): left, each method's mean with its 95% interval (hollow: one
+    seed) beside the published figure; right, the test accuracy after each epoch of one seed of each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    shown = [m for m in methods if any(c["method"] == m for c in cells)]
+    for i, m in enumerate(shown):
+        c = next(c for c in cells if c["method"] == m)
+        half = c["ci_half_width"] if c["n"] > 1 else 0.0
+        lo, hi = max(0.0, c["mean"] - half), min(100.0, c["mean"] + half)  # an accuracy lies in [0, 100]
+        left.errorbar([i], [c["mean"]], yerr=[[c["mean"] - lo], [hi - c["mean"]]], fmt="o", capsize=4, color=f"C{i}",
+                      mfc="none" if c["n"] == 1 else f"C{i}", label=f"{m} (n={c['n']})")
+        published = PUBLISHED.get((c["model"], c["width"], c["prune_rate"]), {}).get(m)
+        if published is not None:
+            left.plot([i], [published], marker="*", ms=12, color="k", ls="none",
+                      label="published (250 epochs; dense 100)" if i == 0 else None)
+    left.set_xticks(range(len(shown)), shown, rotation=20)
+    left.set_ylabel("test accuracy (%)")
+    left.set_title("mean and 95% interval over seeds; star: published")
+    left.legend(fontsize=7)
+    for i, m in enumerate(shown):
+        mine = sorted((r for r in rows if r["method"] == m and r.get("curve")), key=lambda r: r["seed"])
+        if mine:
+            right.plot(range(1, len(mine[0]["curve"]) + 1), [100 * a for a in mine[0]["curve"]], color=f"C{i}",
+                       lw=1, label=f"{m} (seed {mine[0]['seed']})")
+    right.set_xlabel("epoch")
+    right.set_ylabel("test accuracy (%)")
+    right.set_title("accuracy after each epoch, one seed")
+    right.legend(fontsize=7)
+    c0 = cells[0]
+    fig.suptitle(f"{c0['model']}, width {c0['width']:g}, {100 * c0['prune_rate']:g}% pruned")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def recorded_rows(path: Path) -> dict[str, dict]:
     """The rows of an earlier <name>.json by cell name; rows that did not record their config (older files) are
     left out."""
@@ -279,10 +319,13 @@ def main(argv=None) -> None:
             shown = [m for m in METHODS if m in methods or any(r["method"] == m for r in rows)]
             atomic_write_text(out / f"{name}.md", markdown(estimates, differences, shown))
             try:
-                from supermask.plots import seed_plot
+                if len({(c["model"], c["width"], c["prune_rate"]) for c in estimates}) == 1:
+                    column_plot(estimates, rows, shown, out / f"{name}.png")
+                else:
+                    from supermask.plots import seed_plot
 
-                seed_plot(estimates, differences, AXES, out / f"{name}.png")
-            except ConfigError:  # no matplotlib
+                    seed_plot(estimates, differences, AXES, out / f"{name}.png")
+            except (ConfigError, ImportError):  # no matplotlib
                 pass
 
     pending = [c for c in cells if c.name not in reused]
