@@ -480,7 +480,10 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         "dataset_source": Path(ds.source).name, "dataset_sha256": data_lib.content_sha256(ds),
         "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
-        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "lr_scaling": cfg.lr_scaling, "peak_lr": cfg.peak_lr,
+        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "lr_scaling": cfg.lr_scaling,
+        # the schedule's peak, which a run shorter than its warm-up never reaches, and the highest rate it used
+        # (summaries before these two recorded the scheduled peak as "peak_lr")
+        "scheduled_peak_lr": cfg.peak_lr, "max_lr_used": max(row["lr"] for row in state["history"]),
         "test_acc": final["test_acc"],
         "best_test_acc": state["best_test_acc"], "best_epoch": state["best_epoch"],
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
