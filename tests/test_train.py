@@ -243,3 +243,28 @@ def test_digits_reaches_high_accuracy(method, lr, tmp_path):
     assert summary["test_acc"] > 0.85, summary
     if method == "edge-popup":
         assert summary["params_kept"] == summary["params_total"] // 2  # every layer has an even size
+
+
+def test_an_epochs_accuracy_measures_the_network_saved_after_its_recycling(tmp_path, monkeypatch):
+    """With iwr_rate above the prune rate, the IWR step at the end of epoch 2 rewrites kept weights: the test loss
+    and accuracy recorded for epoch 2 are those of the network that epoch's checkpoint holds (after recycling)."""
+    import shutil
+
+    real_save = supermask.train.save_checkpoint
+
+    def keep_each_epoch(path, model, optimizer, state):
+        real_save(path, model, optimizer, state)
+        copy = tmp_path / f"epoch{state['epoch']}"
+        copy.mkdir(exist_ok=True)
+        shutil.copy(path, copy / path.name)
+        shutil.copy(path.parent / "config.yaml", copy / "config.yaml")
+
+    monkeypatch.setattr(supermask.train, "save_checkpoint", keep_each_epoch)
+    out = tmp_path / "run"
+    run(config(out, prune_rate=0.1, iwr_every=1, iwr_rate=0.4), progress=False)
+    schedule = [json.loads(line) for line in (out / "schedule.jsonl").read_text().splitlines()]
+    assert {e["epoch"] for e in schedule} == {2} and all(e["changed"] > 0 for e in schedule)
+    rows = metrics_without_seconds(out)
+    for epoch in (1, 2, 3):
+        again = supermask.train.evaluate_run(tmp_path / f"epoch{epoch}", device="cpu")
+        assert (again["test_loss"], again["test_acc"]) == (rows[epoch - 1]["test_loss"], rows[epoch - 1]["test_acc"])

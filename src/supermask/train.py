@@ -438,10 +438,11 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             train_loss, train_acc, pace = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net,
                                                       scaler, trackers, checkpoint)
             distributed.average_buffers(model, group)  # one set of BatchNorm statistics: evaluated and saved
-            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
-            # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
+            # The epoch's IWR or IteRand step comes before the evaluation, so the test accuracy measures the network
+            # saved at the epoch's end: IWR with iwr_rate above the prune rate rewrites kept weights too.
             events = end_of_epoch(model, cfg, epoch, state["step"])
             distributed.check_agreement(model, group, f"epoch {epoch + 1}", buffers=True)
+            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
             state["schedule"] += events
             record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start, pace)
             trackers.epoch(state["history"][-1], state["step"])
