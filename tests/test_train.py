@@ -268,3 +268,29 @@ def test_an_epochs_accuracy_measures_the_network_saved_after_its_recycling(tmp_p
     for epoch in (1, 2, 3):
         again = supermask.train.evaluate_run(tmp_path / f"epoch{epoch}", device="cpu")
         assert (again["test_loss"], again["test_acc"]) == (rows[epoch - 1]["test_loss"], rows[epoch - 1]["test_acc"])
+
+
+def test_eval_of_a_run_killed_inside_an_epoch_states_where_and_compares_nothing(tmp_path, monkeypatch):
+    """A checkpoint 5 batches into epoch 2 holds a network no evaluation measured: eval says where it is and gives no
+    recorded accuracy to compare with (epoch 1's measured another network); at an epoch's end it gives that epoch's."""
+    real_batches = supermask.data.train_batches
+
+    def killed_in_epoch_2(*args, **kwargs):
+        for step, batch in enumerate(real_batches(*args, **kwargs)):
+            if kwargs["epoch"] == 1 and step == 5:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(supermask.data, "train_batches", killed_in_epoch_2)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # 23 steps an epoch: steps 24, 26, 28 checkpoint, the last after 5 batches
+        run(config(out, checkpoint_every_steps=2), progress=False)
+    monkeypatch.undo()
+    result = supermask.train.evaluate_run(out, device="cpu")
+    assert (result["epoch"], result["batch"], result["position"]) == (1, 5, "5 batches into epoch 2")
+    assert result["recorded_test_acc"] is None
+    assert result["note"].startswith("the checkpoint is 5 batches into epoch 2: no test accuracy was recorded")
+    run(config(out, checkpoint_every_steps=2), resume=True, progress=False)
+    result = supermask.train.evaluate_run(out, device="cpu")
+    assert (result["epoch"], result["batch"], result["position"]) == (3, 0, "end of epoch 3")
+    assert result["recorded_test_acc"] == result["test_acc"] and "note" not in result

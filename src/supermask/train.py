@@ -532,9 +532,24 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | No
     total, kept = parameter_counts(model)
     summary_file = Path(run_dir) / "summary.json"
     recorded = read_json(summary_file).get("dataset_sha256") if summary_file.is_file() else None
-    return {"run": str(run_dir), "epoch": meta["epoch"], "test_loss": loss, "test_acc": acc,
-            "recorded_test_acc": meta["history"][-1]["test_acc"] if meta["history"] else None,
+    return {"run": str(run_dir), **checkpoint_position(meta), "test_loss": loss, "test_acc": acc,
             "params_total": total, "params_kept": kept, **_data_check(ds, recorded)}
+
+
+def checkpoint_position(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where in its run a checkpoint was saved (epochs finished, batches into the next one) and the test accuracy
+    recorded for the network it holds: only a checkpoint at an epoch's end has one (each epoch's test accuracy is
+    measured on the network saved at its end); one inside an epoch holds a network no evaluation has seen."""
+    epoch, batch = meta["epoch"], (meta.get("partial") or {}).get("batch", 0)
+    last = meta["history"][-1]["test_acc"] if meta["history"] else None
+    position = {"epoch": epoch, "batch": batch,
+                "position": f"{batch} batches into epoch {epoch + 1}" if batch else f"end of epoch {epoch}"}
+    if not batch:
+        return {**position, "recorded_test_acc": last}
+    measured = f" (the last recorded, {last:.4f}, is that of the network at the end of epoch {epoch})" if last is not None else ""
+    return {**position, "recorded_test_acc": None,
+            "note": f"the checkpoint is {batch} batches into epoch {epoch + 1}: no test accuracy was recorded for its "
+                    f"network{measured}"}
 
 
 def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | None = None,
