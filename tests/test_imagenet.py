@@ -124,7 +124,10 @@ def test_the_imagenet_config_runs_end_to_end_on_an_imagenet_folder(imagenet_run,
     assert (summary["model"], summary["method"], summary["dataset"], summary["dataset_source"]) == (
         "resnet50", "edge-popup+iwr", "imagenet", "imagenet")
     assert (summary["num_classes"], summary["image_size"], summary["epochs"]) == (3, 32, 1)
-    assert (summary["lr_scaling"], summary["peak_lr"]) == ("linear", 0.1 * 4 / 256)
+    assert (summary["lr_scaling"], summary["scheduled_peak_lr"]) == ("linear", 0.1 * 4 / 256)
+    # 1 epoch of 5 warm-up epochs: the highest rate used is a fifth of the scheduled peak, and no key calls the
+    # scheduled one the peak
+    assert summary["max_lr_used"] == pytest.approx(0.1 * 4 / 256 / 5) and "peak_lr" not in summary
     assert summary["params_kept"] == pytest.approx(0.3 * summary["params_total"], abs=200)  # floor per layer
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs[0]["lr"] == pytest.approx(0.1 * 4 / 256 / 5)  # the first of the 5 warm-up epochs

@@ -1,6 +1,7 @@
 """Mask comparison on hand-computed masks, chance levels, refusal of mismatched runs, plots, studies."""
 
 import csv
+import math
 import json
 
 import numpy as np
@@ -295,3 +296,35 @@ def test_mask_path_refuses_runs_that_mask_other_weights(two_seeds_and_dense, tmp
     assert main(["path", str(root / "a"), str(tmp_path / "skip_params"), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "differ in skip_params ([] vs ['first'])" in err and len(err.strip().splitlines()) == 1
+
+
+def test_layer_norms_of_biprop_give_the_effective_weights(tmp_path, capsys):
+    """Biprop computes with alpha * sign(W) * M, whose norm is alpha * sqrt(kept): norms reports it beside the
+    random W's, labelled."""
+    from supermask.analysis import layer_norms
+    from supermask.convert import masked_layers, random_weight
+    from supermask.train import load_run_model
+
+    run = tmp_path / "biprop"
+    assert main(["train", "digits", "model=small-conv", "width=0.25", "epochs=1", "method=biprop", "-q",
+                 f"out_dir={run}"]) == 0
+    result = layer_norms(run)
+    _, _, model, _ = load_run_model(run, device="cpu")
+    for row, (_, layer, p) in zip(result["layers"], masked_layers(model)):
+        w, m = random_weight(layer), p.mask()
+        alpha = float(w[m].abs().mean())
+        assert row["alpha"] == pytest.approx(alpha, rel=1e-6)
+        assert row["effective"] == pytest.approx(alpha * math.sqrt(int(m.sum())), rel=1e-5)
+        assert row["kept"] == pytest.approx(float(w[m].norm()))  # the random W's, as before
+        assert row["effective"] != pytest.approx(row["kept"])
+    capsys.readouterr()
+    assert main(["norms", str(run), "--out", str(tmp_path / "n")]) == 0
+    out = capsys.readouterr().out
+    assert "effective: of the weight the network computes with" in out and "alpha=" in out
+
+
+def test_layer_norms_of_edge_popup_effective_is_kept(two_seeds_and_dense):
+    from supermask.analysis import layer_norms
+
+    for row in layer_norms(two_seeds_and_dense / "a")["layers"]:
+        assert row["effective"] == pytest.approx(row["kept"]) and "alpha" not in row

@@ -250,3 +250,52 @@ def test_a_streamed_run_interrupted_inside_an_epoch_resumes_to_the_same_result(
     assert ma == mb and len(ma) == 2
     assert json.loads((a / "summary.json").read_text())["iwr_steps"] == json.loads(
         (b / "summary.json").read_text())["iwr_steps"]
+
+
+def _rewrite_shard(path, change) -> None:
+    """Shard `path` rewritten with each jpg member's bytes passed through `change(name, bytes)`, in the same order."""
+    import tarfile
+
+    from tar_helpers import write_tar
+
+    with tarfile.open(path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    write_tar(path, {name: change(name, data) if name.endswith(".jpg") else data for name, data in members.items()})
+
+
+def _inverted_jpeg(_, data: bytes) -> bytes:
+    import io
+
+    from PIL import Image, ImageOps
+
+    out = io.BytesIO()
+    ImageOps.invert(Image.open(io.BytesIO(data)).convert("RGB")).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_eval_on_shards_whose_images_changed_is_not_the_same_data(imagenet_like, tmp_path, capsys):
+    """Shards keep their names, keys and labels while every evaluation image is inverted: not the run's data. One
+    undecodable evaluation image is counted as replaced."""
+    import shutil
+    import tarfile
+
+    out = tmp_path / "r"
+    keys = [f"{k}={v}" for k, v in {**ARGS, "epochs": 1}.items()]
+    assert main(["train", "digits", f"dataset={imagenet_like.root / 'shards'}", *keys, f"out_dir={out}", "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    copies = {name: tmp_path / name / "shards" for name in ("inverted", "copy", "broken")}
+    for copy in copies.values():
+        shutil.copytree(imagenet_like.root / "shards", copy)
+    for val in sorted(copies["inverted"].glob("val-*.tar")):
+        _rewrite_shard(val, _inverted_jpeg)
+    first = min(copies["broken"].glob("val-*.tar"))
+    with tarfile.open(first) as tar:
+        victim = next(m.name for m in tar if m.name.endswith(".jpg"))
+    _rewrite_shard(first, lambda name, data: data[:100] if name == victim else data)  # truncated: undecodable
+    capsys.readouterr()
+    for name, same, replaced in (("inverted", False, 0), ("copy", True, 0), ("broken", False, 1)):
+        assert main(["eval", str(out), f"dataset={copies[name]}", "--device", "cpu"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["same_data_as_run"] is same, name
+        assert result["images_replaced"] == replaced, name
+    assert summary["images_replaced"] == {"train": 0, "test": 0}

@@ -379,3 +379,73 @@ def test_two_processes_stream_what_one_does_even_an_empty_part(tmp_path: Path):
     for key in ta:
         if key.endswith("scores"):  # the global batch's gradient, up to the order of float sums
             assert torch.allclose(ta[key], tb[key], atol=1e-5), key
+
+
+def _invert_jpegs(folder: Path) -> None:
+    """Every JPEG under `folder` replaced by its negative, under the same name."""
+    from PIL import ImageOps
+
+    for path in sorted(folder.rglob("*.JPEG")):
+        with Image.open(path) as img:
+            inverted = ImageOps.invert(img.convert("RGB"))
+        inverted.save(path, "JPEG")
+
+
+def test_eval_on_a_copy_whose_images_changed_is_not_the_same_data(tmp_path: Path, capsys):
+    """The checksum of a streamed folder covers the bytes of its files: a copy whose every val/ image was inverted,
+    under the same names, is not the run's data; an exact copy elsewhere is."""
+    import json
+    import shutil
+
+    from supermask.cli import main
+
+    root = _tree(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "digits", f"dataset={root}", "image_size=12", "epochs=1", "batch_size=4", "width=0.5",
+                 "num_workers=0", "device=cpu", f"out_dir={out}", "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    copy, inverted = tmp_path / "copy", tmp_path / "inverted"
+    shutil.copytree(root, copy)
+    shutil.copytree(root, inverted)
+    _invert_jpegs(inverted / "val")
+    capsys.readouterr()
+    for data, same in ((inverted, False), (root, True), (copy, True)):
+        assert main(["eval", str(out), f"dataset={data}", "--device", "cpu"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["same_data_as_run"] is same, data
+        assert (result["eval_split_sha256"] == summary["eval_split_sha256"]) is same
+        assert result["images_replaced"] == 0
+    # the whole set's checksum covers the training files too
+    train_changed = tmp_path / "train_changed"
+    shutil.copytree(root, train_changed)
+    _invert_jpegs(train_changed / "train" / "n01")
+    from supermask.data import load_dataset, split_sha256
+    from supermask.train import data_checksums
+
+    again, changed = (load_dataset(str(d), mode="stream", image_size=12) for d in (copy, train_changed))
+    assert data_checksums(again) == {k: summary[k] for k in ("dataset_sha256", "eval_split_sha256")}
+    assert split_sha256(changed, "test") == summary["eval_split_sha256"]
+    assert data_checksums(changed)["dataset_sha256"] != summary["dataset_sha256"]
+    assert summary["images_replaced"] == {"train": 0, "test": 0}
+
+
+def test_replaced_images_are_counted_in_the_run_and_in_eval(tmp_path: Path, capsys):
+    """One undecodable training image and one undecodable evaluation image: every epoch's row, the summary and eval
+    count them (decoded by 2 DataLoader workers, whose counts reach the run)."""
+    import json
+
+    from supermask.cli import main
+
+    root = _tree(tmp_path / "data")
+    for split in ("train", "val"):
+        bad = sorted((root / split / "n02").iterdir())[1]
+        bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    out = tmp_path / "run"
+    assert main(["train", "digits", f"dataset={root}", "image_size=12", "epochs=2", "batch_size=4", "width=0.5",
+                 "num_workers=2", "device=cpu", f"out_dir={out}", "-q"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["train_images_replaced"], r["test_images_replaced"]) for r in rows] == [(1, 1), (1, 1)]
+    assert json.loads((out / "summary.json").read_text())["images_replaced"] == {"train": 1, "test": 1}
+    capsys.readouterr()
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_replaced"] == 1

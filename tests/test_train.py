@@ -243,3 +243,54 @@ def test_digits_reaches_high_accuracy(method, lr, tmp_path):
     assert summary["test_acc"] > 0.85, summary
     if method == "edge-popup":
         assert summary["params_kept"] == summary["params_total"] // 2  # every layer has an even size
+
+
+def test_an_epochs_accuracy_measures_the_network_saved_after_its_recycling(tmp_path, monkeypatch):
+    """With iwr_rate above the prune rate, the IWR step at the end of epoch 2 rewrites kept weights: the test loss
+    and accuracy recorded for epoch 2 are those of the network that epoch's checkpoint holds (after recycling)."""
+    import shutil
+
+    real_save = supermask.train.save_checkpoint
+
+    def keep_each_epoch(path, model, optimizer, state):
+        real_save(path, model, optimizer, state)
+        copy = tmp_path / f"epoch{state['epoch']}"
+        copy.mkdir(exist_ok=True)
+        shutil.copy(path, copy / path.name)
+        shutil.copy(path.parent / "config.yaml", copy / "config.yaml")
+
+    monkeypatch.setattr(supermask.train, "save_checkpoint", keep_each_epoch)
+    out = tmp_path / "run"
+    run(config(out, prune_rate=0.1, iwr_every=1, iwr_rate=0.4), progress=False)
+    schedule = [json.loads(line) for line in (out / "schedule.jsonl").read_text().splitlines()]
+    assert {e["epoch"] for e in schedule} == {2} and all(e["changed"] > 0 for e in schedule)
+    rows = metrics_without_seconds(out)
+    for epoch in (1, 2, 3):
+        again = supermask.train.evaluate_run(tmp_path / f"epoch{epoch}", device="cpu")
+        assert (again["test_loss"], again["test_acc"]) == (rows[epoch - 1]["test_loss"], rows[epoch - 1]["test_acc"])
+
+
+def test_eval_of_a_run_killed_inside_an_epoch_states_where_and_compares_nothing(tmp_path, monkeypatch):
+    """A checkpoint 5 batches into epoch 2 holds a network no evaluation measured: eval says where it is and gives no
+    recorded accuracy to compare with (epoch 1's measured another network); at an epoch's end it gives that epoch's."""
+    real_batches = supermask.data.train_batches
+
+    def killed_in_epoch_2(*args, **kwargs):
+        for step, batch in enumerate(real_batches(*args, **kwargs)):
+            if kwargs["epoch"] == 1 and step == 5:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(supermask.data, "train_batches", killed_in_epoch_2)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # 23 steps an epoch: steps 24, 26, 28 checkpoint, the last after 5 batches
+        run(config(out, checkpoint_every_steps=2), progress=False)
+    monkeypatch.undo()
+    result = supermask.train.evaluate_run(out, device="cpu")
+    assert (result["epoch"], result["batch"], result["position"]) == (1, 5, "5 batches into epoch 2")
+    assert result["recorded_test_acc"] is None
+    assert result["note"].startswith("the checkpoint is 5 batches into epoch 2: no test accuracy was recorded")
+    run(config(out, checkpoint_every_steps=2), resume=True, progress=False)
+    result = supermask.train.evaluate_run(out, device="cpu")
+    assert (result["epoch"], result["batch"], result["position"]) == (3, 0, "end of epoch 3")
+    assert result["recorded_test_acc"] == result["test_acc"] and "note" not in result

@@ -14,6 +14,7 @@ from .errors import ConfigError
 from .labels import layer_labels
 from .landscape import check_finished
 from .mask import kth_smallest, num_pruned, topk_mask
+from .methods import Biprop, biprop_alpha
 from .train import evaluate, load_run_model, pick_device
 
 
@@ -74,8 +75,10 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
 
 @torch.no_grad()
 def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> dict[str, Any]:
-    """Per masked layer: Frobenius norms of the kept and pruned weights (the weights under the mask); with a
-    dense run, also its layer norms and those of its magnitude-pruned version at the run's prune rate."""
+    """Per masked layer: Frobenius norms of the kept and pruned random weights W (the weights under the mask) and
+    of the effective weight the network computes with (`effective`: W * M for Edge-Popup, the same as `kept`;
+    alpha * sign(W) * M for Biprop, with its `alpha`); with a dense run, also its layer norms and those of its
+    magnitude-pruned version at the run's prune rate."""
     check_finished(run_dir)
     if dense_run is not None:
         check_finished(dense_run)
@@ -92,7 +95,10 @@ def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> 
     rows, labels = [], layer_labels(model)
     for name, layer, p in layers:
         w, m = random_weight(layer, p), p.mask()
-        row = {"layer": name, "label": labels[name], "kept": float(w[m].norm()), "pruned": float(w[~m].norm())}
+        row = {"layer": name, "label": labels[name], "kept": float(w[m].norm()), "pruned": float(w[~m].norm()),
+               "effective": float(p.combine(w, m.to(w.dtype)).norm())}
+        if isinstance(p, Biprop):
+            row["alpha"] = float(biprop_alpha(w, m))
         if dense_weights is not None:
             d = dense_weights[name]
             keep = topk_mask(d.abs(), cfg.prune_rate)

@@ -132,6 +132,8 @@ def _norms(args: argparse.Namespace) -> int:
 
     result = layer_norms(args.run_dir, dense_run=args.dense)
     out = _save_result(args.out, "norms", result, norms_plot)
+    print("kept, pruned: norms of the random weights W under and outside the mask; effective: of the weight the "
+          "network computes with (W * M, or for Biprop alpha * sign(W) * M)")
     for r in result["layers"]:
         print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     print(f"norms written to {out}")

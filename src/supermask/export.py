@@ -77,7 +77,8 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
           "include_params?": NAMES, "scale_fan_by?": TEXT, "channels_last?": FLAG,
-          "dataset": TEXT, "dataset_sha256?": TEXT, "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
+          "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT, "data_mode?": TEXT,
+          "test_acc": ACCURACY, "layers": [LAYER],
           "tensors": [TENSOR],
           "payload_length": COUNT}
 
@@ -150,8 +151,9 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         **{k: v for k, v in cfg.to_dict().items() if k in OPTIONAL_REBUILD_KEYS and v and v != FIELDS[k].default},
         "label": cfg.label, "test_acc": summary.get("test_acc"),
     }
-    if isinstance(summary.get("dataset_sha256"), str):
-        header["dataset_sha256"] = summary["dataset_sha256"]
+    for key in ("dataset_sha256", "eval_split_sha256"):  # eval of a streamed set compares the second
+        if isinstance(summary.get(key), str):
+            header[key] = summary[key]
     if summary.get("data_mode") == "stream":  # eval reads it streamed again (files of sets in memory stay as they were)
         header["data_mode"] = "stream"
     shape_keys = ("num_classes", "in_channels", "image_size")

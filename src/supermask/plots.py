@@ -140,10 +140,13 @@ def path_plot(result: dict, path: Path) -> Path:
 
 
 def norms_plot(result: dict, path: Path) -> Path:
-    """Per-layer Frobenius norms: kept and pruned weights of the run, and of the dense net's magnitude pruning."""
+    """Per-layer Frobenius norms: kept and pruned random weights of the run, the effective weights it computes with
+    where they differ (Biprop's alpha * sign(W) * M), and the dense net's magnitude pruning."""
     plt = _pyplot()
     rows = result["layers"]
-    series = [("kept", f"{result['method']} kept"), ("pruned", f"{result['method']} pruned")]
+    series = [("kept", f"{result['method']} kept (random W)"), ("pruned", f"{result['method']} pruned (random W)")]
+    if any("alpha" in r for r in rows):  # norms of runs made before `effective` was recorded have no alpha either
+        series.append(("effective", f"{result['method']} effective (alpha sign(W) M)"))
     if result.get("dense_run"):
         series += [("dense", "dense"), ("magnitude_kept", "dense, magnitude-kept"),
                    ("magnitude_pruned", "dense, magnitude-pruned")]

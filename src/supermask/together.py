@@ -355,11 +355,12 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
             # the training pass of all runs: images/s counts every run's images, as a run alone would its own
             pace = speed(float(sums[:, 2].sum()), time.perf_counter() - start, batches.waited)
             images_per_s = pace["images_per_s"]
+            for cfg, model, state in zip(cfgs, group.models, states):  # before evaluating, as a run alone does
+                state["schedule"] += end_of_epoch(model, cfg, epoch, step)
             results = evaluate_together(group, ds, first.eval_batch_size, device, first.channels_last)
             elapsed = time.perf_counter() - start
             seconds = elapsed / n  # each run's share of the group's time
             for i, (cfg, model, state) in enumerate(zip(cfgs, group.models, states)):
-                state["schedule"] += end_of_epoch(model, cfg, epoch, step)
                 loss_sum, correct, seen = sums[i].tolist()
                 record_epoch(state, lr, (loss_sum / seen, correct / seen), results[i], seconds, pace)
             accs = [r[1] for r in results]

@@ -155,18 +155,24 @@ def grad_scaler(amp: bool, device: torch.device) -> torch.amp.GradScaler:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: torch.device,
-             group: distributed.Group = distributed.Group(), amp: bool = False) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test split (split across the processes of a data-parallel run)."""
+             group: distributed.Group = distributed.Group(), amp: bool = False,
+             replaced: data_lib.ReplacedCount | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test split (split across the processes of a data-parallel run); the samples of
+    a streamed set replaced because their image could not be read, summed over the processes, go to `replaced`."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct
-    for x, y in data_lib.eval_batches(ds, batch_size, device=device, shard=(group.rank, group.world)):
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, replaced samples
+    tally = data_lib.ReplacedCount()
+    for x, y in data_lib.eval_batches(ds, batch_size, device=device, shard=(group.rank, group.world), replaced=tally):
         with autocast(amp, device):
             logits = model(x).float()
         sums[0] += nn.functional.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
+    sums[2] += tally.count
     model.train(was_training)
-    loss_sum, correct = distributed.all_sum(sums, group).tolist()
+    loss_sum, correct, bad = distributed.all_sum(sums, group).tolist()
+    if replaced is not None:
+        replaced.count += int(bad)
     n = len(ds.test_y)
     return loss_sum / n, correct / n
 
@@ -238,7 +244,8 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     """One pass over the training set; returns (mean loss, accuracy, `speed`). Counts steps and logs IteRand in
     `state`. `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run, or the
     compiled model). Every `cfg.checkpoint_every_steps` steps inside the epoch, `checkpoint` gets what continuing
-    at the next batch needs (`state["partial"]` when a run resumes there)."""
+    at the next batch needs (`state["partial"]` when a run resumes there). From a streamed set, `speed` also holds
+    `train_images_replaced`, the samples whose unreadable image another replaced."""
     net = net or model
     scaler = scaler or grad_scaler(False, device)
     net.train()
@@ -254,9 +261,10 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
     # loss, correct, seen
     sums = torch.tensor(partial["sums"] if group.main else [0.0] * 3, device=device, dtype=torch.float64)
     first, start = partial["batch"], time.perf_counter() - partial["seconds"]
+    replaced = data_lib.ReplacedCount(int(partial.get("replaced", 0)) if group.main else 0)  # global, as the sums
     batches = WaitClock(data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch,
                                                augment=cfg.augment, device=device, shard=(group.rank, group.world),
-                                               start_batch=first), partial["waited"])
+                                               start_batch=first, replaced=replaced), partial["waited"])
     for step, (x, y) in enumerate(batches, start=first):
         x = input_layout(x, cfg.channels_last)
         with autocast(cfg.amp, device):
@@ -289,11 +297,16 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
             trackers.flush()  # the host has synchronized anyway
         if checkpoint and step + 1 < steps and step_fires(state["step"], cfg.checkpoint_every_steps):
             trackers.flush()
-            checkpoint({"batch": step + 1, "sums": distributed.all_sum(sums.clone(), group).tolist(),
+            *so_far, bad = distributed.all_sum(torch.cat([sums, sums.new_tensor([replaced.count])]), group).tolist()
+            checkpoint({"batch": step + 1, "sums": so_far, "replaced": int(bad),
                         "seconds": time.perf_counter() - start, "waited": batches.waited})
-    loss_sum, correct, seen = distributed.all_sum(sums, group).tolist()
+    loss_sum, correct, seen, bad = distributed.all_sum(torch.cat([sums, sums.new_tensor([replaced.count])]),
+                                                       group).tolist()
     _check_finite(model, loss_sum / seen, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"], group)
-    return loss_sum / seen, correct / seen, speed(seen, time.perf_counter() - start, batches.waited)
+    pace = speed(seen, time.perf_counter() - start, batches.waited)
+    if data_lib.is_streamed(ds):
+        pace["train_images_replaced"] = int(bad)
+    return loss_sum / seen, correct / seen, pace
 
 
 def default_out_dir(cfg: Config) -> Path:
@@ -430,10 +443,14 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
             train_loss, train_acc, pace = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net,
                                                       scaler, trackers, checkpoint)
             distributed.average_buffers(model, group)  # one set of BatchNorm statistics: evaluated and saved
-            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp)
-            # IWR and IteRand rewrite only low-scored (pruned) weights, so evaluating first measures the same net.
+            # The epoch's IWR or IteRand step comes before the evaluation, so the test accuracy measures the network
+            # saved at the epoch's end: IWR with iwr_rate above the prune rate rewrites kept weights too.
             events = end_of_epoch(model, cfg, epoch, state["step"])
             distributed.check_agreement(model, group, f"epoch {epoch + 1}", buffers=True)
+            replaced = data_lib.ReplacedCount()
+            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp, replaced)
+            if data_lib.is_streamed(ds):
+                pace["test_images_replaced"] = replaced.count
             state["schedule"] += events
             record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start, pace)
             trackers.epoch(state["history"][-1], state["step"])
@@ -465,14 +482,23 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
                                                             "prune_rate": cfg.prune_rate, "layers": list(found),
                                                             "labels": layer_labels(model)})
     final = state["history"][-1]
+    streamed = data_lib.is_streamed(ds)
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
         "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": ds.name,
-        "data_mode": "stream" if data_lib.is_streamed(ds) else "memory",
-        "dataset_source": Path(ds.source).name, "dataset_sha256": data_lib.content_sha256(ds),
+        "data_mode": "stream" if streamed else "memory", "dataset_source": Path(ds.source).name,
+        # a streamed set's checksums read all its files, once, in the process that writes the summary
+        **(data_checksums(ds) if group.main or not streamed else {}),
+        # the last epoch's: a streamed folder's every training image and a set's every evaluation image are read
+        # each epoch, so these count the unreadable ones (a warning named each)
+        **({"images_replaced": {"train": final.get("train_images_replaced", 0),
+                                "test": final.get("test_images_replaced", 0)}} if streamed else {}),
         "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
-        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "lr_scaling": cfg.lr_scaling, "peak_lr": cfg.peak_lr,
+        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "lr_scaling": cfg.lr_scaling,
+        # the schedule's peak, which a run shorter than its warm-up never reaches, and the highest rate it used
+        # (summaries before these two recorded the scheduled peak as "peak_lr")
+        "scheduled_peak_lr": cfg.peak_lr, "max_lr_used": max(row["lr"] for row in state["history"]),
         "test_acc": final["test_acc"],
         "best_test_acc": state["best_test_acc"], "best_epoch": state["best_epoch"],
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
@@ -503,11 +529,27 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto",
     return cfg, ds, model, meta
 
 
-def _data_check(ds: data_lib.Dataset, recorded: Any) -> dict[str, Any]:
-    """The data's name and checksum, and whether it is the data the run recorded (None when it recorded none)."""
-    sha = data_lib.content_sha256(ds)
-    return {"dataset_source": Path(ds.source).name, "dataset_sha256": sha,
-            "same_data_as_run": sha == recorded if isinstance(recorded, str) else None}
+def data_checksums(ds: data_lib.Dataset) -> dict[str, str]:
+    """What summary.json records of the data: `dataset_sha256` (both splits: decoded images and labels of a set in
+    memory; file names, labels and file bytes of a streamed one) and, streamed, `eval_split_sha256` (the evaluation
+    split alone, which is all `eval` reads)."""
+    if not data_lib.is_streamed(ds):
+        return {"dataset_sha256": data_lib.content_sha256(ds)}
+    return {"dataset_sha256": data_lib.content_sha256(ds), "eval_split_sha256": data_lib.split_sha256(ds, "test")}
+
+
+def _data_check(ds: data_lib.Dataset, recorded: dict[str, Any], replaced: data_lib.ReplacedCount) -> dict[str, Any]:
+    """The data's name and checksum, and whether it is the data the run `recorded` (None when it recorded none).
+    A streamed set is compared by its evaluation split (a run before `eval_split_sha256` recorded only its listing,
+    so it gives None)."""
+    if data_lib.is_streamed(ds):
+        sha, key = data_lib.split_sha256(ds, "test"), "eval_split_sha256"
+        more = {"images_replaced": replaced.count}
+    else:
+        sha, key, more = data_lib.content_sha256(ds), "dataset_sha256", {}
+    saved = recorded.get(key)
+    return {"dataset_source": Path(ds.source).name, key: sha,
+            "same_data_as_run": sha == saved if isinstance(saved, str) else None, **more}
 
 
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | None = None,
@@ -516,13 +558,29 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | No
     in `data_dir` when given, e.g. a copy of the data on another machine)."""
     data = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v is not None}
     cfg, ds, model, meta = load_run_model(run_dir, device=device, data=data)
-    loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device), amp=cfg.amp)
+    replaced = data_lib.ReplacedCount()
+    loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device), amp=cfg.amp, replaced=replaced)
     total, kept = parameter_counts(model)
     summary_file = Path(run_dir) / "summary.json"
-    recorded = read_json(summary_file).get("dataset_sha256") if summary_file.is_file() else None
-    return {"run": str(run_dir), "epoch": meta["epoch"], "test_loss": loss, "test_acc": acc,
-            "recorded_test_acc": meta["history"][-1]["test_acc"] if meta["history"] else None,
-            "params_total": total, "params_kept": kept, **_data_check(ds, recorded)}
+    recorded = read_json(summary_file) if summary_file.is_file() else {}
+    return {"run": str(run_dir), **checkpoint_position(meta), "test_loss": loss, "test_acc": acc,
+            "params_total": total, "params_kept": kept, **_data_check(ds, recorded, replaced)}
+
+
+def checkpoint_position(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where in its run a checkpoint was saved (epochs finished, batches into the next one) and the test accuracy
+    recorded for the network it holds: only a checkpoint at an epoch's end has one (each epoch's test accuracy is
+    measured on the network saved at its end); one inside an epoch holds a network no evaluation has seen."""
+    epoch, batch = meta["epoch"], (meta.get("partial") or {}).get("batch", 0)
+    last = meta["history"][-1]["test_acc"] if meta["history"] else None
+    position = {"epoch": epoch, "batch": batch,
+                "position": f"{batch} batches into epoch {epoch + 1}" if batch else f"end of epoch {epoch}"}
+    if not batch:
+        return {**position, "recorded_test_acc": last}
+    measured = f" (the last recorded, {last:.4f}, is that of the network at the end of epoch {epoch})" if last is not None else ""
+    return {**position, "recorded_test_acc": None,
+            "note": f"the checkpoint is {batch} batches into epoch {epoch + 1}: no test accuracy was recorded for its "
+                    f"network{measured}"}
 
 
 def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | None = None,
@@ -537,6 +595,7 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | Non
     streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
     ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
                                image_size=header["image_size"] if streamed else None)
-    loss, acc = evaluate(model.to(dev), ds, 1000, dev)
+    replaced = data_lib.ReplacedCount()
+    loss, acc = evaluate(model.to(dev), ds, 1000, dev, replaced=replaced)
     return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
-            **_data_check(ds, header.get("dataset_sha256"))}
+            **_data_check(ds, header, replaced)}

@@ -19,9 +19,9 @@ Dataset type, `cache` and `download` for files, `transforms` for the streamed im
 and augmentation, `load` for `load_dataset`; this package re-exports the public API.
 """
 
-from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir
-from .batches import (augment_batch, check_augment, eval_batches, is_streamed, normalize, on_device, train_batches,
-                      train_steps)
+from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir, split_sha256
+from .batches import (ReplacedCount, augment_batch, check_augment, eval_batches, is_streamed, normalize, on_device,
+                      train_batches, train_steps)
 from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
 from .download import download_file
 from .generated import LISTOPS_TOKENS, generate_listops, listops_value
@@ -36,11 +36,13 @@ __all__ = [
     "DATASET_NAMES",
     "DATA_MODES",
     "Dataset",
+    "ReplacedCount",
     "LISTOPS_TOKENS",
     "MNIST_MD5",
     "MNIST_URL",
     "augment_batch",
     "content_sha256",
+    "split_sha256",
     "check_augment",
     "default_cache_dir",
     "default_data_dir",

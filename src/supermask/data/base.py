@@ -81,7 +81,7 @@ class Dataset:
 def content_sha256(ds: Dataset) -> str:
     """SHA-256 of the decoded data (shapes, images and labels of both splits): equal exactly when two runs saw the
     same data, whatever file or folder it was read from. Results record it instead of a machine's path. A streamed
-    set (StreamDataset) hashes its listing instead."""
+    set (StreamDataset, ShardDataset) hashes its files instead: both splits' names, labels and file bytes."""
     if not isinstance(ds, Dataset):
         return ds.content_sha256()
     h = hashlib.sha256()
@@ -90,6 +90,15 @@ def content_sha256(ds: Dataset) -> str:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def split_sha256(ds, split: str) -> str:
+    """SHA-256 of one split ("train" or "test") of a streamed set: its file names, labels and file bytes (each file
+    is read once more, so it is computed once per set and split)."""
+    if split not in _SPLITS:
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    return ds.split_sha256(split)
 
 
 # --------------------------------------------------------------------------------------------- #

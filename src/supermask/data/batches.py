@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -13,7 +13,15 @@ from supermask.errors import ConfigError
 
 from .base import _SPLITS, Dataset
 from .shard_dataset import ShardDataset, shard_eval_loader, shard_steps, shard_train_loader
-from .stream import ImageList, ImageStream, StreamDataset, stream_loader
+from .stream import ImageList, ImageStream, StreamDataset, replaced_tally, stream_loader
+
+
+@dataclass
+class ReplacedCount:
+    """Samples of a streamed pass whose image could not be read or decoded and was replaced by another (a warning
+    names each file); `train_batches` and `eval_batches` add to it as their batches come."""
+
+    count: int = 0
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -118,8 +126,10 @@ def train_batches(
     device: torch.device | str = "cpu",
     shard: tuple[int, int] = (0, 1),
     start_batch: int = 0,
+    replaced: ReplacedCount | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of (float32 normalized images, int64 labels) on device; the last batch may be short.
+    A streamed set adds the samples it replaced (unreadable images) to `replaced`.
 
     Order and augmentation depend only on (seed, epoch), so resuming at an epoch reproduces it exactly, and
     `start_batch` skips the epoch's first batches (resuming inside it) yielding the same batches after them.
@@ -133,13 +143,15 @@ def train_batches(
         raise ConfigError(f"start_batch must be >= 0, got {start_batch}")
     if isinstance(ds, StreamDataset):
         yield from _stream_batches(ds, ds.index.train, batch_size, augment=augment, shuffle=True, seed=seed,
-                                   epoch=epoch, device=device, shard=shard, start_batch=start_batch)
+                                   epoch=epoch, device=device, shard=shard, start_batch=start_batch, replaced=replaced)
         return
     if isinstance(ds, ShardDataset):
         device = torch.device(device)
+        tally = replaced_tally(ds.num_workers)
         loader = shard_train_loader(ds, batch_size, seed=seed, epoch=epoch, augment=augment, rank=shard[0],
-                                    world=shard[1], start_batch=start_batch, pin_memory=device.type == "cuda")
-        yield from _normalized(ds, loader, device)
+                                    world=shard[1], start_batch=start_batch, pin_memory=device.type == "cuda",
+                                    tally=tally)
+        yield from _normalized(ds, loader, device, tally, replaced)
         return
     gen = _epoch_generator(seed, epoch)
     order = torch.randperm(len(ds.train_y), generator=gen)
@@ -158,22 +170,24 @@ def train_batches(
 
 def eval_batches(
     ds: Dataset, batch_size: int, *, split: str = "test", device: torch.device | str = "cpu",
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] = (0, 1), replaced: ReplacedCount | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The train or test split in order, normalized, without augmentation (with shard=(rank, world): this
-    process's contiguous part of it)."""
+    process's contiguous part of it). A streamed set adds the samples it replaced to `replaced`."""
     _check_batch_size(batch_size)
     if split not in _SPLITS:
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     if isinstance(ds, StreamDataset):
         images = ds.index.train if split == "train" else ds.index.test
-        yield from _stream_batches(ds, images, batch_size, augment=False, shuffle=False, device=device, shard=shard)
+        yield from _stream_batches(ds, images, batch_size, augment=False, shuffle=False, device=device, shard=shard,
+                                   replaced=replaced)
         return
     if isinstance(ds, ShardDataset):
         device = torch.device(device)
+        tally = replaced_tally(ds.num_workers)
         loader = shard_eval_loader(ds, batch_size, split=split, rank=shard[0], world=shard[1],
-                                   pin_memory=device.type == "cuda")
-        yield from _normalized(ds, loader, device)
+                                   pin_memory=device.type == "cuda", tally=tally)
+        yield from _normalized(ds, loader, device, tally, replaced)
         return
     xs, ys = (ds.train_x, ds.train_y) if split == "train" else (ds.test_x, ds.test_y)
     xs, ys = _part(xs, shard), _part(ys, shard)
@@ -186,20 +200,27 @@ def eval_batches(
 def _stream_batches(
     ds: StreamDataset, images: ImageList, batch_size: int, *, augment: bool, shuffle: bool, seed: int = 0,
     epoch: int = 0, device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1), start_batch: int = 0,
+    replaced: ReplacedCount | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of a streamed split, decoded in ds.num_workers DataLoader workers and normalized on `device`."""
     device = torch.device(device)
-    stream = ImageStream(images, ds.image_size, augment=augment, seed=seed)
+    tally = replaced_tally(ds.num_workers)
+    stream = ImageStream(images, ds.image_size, augment=augment, seed=seed, tally=tally)
     loader = stream_loader(stream, batch_size, shuffle=shuffle, epoch=epoch, rank=shard[0], world=shard[1],
                            start_batch=start_batch, num_workers=ds.num_workers, pin_memory=device.type == "cuda")
-    yield from _normalized(ds, loader, device)
+    yield from _normalized(ds, loader, device, tally, replaced)
 
 
 def _normalized(ds: StreamDataset | ShardDataset, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A loader's uint8 batches normalized on `device`; a DataLoader worker's error in its own words."""
+                device: torch.device, tally: torch.Tensor | None = None,
+                replaced: ReplacedCount | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A loader's uint8 batches normalized on `device`; a DataLoader worker's error in its own words. The workers'
+    `tally` of replaced samples is added to `replaced` as each batch comes (a checkpoint inside the pass sees it)."""
+    start = replaced.count if replaced is not None else 0
     try:
         for x, y in loader:
+            if replaced is not None and tally is not None:
+                replaced.count = start + int(tally.sum())
             yield normalize(x.to(device, non_blocking=True), ds.mean, ds.std), y.to(device, non_blocking=True)
     except ConfigError as e:
         raise ConfigError(_worker_message(str(e))) from None

@@ -27,7 +27,8 @@ import torch
 
 from supermask.errors import ConfigError
 
-from .stream import IMAGENET_MEAN, IMAGENET_STD
+from .base import split_sha256
+from .stream import IMAGENET_MEAN, IMAGENET_STD, file_digests
 
 EVAL_SPLITS = ("val", "test")
 
@@ -98,14 +99,20 @@ class ShardDataset:
     def test_y(self) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([self.labels[u] for u in self.test_shards]))
 
-    def content_sha256(self) -> str:
-        """SHA-256 of the shards' file names and labels (the listing, as for a streamed folder)."""
-        h = hashlib.sha256()
-        for shards in (self.train_shards, self.test_shards):
-            for url in shards:
-                h.update(f"{Path(url).name}\0{len(self.labels[url])}\0".encode())
-                h.update(self.labels[url].tobytes())
+    def split_sha256(self, split: str) -> str:
+        """SHA-256 of one split's shards ("train" or "test", the evaluation split): each shard's file name, labels
+        and bytes, in order (every shard is read once more, by a few threads, as for a streamed folder)."""
+        shards = self.train_shards if split == "train" else self.test_shards
+        h = hashlib.sha256(f"{len(shards)}\0".encode())
+        for url, digest in zip(shards, file_digests(shards)):
+            h.update(f"{Path(url).name}\0{len(self.labels[url])}\0".encode())
+            h.update(self.labels[url].tobytes())
+            h.update(digest)
         return h.hexdigest()
+
+    def content_sha256(self) -> str:
+        """SHA-256 of both splits' checksums (`split_sha256`)."""
+        return hashlib.sha256(f"{split_sha256(self, 'train')}\0{split_sha256(self, 'test')}".encode()).hexdigest()
 
     def __repr__(self) -> str:
         return (f"ShardDataset(name={self.name!r}, train={len(self.train_y)} in {len(self.train_shards)} shards, "
@@ -137,9 +144,9 @@ def process_batch(batch_size: int, world: int) -> int:
 
 
 def _train_stream(ds: ShardDataset, *, seed: int, epoch: int, augment: bool, rank: int = 0,
-                  world: int = 1):
+                  world: int = 1, tally: torch.Tensor | None = None):
     stream = _shards().ShardStream(list(ds.train_shards), ds.image_size, shuffle=True, augment=augment, seed=seed,
-                                   rank=rank, world=world, counts=ds.counts)
+                                   rank=rank, world=world, counts=ds.counts, tally=tally)
     stream.set_epoch(epoch)
     return stream
 
@@ -209,15 +216,15 @@ def rebatch(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], size: int, cou
 
 
 def shard_train_loader(ds: ShardDataset, batch_size: int, *, seed: int, epoch: int, augment: bool, rank: int = 0,
-                       world: int = 1, start_batch: int = 0,
-                       pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                       world: int = 1, start_batch: int = 0, pin_memory: bool = False,
+                       tally: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Process `rank`'s uint8 batches of training epoch `epoch`, from batch `start_batch` on: shard_steps of them,
-    each batch_size / world samples."""
+    each batch_size / world samples (replaced ones counted in `tally`, see `stream.replaced_tally`)."""
     b = process_batch(batch_size, world)
     steps = shard_steps(ds, batch_size, seed=seed, epoch=epoch, world=world)
     if start_batch >= steps:
         return
-    stream = _train_stream(ds, seed=seed, epoch=epoch, augment=augment, rank=rank, world=world)
+    stream = _train_stream(ds, seed=seed, epoch=epoch, augment=augment, rank=rank, world=world, tally=tally)
     workers = readers(ds, len(stream.reader_shards()))
     counts = ds.counts
     reader_counts = [sum(counts[u] for u in stream.reader_shards(w, max(1, workers))) for w in range(max(1, workers))]
@@ -228,14 +235,15 @@ def shard_train_loader(ds: ShardDataset, batch_size: int, *, seed: int, epoch: i
 
 
 def shard_eval_loader(ds: ShardDataset, batch_size: int, *, split: str = "test", rank: int = 0, world: int = 1,
-                      pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      pin_memory: bool = False,
+                      tally: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Process `rank`'s uint8 batches of a split, in order, resized and center-cropped: shards rank, rank + world,
     ... (a process without one reads nothing)."""
     mine = list(ds.train_shards if split == "train" else ds.test_shards)[rank::world]
     if not mine:
         return
     stream = _shards().ShardStream(mine, ds.image_size, shuffle=False, augment=False, counts=ds.counts,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, tally=tally)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=readers(ds, len(mine)),
                                          pin_memory=pin_memory)
     for x, y in loader:  # each worker's batches, its last one short

@@ -17,8 +17,8 @@ world and W, and an image's augmentation on the seed, the epoch and its key only
 shards are read in order, split alike.
 
 A sample without ``cls`` or without an image is an error naming the shard and key; a shard that is missing or not
-a tar is an error naming it; an image that does not decode is logged on stderr, naming the shard and key, and the
-next decodable image of the same reader takes its place (the last one, at the reader's end), so every reader yields
+a tar is an error naming it; an image that does not decode is logged on stderr, naming the shard and key, counted
+(see `stream.replaced_tally`), and the next decodable image of the same reader takes its place (the last one, at the reader's end), so every reader yields
 exactly as many samples as its shards hold: a data-parallel loop can count its steps from the tar headers, and a
 resumed epoch skips samples without decoding them. 16 undecodable images in a row raise instead.
 
@@ -50,7 +50,7 @@ except ImportError:  # an optional extra: say how to get it, in one line
     raise ConfigError("WebDataset shards need the webdataset package: pip install 'supermask[stream]'") from None
 
 from .base import _one_line
-from .stream import collate_images
+from .stream import collate_images, count_replaced
 from .transforms import eval_transform, sample_rng, train_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png")
@@ -153,13 +153,14 @@ class ShardStream(torch.utils.data.IterableDataset):
     RandomResizedCrop + flip (training), else resize and center crop. `rank` and `world` are the process's place in
     a torchrun; DataLoader workers are found with get_worker_info. `counts` (samples per shard URL) spares
     `process_samples` reading the headers again. `skip[w]`: how many of reader w's first batches to hand over
-    empty, their samples read but not decoded (resuming inside an epoch).
+    empty, their samples read but not decoded (resuming inside an epoch). `tally` counts the samples whose image was
+    replaced (see `stream.replaced_tally`).
     """
 
     def __init__(
         self, shards: str | list[str], image_size: int, *, shuffle: bool, augment: bool, seed: int = 0, rank: int = 0,
         world: int = 1, shuffle_buffer: int = 1000, counts: dict[str, int] | None = None,
-        batch_size: int | None = None, skip: Sequence[int] = (),
+        batch_size: int | None = None, skip: Sequence[int] = (), tally: torch.Tensor | None = None,
     ):
         if image_size < 1:
             raise ConfigError(f"image_size must be >= 1, got {image_size}")
@@ -176,6 +177,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.epoch = shuffle_buffer, 0
         self._counts = counts
         self.batch_size, self.skip = batch_size, tuple(skip)
+        self.tally = tally
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -240,11 +242,13 @@ class ShardStream(torch.utils.data.IterableDataset):
                     raise ConfigError(f"{sample['__url__']}: {bad} images in a row cannot be decoded, the last"
                                       f" {sample['__key__']!r}; is the data intact?")
                 continue
+            count_replaced(self.tally, bad)
             for _ in range(bad + 1):
                 yield item
             bad, last = 0, item
         if bad and last is None:
             raise ConfigError(f"no image of {', '.join(self.urls)} can be decoded")
+        count_replaced(self.tally, bad)
         for _ in range(bad):
             yield last
 

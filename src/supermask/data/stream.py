@@ -20,7 +20,12 @@ depend only on (data_seed, epoch) and the sample's place in the sorted listing. 
 An image that cannot be read or decoded raises a ConfigError naming it (``skip_bad=False``), or by default is logged
 once per file and process on stderr and replaced by the next readable image in index order (wrapping around), with
 that image's label and the replaced sample's random augmentation, so a run stays deterministic; 16 unreadable images
-in a row raise instead (a lost mount must not look like a training run).
+in a row raise instead (a lost mount must not look like a training run). Replaced samples are counted in a tally
+(`replaced_tally`) that the DataLoader workers share with the process reading the batches.
+
+A set's checksum (`StreamDataset.split_sha256`) covers each split's file names, labels and the bytes of every file,
+read once (by a few threads) when it is first asked for: the listing alone would call a folder whose images all
+changed the same data.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import hashlib
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -39,7 +45,7 @@ from PIL import Image
 
 from supermask.errors import ConfigError
 
-from .base import _one_line
+from .base import _one_line, split_sha256
 from .folder import _IMAGE_SUFFIXES
 from .transforms import eval_transform, sample_rng, train_transform
 
@@ -47,6 +53,46 @@ _EVAL_SPLITS = ("val", "test")
 _MAX_BAD_IN_A_ROW = 16
 _BAD_IMAGE = (OSError, ValueError, EOFError, Image.DecompressionBombError)
 _warned: set[str] = set()  # files already reported as unreadable by this process
+_UNREADABLE = bytes(32)  # the digest a file that cannot be read at all stands for in a checksum
+_HASH_CHUNK = 1 << 20
+
+
+def replaced_tally(workers: int) -> torch.Tensor:
+    """Counters of replaced samples in shared memory, one for this process and one per DataLoader worker (each
+    adds to its own, so no two processes write one counter); their sum is a pass's count."""
+    return torch.zeros(workers + 1, dtype=torch.int64).share_memory_()
+
+
+def count_replaced(tally: torch.Tensor | None, n: int = 1) -> None:
+    """Add `n` replaced samples to this process's or this DataLoader worker's counter of `tally`."""
+    if tally is not None and n:
+        info = torch.utils.data.get_worker_info()
+        tally[0 if info is None else info.id + 1] += n
+
+
+def file_sha256(path: str | Path) -> bytes:
+    """SHA-256 digest of a file's bytes, or _UNREADABLE for a file that cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+    except OSError:
+        return _UNREADABLE
+    return h.digest()
+
+
+def file_digests(paths: Sequence[str | Path], threads: int | None = None) -> list[bytes]:
+    """`file_sha256` of each path, in order, read by a few threads (hashlib releases the GIL on large updates, so
+    they hash in parallel), in chunks so that a million files do not make a million futures."""
+    threads = threads or min(8, os.cpu_count() or 1)
+    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
+    with ThreadPoolExecutor(threads) as pool:
+        return [d for digests in pool.map(_chunk_digests, chunks) for d in digests]
+
+
+def _chunk_digests(paths: Sequence[str | Path]) -> list[bytes]:
+    return [file_sha256(p) for p in paths]
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,15 +290,21 @@ class StreamDataset:
     def test_y(self) -> torch.Tensor:
         return torch.from_numpy(self.index.test.labels)
 
-    def content_sha256(self) -> str:
-        """SHA-256 of both splits' file names and labels: the listing, not the pixels (reading every file of a
-        large set to name it would take as long as an epoch)."""
-        h = hashlib.sha256()
-        for images in (self.index.train, self.index.test):
-            h.update(f"{len(images)}\0".encode())
-            h.update(b"\0".join(images.files.tolist()))
-            h.update(images.labels.tobytes())
+    def split_sha256(self, split: str) -> str:
+        """SHA-256 of one split ("train" or "test", the evaluation split): its file names, labels and the bytes of
+        each file, in the listing's order. Every file is read once more (by a few threads; for ImageNet's 150 GB,
+        the reading of an epoch without its decoding), so a run asks only when it ends, and eval only for the
+        evaluation split."""
+        images = self.index.train if split == "train" else self.index.test
+        digests = file_digests([images.path(i) for i in range(len(images))])
+        h = hashlib.sha256(f"{len(images)}\0".encode())
+        for name, label, digest in zip(images.files.tolist(), images.labels.tolist(), digests):
+            h.update(name + b"\0" + label.to_bytes(8, "little", signed=True) + digest)
         return h.hexdigest()
+
+    def content_sha256(self) -> str:
+        """SHA-256 of both splits' checksums (`split_sha256`)."""
+        return hashlib.sha256(f"{split_sha256(self, 'train')}\0{split_sha256(self, 'test')}".encode()).hexdigest()
 
     def __repr__(self) -> str:
         return (f"StreamDataset(name={self.name!r}, train={len(self.index.train)}, test={len(self.index.test)}, "
@@ -322,11 +374,13 @@ class ImageStream(torch.utils.data.Dataset):
     center crop (the epoch is then ignored). Batches come from `EpochBatches`, collated by `collate`.
     """
 
-    def __init__(self, images: ImageList, image_size: int, *, augment: bool, seed: int = 0, skip_bad: bool = True):
+    def __init__(self, images: ImageList, image_size: int, *, augment: bool, seed: int = 0, skip_bad: bool = True,
+                 tally: torch.Tensor | None = None):
         if image_size < 1:
             raise ConfigError(f"image_size must be >= 1, got {image_size}")
         self.images, self.image_size, self.augment = images, image_size, augment
         self.seed, self.skip_bad = seed, skip_bad
+        self.tally = tally  # counts replaced samples (see replaced_tally)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -345,7 +399,9 @@ class ImageStream(torch.utils.data.Dataset):
             j = (index + k) % n
             path = self.images.path(j)
             try:
-                return self._decode(path, epoch, index), int(self.images.labels[j])
+                sample = self._decode(path, epoch, index), int(self.images.labels[j])
+                count_replaced(self.tally, int(k > 0))
+                return sample
             except _BAD_IMAGE as e:
                 if not self.skip_bad:
                     raise ConfigError(f"{path}: cannot read image ({_one_line(e)})") from None
