@@ -81,7 +81,7 @@ def test_biprop_alpha_gradient_is_kept_as_an_option():
 def test_biprop_grad_is_checked():
     with pytest.raises(supermask.ConfigError, match="biprop_grad 'sign'"):
         Biprop(S.clone(), 0.5, grad="sign")
-    model = supermask.convert(nn.Sequential(nn.Linear(4, 3)), "biprop", 0.5, biprop_grad="alpha")
+    model = supermask.convert(nn.Sequential(nn.Linear(4, 3)), "biprop", 0.5, options={"grad": "alpha"})
     assert model[0].parametrizations.weight[0].grad == "alpha"
 
 

@@ -19,7 +19,7 @@ import yaml
 from .data import DATA_MODES, DATASET_NAMES, default_data_dir
 from .errors import ConfigError
 from .init import SCALE_FAN_BY, WEIGHT_INITS
-from .methods import BIPROP_GRADS, MASK_METHODS, METHODS
+from .methods import BIPROP_GRADS, default_init, mask_methods, method_names
 from .models import MODELS
 from .trackers import TRACKERS
 
@@ -37,7 +37,8 @@ def _opt(default: Any, help: str, **kw) -> Any:  # noqa: A002 - mirrors argparse
 class Config:
     model: str = _opt("small-conv", f"architecture: {', '.join(MODELS)}")
     width: float = _opt(1.0, "width multiplier of every hidden layer")
-    method: str = _opt("edge-popup", f"{', '.join(METHODS)}; or {', '.join(METHOD_ALIASES)} (a base method plus the paper's schedule)")
+    method: str = _opt("edge-popup", f"{', '.join(method_names())} (or a registered method); or {', '.join(METHOD_ALIASES)} "
+                                      "(a base method plus the paper's schedule)")
     prune_rate: float = _opt(0.5, "fraction of each layer's weights REMOVED, in [0, 1)")
     weight_init: str | None = _opt(None, f"{', '.join(WEIGHT_INITS)} (default: signed-constant for edge-popup, kaiming-normal otherwise)")
     scale_fan: bool | None = _opt(None, "divide fan_in by the keep fraction in the weight init (default: true for biprop)")
@@ -105,7 +106,7 @@ class Config:
 
     @property
     def masked(self) -> bool:
-        return self.method in MASK_METHODS
+        return self.method in mask_methods()
 
     @property
     def label(self) -> str:
@@ -331,7 +332,7 @@ def recorded_config(source: str | dict[str, Any], overrides: dict[str, Any] | No
 def resolve(cfg: Config) -> Config:
     """Validate every value and fill the method-dependent defaults."""
     _choice("model", cfg.model, list(MODELS))
-    _choice("method", cfg.method, METHODS + METHOD_ALIASES)
+    _choice("method", cfg.method, method_names() + METHOD_ALIASES)
     if cfg.method in METHOD_ALIASES:
         raise ConfigError(f"method={cfg.method} is a shorthand: give it to make_config, or set method="
                           f"{paper_schedule(cfg.method, cfg.model)['method']} and the schedule keys")
@@ -382,10 +383,11 @@ def resolve(cfg: Config) -> Config:
         if cfg.weight_init not in (None, "keep"):
             raise ConfigError(f"init_from keeps the dense run's weights; weight_init={cfg.weight_init!r} contradicts it")
         cfg.weight_init = "keep"
+    weight_init, scale_fan = default_init(cfg.method)  # declared once, by the method
     if cfg.weight_init is None:
-        cfg.weight_init = "signed-constant" if cfg.method == "edge-popup" else "kaiming-normal"
+        cfg.weight_init = weight_init
     if cfg.scale_fan is None:
-        cfg.scale_fan = cfg.method == "biprop"
+        cfg.scale_fan = scale_fan
     _choice("scale_fan_by", cfg.scale_fan_by, SCALE_FAN_BY)
     if cfg.scale_fan and cfg.masked and cfg.scale_fan_by == "pruned" and cfg.prune_rate == 0:
         raise ConfigError("scale_fan_by=pruned multiplies fan_in by the prune rate, and prune_rate=0 would make it 0; "

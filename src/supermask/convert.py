@@ -34,7 +34,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -43,12 +43,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .errors import ConfigError
-from .init import RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_scores, draw_uniform, draw_weight, fan_scale, generator
+from .init import RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_uniform, draw_weight, fan_scale, generator
 from .mask import num_pruned
-from .methods import METHODS, PARAMETRIZATIONS, ScoredWeight
-
-DEFAULT_WEIGHT_INIT = {"edge-popup": "signed-constant", "biprop": "kaiming-normal", "dense": "kaiming-normal"}
-DEFAULT_SCALE_FAN = {"edge-popup": False, "biprop": True, "dense": False}
+from .methods import DENSE, ScoredWeight, default_init, get_method, method_names
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
@@ -255,8 +252,8 @@ def convert(
     skip: str | Iterable[str] = (),
     include: str | Iterable[str] = (),
     strict: bool = False,
-    biprop_grad: str = "weight",
     scale_fan_by: str = "kept",
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
 
@@ -272,22 +269,23 @@ def convert(
     the report and in a warning; `strict=True` refuses it instead. The report: `report(model)`.
 
     `scale_fan_by` is what the scaled fan multiplies fan_in by: "kept" (1 - p) or "pruned" (p, as the published
-    builders compute it). `biprop_grad` is Biprop's score gradient: "weight" (the published code's, dL/dW_eff * W * sign(S)) or "alpha"
-    (dL/dW_eff * alpha * sign(W) * sign(S), an ablation); see `supermask.methods`.
+    builders compute it). `options` go to the method's parametrization, e.g. Biprop's score gradient
+    `{"grad": "alpha"}` (default "weight", the published code's; see `supermask.methods`).
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
     fan scaled by the keep fraction, dense Kaiming normal.
     """
     skip = [skip] if isinstance(skip, str) else skip  # one pattern, not its characters
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+    if method not in method_names():
+        raise ConfigError(f"unknown method {method!r}: expected one of {', '.join(method_names())}")
+    spec = get_method(method) if method != DENSE else None
     if not 0.0 <= float(prune_rate) < 1.0:
         raise ConfigError(f"prune_rate {prune_rate!r} is outside [0, 1): it is the fraction of weights removed")
-    weight_init = weight_init or DEFAULT_WEIGHT_INIT[method]
+    weight_init = weight_init or default_init(method)[0]
     if weight_init not in WEIGHT_INITS + ("keep",):
         raise ConfigError(f"unknown weight_init {weight_init!r}: expected one of {', '.join(WEIGHT_INITS + ('keep',))}")
     if scale_fan is None:
-        scale_fan = DEFAULT_SCALE_FAN[method]
+        scale_fan = default_init(method)[1]
     skip, include = _patterns(skip, "skip"), _patterns(include, "include")
     done = next((n for n, m in model.named_modules() if parametrize.is_parametrized(m)), None)
     if done is not None:
@@ -302,7 +300,7 @@ def convert(
         raise ConfigError(f"strict: supermask cannot mask {', '.join(unsupported)} (a weight of a module it does not know)")
     chosen = _matching(targets, include, "include") if include else {s.qualname for s in targets}
     chosen -= _matching(targets, skip, "skip")
-    masked = method != "dense"
+    masked = spec is not None
     if scale_fan_by not in SCALE_FAN_BY:
         raise ConfigError(f"unknown scale_fan_by {scale_fan_by!r}: expected one of {', '.join(SCALE_FAN_BY)}")
     keep_fraction = fan_scale(prune_rate, scale_fan_by) if (scale_fan and masked) else 1.0
@@ -341,9 +339,8 @@ def convert(
         if not masked or s.qualname not in chosen:
             continue
         fan, gain = s.fan
-        scores = draw_scores(w.shape, seed=score_seed, name=s.key, fan=fan).to(device=w.device, dtype=w.dtype)
-        options = {"grad": biprop_grad} if method == "biprop" else {}
-        scored = PARAMETRIZATIONS[method](scores, prune_rate, **options)
+        scores = spec.score_init(w.shape, seed=score_seed, name=s.key, fan=fan).to(device=w.device, dtype=w.dtype)
+        scored = spec.parametrization(scores, prune_rate, **(options or {}))
         scored.param_name = s.name
         # IteRand redraws pruned weights from the layer's own init distribution.
         scored.weight_init = None if weight_init == "keep" else (weight_init, keep_fraction)

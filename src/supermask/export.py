@@ -34,7 +34,7 @@ from .config import FIELDS, make_config, recorded_config
 from .convert import convert, masked_layers, random_weight, weight_tensors
 from .errors import ConfigError
 from .mask import num_pruned
-from .methods import biprop_alpha
+from .methods import get_method
 from .models import MODELS, TOKEN_MODELS, build_model
 
 MAGIC = b"SMASK\x00\r\n"
@@ -176,6 +176,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         return [len(payload) - len(data), len(data)]
 
     layers, mask_bytes, entropy = [], 0, 0.0
+    spec = get_method(cfg.method)
     for name, layer, p in masked_layers(trained):
         mask = p.mask().cpu()
         weight = random_weight(layer, p).detach().cpu()
@@ -187,8 +188,8 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         if changed.any():
             entry["changed"] = put(codec.encode(changed.numpy()))
             entry["changed_values"] = put(weight[changed].to(torch.float32).numpy().astype("<f4").tobytes())
-        if header["method"] == "biprop":
-            entry["alpha"] = float(biprop_alpha(weight, mask))
+        if spec.smask_layer is not None:  # what the method stores per layer (Biprop: its alpha)
+            entry.update(spec.smask_layer(weight, mask))
         layers.append(entry)
     others = []
     for key, tensor in _other_tensors(trained).items():
@@ -303,7 +304,8 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
         if e["kept"] != n - num_pruned(n, p.prune_rate):  # every masked layer prunes exactly floor(p n)
             raise ConfigError(f"{what} keeps {e['kept']} weights; prune_rate {header['prune_rate']} keeps "
                               f"{n - num_pruned(n, p.prune_rate)} of {n}")
-        if ("changed" in e) != ("changed_values" in e) or ("alpha" in e) != (header["method"] == "biprop"):
+        extras = set(e) - {"name", "shape", "kept", "mask", "changed", "changed_values"}
+        if ("changed" in e) != ("changed_values" in e) or extras != set(get_method(header["method"]).smask_fields):
             raise ConfigError(f"{what} has an inconsistent set of fields {sorted(e)}")
         spans += [(what, e[k]) for k in ("mask", "changed", "changed_values") if k in e]
     for t in header["tensors"]:
@@ -328,6 +330,7 @@ def load(path: str | Path) -> nn.Module:
     model = _build(header, where)
     _validate(header, payload, model, where)
     layers = {name: (layer, p) for name, layer, p in masked_layers(model)}
+    spec = get_method(header["method"])
     plain: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
     with torch.no_grad():
         for e in header["layers"]:
@@ -343,9 +346,11 @@ def load(path: str | Path) -> nn.Module:
                 if len(raw) != 4 * int(changed.sum()) or (changed & ~mask).any():
                     raise ConfigError(f"{where}: layer {e['name']} has inconsistent changed weights")
                 weight[changed] = torch.from_numpy(np.frombuffer(raw, "<f4").copy()).to(weight.dtype)
-            if "alpha" in e:
-                if float(biprop_alpha(weight, mask)) != e["alpha"]:
-                    raise ConfigError(f"{where}: layer {e['name']} rebuilds with a different alpha than it was saved with")
+            if spec.smask_layer is not None:
+                for key, value in spec.smask_layer(weight, mask).items():
+                    if value != e[key]:
+                        raise ConfigError(f"{where}: layer {e['name']} rebuilds with a different {key} than it was "
+                                          "saved with")
             plain[e["name"]] = (layer, p.param_name, p.effective_weight(weight, mask.to(weight.dtype)).detach().clone())
     _bake_plain(model, plain)
     state = model.state_dict()

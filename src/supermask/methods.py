@@ -1,4 +1,5 @@
-"""The methods: how a layer's effective weight is computed from its frozen weights and trainable scores.
+"""The methods: how a layer's effective weight is computed from its frozen weights and trainable scores, and the
+registry that declares each mask method in one place (`Method`, `register`; docs/adding-a-method.md).
 
 Each method is a small module used as a `torch.nn.utils.parametrize` parametrization of a layer's `weight`, so
 any Conv/Linear layer keeps its type and its place in the model; only `weight` becomes a computed tensor.
@@ -19,14 +20,18 @@ dL/dW_eff * alpha * sign(W) * sign(S), which supermask used before 0.2 (kept as 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from . import mask as mask_lib
 from .errors import ConfigError
+from .init import draw_scores
 
-METHODS = ("edge-popup", "biprop", "dense")
-MASK_METHODS = ("edge-popup", "biprop")
+DENSE = "dense"  # the weight-trained baseline: no parametrization, so no entry in the registry
 BIPROP_GRADS = ("weight", "alpha")  # the published score gradient (the default), the ablation
 
 
@@ -160,4 +165,83 @@ def _same(copy: Tensor, current: Tensor) -> bool:
             and torch.equal(copy, current.detach()))
 
 
-PARAMETRIZATIONS: dict[str, type[ScoredWeight]] = {"edge-popup": EdgePopup, "biprop": Biprop}
+# A hook of the training loop: hook(model, cfg, epoch=..., step=...) edits the model in place and returns the
+# records it logs to the run's schedule.jsonl (one dict per layer changed, with "kind", "epoch", "step", "layer").
+Hook = Callable[..., list[dict]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A mask method, declared in one place.
+
+    - `parametrization`: the ScoredWeight subclass that computes the effective weight from the frozen weight and
+      the mask, and so the score gradient (the straight-through mask carries it);
+    - `weight_init`, `scale_fan`: its default weight init (any of `init.WEIGHT_INITS`), with the fan scaled by the
+      keep fraction or not; `score_init(shape, seed=, name=, fan=)` draws a layer's initial scores;
+    - `options`: config keys the parametrization takes, as {its constructor argument: the config key};
+    - `after_step`, `end_of_epoch`: hooks run after every optimizer step and at the end of every epoch;
+    - `smask_fields`, `smask_layer(weight, mask)`: numbers a `.smask` stores per layer (under those keys, which the
+      file's layer schema `export.LAYER` must allow) and checks when it rebuilds the layer; the mask itself and
+      any kept weight that no longer equals its seed's are always stored.
+    """
+
+    name: str
+    parametrization: type[ScoredWeight]
+    weight_init: str = "signed-constant"
+    scale_fan: bool = False
+    score_init: Callable[..., Tensor] = draw_scores
+    options: Mapping[str, str] = field(default_factory=dict)
+    after_step: Hook | None = None
+    end_of_epoch: Hook | None = None
+    smask_fields: tuple[str, ...] = ()
+    smask_layer: Callable[[Tensor, Tensor], dict[str, float]] | None = None
+    summary: str = ""
+
+    def options_from(self, cfg: Any) -> dict[str, Any]:
+        """The parametrization's keyword arguments from a config's keys (those it leaves unset take their default)."""
+        return {arg: getattr(cfg, key) for arg, key in self.options.items() if getattr(cfg, key, None) is not None}
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Make `method` known by its name to convert, the config, the command line and export."""
+    if method.name == DENSE or "+" in method.name or not method.name:
+        raise ConfigError(f"a method cannot be named {method.name!r} (dense, names with '+' and '' are taken)")
+    if not (isinstance(method.parametrization, type) and issubclass(method.parametrization, ScoredWeight)):
+        raise ConfigError(f"method {method.name}: parametrization must be a ScoredWeight subclass")
+    if bool(method.smask_fields) != (method.smask_layer is not None):
+        raise ConfigError(f"method {method.name}: smask_fields and smask_layer come together")
+    REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown mask method {name!r}: expected one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def default_init(name: str) -> tuple[str, bool]:
+    """The method's default (weight_init, scale_fan): its `Method`'s, and Kaiming normal for dense."""
+    if name == DENSE:
+        return "kaiming-normal", False
+    method = get_method(name)
+    return method.weight_init, method.scale_fan
+
+
+def mask_methods() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method a run can take: the registered mask methods, then dense."""
+    return (*REGISTRY, DENSE)
+
+
+register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fan=False,
+                summary="Ramanujan et al. 2020: the random weights, masked by the top-k of |scores|"))
+register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True, options={"grad": "biprop_grad"},
+                smask_fields=("alpha",), smask_layer=lambda weight, mask: {"alpha": float(biprop_alpha(weight, mask))},
+                summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))

@@ -1,4 +1,6 @@
-"""When IWR and IteRand steps fire during training, and applying them with a log of what changed.
+"""When IWR and IteRand steps fire during training, and applying them with a log of what changed: the training
+loop calls `after_step` after every optimizer step and `end_of_epoch` at the end of every epoch, which also run
+the mask method's own hooks (`methods.Method.after_step`, `.end_of_epoch`).
 
 Epochs are counted from 0 here. An epoch schedule with period F fires at the end of epoch t when
 t > 0, t % F == 0, t is not the last epoch, and t > E0 (the warm-up) when one is set. A step schedule with
@@ -12,6 +14,7 @@ from torch import nn
 from .config import Config
 from .init import derive_seed
 from .iterand import rerandomize_
+from .methods import get_method
 from .recycle import recycle_
 
 
@@ -32,14 +35,30 @@ def iterand_step(model: nn.Module, cfg: Config, step: int, epoch: int) -> list[d
     return [{"kind": "iterand", "epoch": epoch + 1, "step": step, "layer": k, "changed": v} for k, v in changed.items()]
 
 
+def _method_hook(cfg: Config, name: str):
+    return getattr(get_method(cfg.method), name) if cfg.masked else None
+
+
+def after_step(model: nn.Module, cfg: Config, epoch: int, step: int) -> list[dict]:
+    """What is due after optimizer step `step` (counted from 1 over the run), applied in place: IteRand's step
+    schedule, then the method's own hook; their log records."""
+    events = iterand_step(model, cfg, step, epoch) if step_fires(step, cfg.iterand_every_steps) else []
+    if (hook := _method_hook(cfg, "after_step")) is not None:
+        events += hook(model, cfg, epoch=epoch, step=step)
+    return events
+
+
 def end_of_epoch(model: nn.Module, cfg: Config, epoch: int, step: int) -> list[dict]:
-    """The epoch-scheduled steps due at the end of `epoch` (0-based), applied in place; their log records."""
+    """The steps due at the end of `epoch` (0-based), applied in place: IWR, IteRand's epoch schedule, then the
+    method's own hook; their log records."""
     events: list[dict] = []
     if epoch_fires(epoch, cfg.iwr_every, cfg.epochs, cfg.iwr_warmup):
         changed = recycle_(model, cfg.iwr_rate, ablation=cfg.iwr_ablation)
         events += [{"kind": "iwr", "epoch": epoch + 1, "step": step, "layer": k, "changed": v} for k, v in changed.items()]
     if epoch_fires(epoch, cfg.iterand_every_epochs, cfg.epochs):
         events += iterand_step(model, cfg, step, epoch)
+    if (hook := _method_hook(cfg, "end_of_epoch")) is not None:
+        events += hook(model, cfg, epoch=epoch, step=step)
     return events
 
 

@@ -43,7 +43,7 @@ from .mask import straight_through, topk_masks
 from .models import build_model
 from .progress import is_live, log_line
 from .rundir import check_same_run
-from .schedule import end_of_epoch, iterand_step, step_fires
+from .schedule import after_step, end_of_epoch
 from .train import (TrainingError, _finish, build, input_layout, learning_rate, load_data, new_state,
                     WaitClock, optimizer_for, pick_device, place, record_epoch, resolve_data_paths, speed,
                     write_logs)
@@ -342,8 +342,7 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
                 step += 1
                 for cfg, model, state in zip(cfgs, group.models, states):
                     state["step"] = step
-                    if step_fires(step, cfg.iterand_every_steps):
-                        state["schedule"] += iterand_step(model, cfg, step, epoch)
+                    state["schedule"] += after_step(model, cfg, epoch, step)
                 yy = y.expand(n, -1) if y.dim() == 1 else y
                 sums[:, 0] += losses.detach() * yy.shape[1]
                 sums[:, 1] += (logits.detach().argmax(-1) == yy).sum(1)

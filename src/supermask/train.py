@@ -25,10 +25,11 @@ from .convert import Report, convert, masks, weight_tensors
 from .errors import ConfigError, SupermaskError
 from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
+from .methods import get_method
 from .models import build_model
 from .progress import is_live, log_line
 from .rundir import check_same_run
-from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
+from .schedule import after_step, end_of_epoch, fired_steps, never_fires, step_fires
 from .trackers import Trackers, check_available, open_trackers
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -71,8 +72,8 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
         load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
     return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
-                   include=cfg.include_params, biprop_grad=cfg.biprop_grad or "weight",
-                   scale_fan_by=cfg.scale_fan_by)
+                   include=cfg.include_params, scale_fan_by=cfg.scale_fan_by,
+                   options=get_method(cfg.method).options_from(cfg) if cfg.masked else None)
 
 
 def place(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
@@ -279,8 +280,8 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         scaler.update()
         state["step"] += 1
         trackers.step_loss(state["step"], loss, optimizer.param_groups[0]["lr"])
-        if step_fires(state["step"], cfg.iterand_every_steps):
-            events = iterand_step(model, cfg, state["step"], epoch)
+        events = after_step(model, cfg, epoch, state["step"])
+        if events:
             state["schedule"] += events
             trackers.schedule(events)
             distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
