@@ -58,7 +58,8 @@ def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int
             summary = read_json(Path(cfg.out_dir) / "summary.json")
         else:
             summary = train.run(cfg, resume=True, progress=progress)
-        log(f"[{i}/{len(configs)}] {cfg.out_dir}: {happened[cfg.out_dir]}, test accuracy {100 * summary['test_acc']:.2f}%")
+        log(f"[{i}/{len(configs)}] {cfg.out_dir}: {happened[cfg.out_dir]}, "
+            f"test accuracy {100 * summary['test_acc']:.2f}%")
     return landscape.write_comparison([c.out_dir for c in configs], Path(base.out_dir) / "compare")
 
 
@@ -90,5 +91,8 @@ def _train_together(configs: list[Config], group_dir: Path, forward: str, progre
     summaries = train_together(pending, group_dir, forward=forward, progress=progress)
     accs = " ".join(f"{100 * s['test_acc']:.2f}" for s in summaries)
     log(f"trained {len(pending)} runs together: test accuracies {accs}%")
-    what = "resumed together from the group's checkpoint" if started is not None else f"trained together ({len(pending)} runs)"
+    if started is not None:
+        what = "resumed together from the group's checkpoint"
+    else:
+        what = f"trained together ({len(pending)} runs)"
     return {c.out_dir: what for c in pending}

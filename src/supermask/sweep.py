@@ -580,7 +580,7 @@ STATS_NOTE = ("mean ± half-width of the 95% confidence interval (Student t) ove
               "a cell of one seed has no interval.")
 PAIRED_NOTE = ("Paired differences (points of test accuracy, over the seeds both methods ran): ahead or behind when "
                "the 95% interval excludes 0, within noise when it holds 0.")
-NO_STEP_NOTE = (f"A cell marked {NO_STEP}: its IWR or IteRand schedule fired no step (iwr_steps or iterand_steps 0 "
+NO_STEP_NOTE = (f"A cell marked \"{NO_STEP}\": its IWR or IteRand schedule fired no step (iwr_steps or iterand_steps 0 "
                 "in results.csv; the period is longer than the run), so it trained as its base method, and its paired "
                 "difference gets no verdict.")
 
