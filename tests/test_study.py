@@ -41,7 +41,34 @@ def test_same_config_is_reused(trained):
     overrides, trains = trained
     logs = []
     run_study("digits", overrides, score_seeds=3, progress=False, log=logs.append)
-    assert trains == [] and all("finished, reused" in line for line in logs)
+    assert trains == [] and all(line.endswith(": reused (finished before), test accuracy 50.00%") for line in logs)
+
+
+def test_each_run_says_what_happened_to_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(supermask.train, "run", lambda cfg, **kw: fake_run(cfg))
+    monkeypatch.setattr(supermask.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
+    overrides = {"epochs": 3, "out_dir": str(tmp_path / "st")}
+    configs = study_configs(make_config("digits", overrides), 3)
+    fake_run(configs[0])  # finished before
+    fake_run(configs[1])  # killed after a checkpoint: its config and checkpoint, no summary
+    Path(configs[1].out_dir, "summary.json").rename(Path(configs[1].out_dir, "checkpoint.safetensors"))
+    logs = []
+    run_study("digits", overrides, score_seeds=3, progress=False, log=logs.append)
+    assert [line.split(": ", 1)[1] for line in logs] == ["reused (finished before), test accuracy 50.00%",
+                                                         "resumed from its checkpoint, test accuracy 50.00%",
+                                                         "trained, test accuracy 50.00%"]
+
+
+def test_runs_trained_together_are_not_called_reused(tmp_path, monkeypatch):
+    import supermask.together
+
+    monkeypatch.setattr(supermask.together, "train_together", lambda cfgs, group_dir, **kw: [fake_run(c) for c in cfgs])
+    monkeypatch.setattr(supermask.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
+    logs = []
+    run_study("digits", {"epochs": 3, "out_dir": str(tmp_path / "st")}, score_seeds=2, progress=False,
+              log=logs.append, together=True)
+    assert logs[0] == "trained 2 runs together: test accuracies 50.00 50.00%"
+    assert [line.split(": ", 1)[1] for line in logs[1:]] == ["trained together (2 runs), test accuracy 50.00%"] * 2
 
 
 def test_changed_config_is_refused_naming_the_keys(trained):

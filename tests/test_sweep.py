@@ -146,8 +146,9 @@ def test_an_interrupted_group_is_resumed_with_exactly_its_own_cells(tmp_path):
     assert sweep_mod.tasks(sweep, sweep.cells) == [[s0, s2], [s1]]
 
 
-def _finished(cell, acc, method=None):
-    """A cell as if it had run: its summary.json only (aggregation reads nothing else)."""
+def _finished(cell, acc, method=None, **extra):
+    """A cell as if it had run: its summary.json only (aggregation reads nothing else); `extra` adds keys such as
+    the steps its schedules fired."""
     from supermask.checkpoint import write_json
 
     o = cell.overrides
@@ -156,7 +157,7 @@ def _finished(cell, acc, method=None):
         "method": method or o.get("method", "edge-popup"), "model": "small-conv", "width": 0.25,
         "prune_rate": o.get("prune_rate", 0.5), "weight_seed": o.get("weight_seed", 0),
         "score_seed": o.get("score_seed", 0), "data_seed": o.get("data_seed", 0), "epochs": 1, "test_acc": acc,
-        "best_test_acc": acc, "seconds": 1.0})
+        "best_test_acc": acc, "seconds": 1.0, **extra})
 
 
 def test_grid_keys_that_are_not_seeds_are_never_averaged(tmp_path):
@@ -244,7 +245,8 @@ def test_cells_that_cannot_train_together_run_alone(tmp_path, monkeypatch):
     grouped = [g for g in groups if len(g) > 1]
     assert [[c.name for c in g] for g in grouped] == [["amp=False-method=edge-popup-score_seed=0",
                                                       "amp=False-method=edge-popup-score_seed=1"]]
-    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 1, 1, 2]  # dense and amp cells each alone
+    # amp cells each alone; dense uses no score seed, so it runs once per amp value, alone
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 2]
     commands = {g[0].overrides["method"] + str(g[0].overrides["amp"]) + str(len(g)): sweep_mod._command(sweep, g)[3]
                 for g in groups}
     assert commands == {"edge-popupFalse2": "together", "edge-popupTrue1": "train", "denseFalse1": "train",
@@ -288,3 +290,116 @@ def test_sweep_progress_is_a_bar_on_a_terminal_and_nothing_when_quiet(tmp_path, 
     with pytest.raises(sweep_mod.SupermaskError):
         run_sweep(sweep, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_seed_a_method_does_not_use_is_no_replicate(tmp_path):
+    # dense draws no scores: three score seeds would train the same network three times and show ± 0.00 (n=3)
+    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "dense"], "score_seed": [0, 1, 2]}))
+    assert [c.name for c in sweep.cells] == ["method=edge-popup-score_seed=0", "method=edge-popup-score_seed=1",
+                                             "method=edge-popup-score_seed=2", "method=dense-score_seed=0"]
+    assert sweep.run_once == {"dense": ["score_seed"]}
+    for cell, acc in zip(sweep.cells, (0.60, 0.61, 0.62, 0.9805)):
+        _finished(cell, acc)
+    sweep_mod.aggregate(sweep)
+    table = (sweep.out_dir / "results.md").read_text()
+    assert "| all | 98.05 (1 seed) | 61.00 ± 2.48 (n=3) |" in table
+    assert "dense does not use score_seed: it ran once for the grid's values of it" in table
+    # a seed dense does use stays a replicate
+    (tmp_path / "w").mkdir()
+    sweep = load_sweep(_spec(tmp_path / "w", grid={"method": ["edge-popup", "dense"], "weight_seed": [0, 1, 2]}))
+    assert len(sweep.cells) == 6 and sweep.run_once == {}
+
+
+def test_a_schedule_that_fired_no_step_gets_no_verdict(tmp_path, monkeypatch, capsys):
+    # 1 epoch of digits is far fewer steps than IteRand's preset period of 300: its cells are edge-popup renamed
+    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "iterand"], "score_seed": [0, 1, 2]}))
+    fired = {"edge-popup": 0, "iterand": 0}
+
+    def run(command, env):
+        cell = next(c for c in sweep.cells if f"out_dir={c.out_dir}" in command)
+        o = cell.overrides
+        _finished(cell, 0.9 + o["score_seed"] / 100, iwr_steps=0, iterand_steps=fired[o["method"]])
+        return 0, ""
+
+    monkeypatch.setattr(sweep_mod, "run_cell_process", run)
+    result = run_sweep(sweep, progress=False)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and err[0] == ("supermask: warning: method=iterand-score_seed=0: iterand_every_steps=300 "
+                                        "fired no step in 1 epochs (iterand_steps 0): results.md marks it 'no step "
+                                        "fired' and gives its comparison no verdict")
+    with open(sweep.out_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["iwr_steps"], r["iterand_steps"]) for r in rows][2:4] == [("edge-popup", "0", "0"),
+                                                                                       ("iterand", "0", "0")]
+    table = (sweep.out_dir / "results.md").read_text()
+    assert "| all | 91.00 ± 2.48 (n=3) | 91.00 ± 2.48 (n=3), no step fired |" in table
+    assert "| all | iterand - edge-popup | +0.00 ± 0.00 (n=3) | no step fired |" in table
+    assert "| within noise |" not in table and result["differences"][0]["verdict"] == "no step fired"
+
+    # once it fires, the comparison is judged again (no warning, no mark)
+    fired["iterand"] = 3
+    for cell in sweep.cells:
+        (cell.out_dir / "summary.json").unlink()
+    run_sweep(sweep, progress=False)
+    assert capsys.readouterr().err == ""
+    table = (sweep.out_dir / "results.md").read_text()
+    assert "no step fired" not in table and "| iterand - edge-popup | +0.00 ± 0.00 (n=3) | within noise |" in table
+
+
+def test_grid_values_are_read_as_their_config_types(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    head = f"base: digits\nset: {{width: 0.25, epochs: 1, weight_decay: 5e-4}}\nout_dir: {tmp_path / 'sw'}\n"
+    path.write_text(head + "grid: {lr: [1e-1, 2e-2, 5e-3]}\n")  # YAML 1.1 reads all three as text
+    sweep = load_sweep(path)
+    assert [c.overrides["lr"] for c in sweep.cells] == [0.1, 0.02, 0.005]
+    assert sweep.cells[0].overrides["weight_decay"] == 0.0005
+    assert [c.name for c in sweep.cells] == ["lr=0.1", "lr=0.02", "lr=0.005"]
+    for cell, acc in zip(sweep.cells, (0.3, 0.2, 0.1)):
+        _finished(cell, acc)
+    sweep_mod.aggregate(sweep)
+    table = (sweep.out_dir / "results.md").read_text()
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:5]] == ["| 0.005", "| 0.02", "| 0.1"]  # by value
+    with open(sweep.out_dir / "results.csv") as f:
+        assert [r["lr"] for r in csv.DictReader(f)] == ["0.1", "0.02", "0.005"]
+
+    path.write_text(head + "grid: {lr: [0.1, 1e-1]}\n")  # one config twice
+    assert main(["sweep", str(path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"supermask: error: {path}: grid lr lists 0.1 and 1e-1, both 0.1: give each value once"
+    path.write_text(head + "grid: {epochs: [null, 250]}\n")  # null is the papers' 250 epochs for a mask search
+    with pytest.raises(ConfigError, match=r"^cells epochs=None and epochs=250 resolve to the same config"):
+        load_sweep(path)
+
+
+def test_a_second_sweep_on_the_same_out_dir_is_refused(tmp_path, monkeypatch, capsys):
+    from supermask.lock import run_lock
+
+    launched = []
+    monkeypatch.setattr(sweep_mod, "run_cell_process", lambda c, e: (launched.append(c), (1, "boom"))[1])
+    spec = _spec(tmp_path, grid={"score_seed": [0, 1]})
+    with run_lock(tmp_path / "sw"):  # the first sweep, still running
+        assert main(["sweep", str(spec), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'sw'} is in use by another process (pid " in err
+    assert launched == [] and not (tmp_path / "sw" / "status.json").exists()  # nothing of the first one touched
+
+
+def test_error_bars_stay_within_the_possible_range(tmp_path, monkeypatch):
+    from supermask import plots
+    from supermask.stats import estimate
+
+    assert plots.clipped_bar(90.0, 40.0, 0.0, 100.0) == (40.0, 10.0)  # 50..130 drawn as 50..100
+    assert plots.clipped_bar(20.0, 50.0, 0.0, 100.0) == (20.0, 50.0)  # -30..70 drawn as 0..70
+    assert plots.clipped_bar(50.0, 10.0, 0.0, 100.0) == (10.0, 10.0)  # inside: unchanged
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig) or path)
+    # n = 2: 65 ± 12.71 * 25 reaches -253% and 383%; the difference -60, 80 reaches -879 and 899 points
+    cells = [{"method": "edge-popup", **estimate([40.0, 90.0]).to_dict()},
+             {"method": "iterand", **estimate([100.0, 30.0]).to_dict()}]
+    diffs = [{"method": "iterand", "base": "edge-popup", **estimate([60.0, -60.0]).to_dict()}]
+    plots.seed_plot(cells, diffs, [], tmp_path / "results.png")
+    (accuracy, difference) = figures[0].axes[:2]
+    for ax, (low, high) in ((accuracy, (0, 100)), (difference, (-100, 100))):
+        ys = [y for c in ax.collections for seg in c.get_segments() for _, y in seg]
+        assert ys and min(ys) == low and max(ys) == high
+        assert "n=2" in [t.get_text() for t in ax.texts]

@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run a grid of runs (local worker processes or a Ray cluster) and tabulate them",
                         description="Expand the grid of SWEEP.yaml, run every unfinished cell in its own process, re-run "
                                     "cells whose worker died, and write results.csv, results.md and results.png. "
-                                    "A cell already run with another config is refused (or retrained with --retrain).")
+                                    "A cell already run with another config is refused (or retrained with --retrain); "
+                                    "so is a second sweep on an out_dir while one runs. Cells that differ only in a "
+                                    "seed their method does not use (dense: score_seed) run once.")
     sw.add_argument("sweep_file", metavar="SWEEP.yaml")
     sw.add_argument("--workers", type=_positive_int, help="local worker processes (overrides the file's workers)")
     sw.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: 'auto' (the running cluster), "

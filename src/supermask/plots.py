@@ -162,10 +162,21 @@ def norms_plot(result: dict, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+# Below this many seeds a t interval is wide enough to mislead at a glance (t(0.975, 4) = 2.78): its n is written.
+SMALL_N = 5
+
+
+def clipped_bar(mean: float, half_width: float, low: float, high: float) -> tuple[float, float]:
+    """The error bar of mean ± half_width drawn within the possible range [low, high], as matplotlib's (below,
+    above) lengths: an accuracy interval of n = 2 can reach past 0% and 100%, which no run can."""
+    return mean - max(low, mean - half_width), min(high, mean + half_width) - mean
+
+
 def seed_plot(cells: list[dict], differences: list[dict], axes: list[str], path: Path) -> Path:
     """Test accuracy per cell (mean with its 95% interval as error bars, one line per method), one panel per value
     of the axes besides the x axis (prune_rate when it varies); below, the paired differences from the base methods.
-    A one-seed point is drawn hollow, without an error bar."""
+    A one-seed point is drawn hollow, without an error bar; bars are clipped to the possible range (accuracy in
+    [0, 100], a difference in [-100, 100]), and a point of fewer than SMALL_N seeds is labelled with its n."""
     plt = _pyplot()
     x_key = "prune_rate" if "prune_rate" in axes else (axes[0] if axes else None)
     panel_keys = [k for k in axes if k != x_key]
@@ -174,7 +185,7 @@ def seed_plot(cells: list[dict], differences: list[dict], axes: list[str], path:
     rows = 2 if differences else 1
     fig, grid = plt.subplots(rows, len(panels), figsize=(5.5 * len(panels), 4 * rows), squeeze=False)
 
-    def draw(ax, entries: list[dict], series: str) -> None:
+    def draw(ax, entries: list[dict], series: str, low: float) -> None:
         names = list(dict.fromkeys(e[series] for e in entries))
         for i, name in enumerate(names):
             shift = 0.06 * (i - (len(names) - 1) / 2)  # error bars of one x side by side, not on top of each other
@@ -183,8 +194,12 @@ def seed_plot(cells: list[dict], differences: list[dict], axes: list[str], path:
             line = ax.plot(pos, [e["mean"] for _, e in pts], label=name, color=f"C{i}")[0]
             for p, e in pts:
                 seeded = e["ci_half_width"] is not None
-                ax.errorbar(p, e["mean"], yerr=e["ci_half_width"] if seeded else None, capsize=3, marker="o",
+                bar = [[v] for v in clipped_bar(e["mean"], e["ci_half_width"], low, 100.0)] if seeded else None
+                ax.errorbar(p, e["mean"], yerr=bar, capsize=3, marker="o",
                             color=line.get_color(), mfc=line.get_color() if seeded else "white")
+                if seeded and e["n"] < SMALL_N:
+                    ax.annotate(f"n={e['n']}", (p, e["mean"]), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                                color=line.get_color())
         ax.set_xticks(range(len(xs)), [_tick(x) for x in xs])
         ax.set_xlabel(x_key or "")
         ax.grid(alpha=0.3)
@@ -194,17 +209,18 @@ def seed_plot(cells: list[dict], differences: list[dict], axes: list[str], path:
         title = ", ".join(f"{k}={_tick(v)}" for k, v in zip(panel_keys, panel))
         at = dict(zip(panel_keys, panel))
         ax = grid[0][j]
-        draw(ax, [c for c in cells if all(c[k] == v for k, v in at.items())], "method")
+        draw(ax, [c for c in cells if all(c[k] == v for k, v in at.items())], "method", 0.0)
         ax.set(title=title or "test accuracy", ylabel="test accuracy (%), mean ± 95% CI")
         if differences:
             ax = grid[1][j]
             diffs = [{**d, "pair": f"{d['method']} - {d['base']}"} for d in differences
                      if all(d[k] == v for k, v in at.items())]
             if diffs:
-                draw(ax, diffs, "pair")
+                draw(ax, diffs, "pair", -100.0)
             ax.axhline(0, color="gray", lw=1, ls="--")
             ax.set(ylabel="paired difference (points), ± 95% CI")
-    fig.text(0.01, 0.005, "hollow points: one seed, no interval", fontsize=7)
+    fig.text(0.01, 0.005, f"hollow points: one seed, no interval; n written below {SMALL_N} seeds; bars clipped to "
+                          "the possible range", fontsize=7)
     return _save(plt, fig, path)
 
 

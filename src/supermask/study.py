@@ -36,8 +36,10 @@ def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int
               retrain: bool = False) -> dict:
     """Train (or reuse) every run of the study, then compare their masks into <out_dir>/compare. A run is reused
     only when trained with the same config; otherwise the study is refused, or with `retrain` trains it again.
-    With `together`, the runs still to train are trained at once in this process (see `supermask.together`)."""
+    With `together`, the runs still to train are trained at once in this process (see `supermask.together`).
+    `log` gets a line per run saying what happened to it: trained, resumed from its checkpoint, or reused."""
     from . import landscape, train
+    from .checkpoint import read_json
 
     overrides = dict(overrides)
     if not overrides.get("out_dir"):
@@ -47,18 +49,30 @@ def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int
     deleted = check_reuse(configs, retrain=retrain)
     if deleted:
         drop_groups([Path(base.out_dir) / "together"], deleted)
+    # Decided before anything trains: afterwards every run has a summary, and all would read as reused.
+    happened = {c.out_dir: _before(c, train.CHECKPOINT) for c in configs}
     if together:
-        _train_together(configs, Path(base.out_dir) / "together", forward, progress, log)
+        happened.update(_train_together(configs, Path(base.out_dir) / "together", forward, progress, log))
     for i, cfg in enumerate(configs, 1):
         if (Path(cfg.out_dir) / "summary.json").is_file():
-            log(f"[{i}/{len(configs)}] {cfg.out_dir}: finished, reused")
-            continue
-        summary = train.run(cfg, resume=True, progress=progress)
-        log(f"[{i}/{len(configs)}] {cfg.out_dir}: test accuracy {100 * summary['test_acc']:.2f}%")
+            summary = read_json(Path(cfg.out_dir) / "summary.json")
+        else:
+            summary = train.run(cfg, resume=True, progress=progress)
+        log(f"[{i}/{len(configs)}] {cfg.out_dir}: {happened[cfg.out_dir]}, "
+            f"test accuracy {100 * summary['test_acc']:.2f}%")
     return landscape.write_comparison([c.out_dir for c in configs], Path(base.out_dir) / "compare")
 
 
-def _train_together(configs: list[Config], group_dir: Path, forward: str, progress: bool, log) -> None:
+def _before(cfg: Config, checkpoint: str) -> str:
+    """What the study will do with a run, from what its directory holds now."""
+    out = Path(cfg.out_dir)
+    if (out / "summary.json").is_file():
+        return "reused (finished before)"
+    return "resumed from its checkpoint" if (out / checkpoint).is_file() else "trained"
+
+
+def _train_together(configs: list[Config], group_dir: Path, forward: str, progress: bool, log) -> dict[str, str]:
+    """Train the runs still to train as one group; what happened to each, by its out_dir."""
     from .together import group_runs, train_together
 
     # An interrupted group resumes with exactly its own runs, even if others finished since.
@@ -73,7 +87,12 @@ def _train_together(configs: list[Config], group_dir: Path, forward: str, progre
     else:
         pending = [c for c in configs if not (Path(c.out_dir) / "summary.json").is_file()]
     if not pending:
-        return
+        return {}
     summaries = train_together(pending, group_dir, forward=forward, progress=progress)
     accs = " ".join(f"{100 * s['test_acc']:.2f}" for s in summaries)
     log(f"trained {len(pending)} runs together: test accuracies {accs}%")
+    if started is not None:
+        what = "resumed together from the group's checkpoint"
+    else:
+        what = f"trained together ({len(pending)} runs)"
+    return {c.out_dir: what for c in pending}

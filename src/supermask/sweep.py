@@ -22,6 +22,11 @@ cell with it, and the cell is re-run from its last checkpoint; a worker ends wit
 finished are skipped; a cell run before with another config (say `set: {epochs: 4}` after 3) is refused, or deleted
 and re-run with `--retrain`. With `together`, each group of cells that differ only in weight_seed, score_seed and
 data_seed is one task (`python -m supermask together GROUP.json`, see `supermask.together`), re-run from the group's checkpoint.
+
+Grid and set values are read as the config's field types (YAML reads `5e-3` as text) before cells are named; two
+grid values or cells that resolve to the same config are refused. A seed a cell's method does not use (dense draws
+no scores) is no replicate: such cells run once, and the table says so. The sweep holds `out_dir`'s lock
+(`supermask.lock`) while it runs, so a second sweep on the same folder is refused.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ from typing import Any, Callable
 import yaml
 
 from .checkpoint import atomic_write_text, write_csv, write_json
-from .config import Config, make_config
+from .config import FIELDS, Config, _coerce, make_config
 from .errors import ConfigError, SupermaskError
+from .lock import run_lock
 from .progress import is_live, log_line
 from .reuse import check_reuse, drop_groups
 from .stats import Estimate, estimate, paired_difference, verdict
@@ -55,6 +61,8 @@ SEED_COLUMNS = (*SEED_KEYS, "seed")  # "seed": one axis that sets all three (ben
 # The columns every row of results.csv has, from the run's summary.
 ROW_KEYS = ("method", "model", "width", "prune_rate", "epochs", "weight_seed", "score_seed", "data_seed", "test_acc",
             "best_test_acc", "seconds")
+STEP_KEYS = ("iwr_steps", "iterand_steps")  # steps the run's schedules fired (summary.json); empty for older runs
+NO_STEP = "no step fired"
 # A method and the base it is compared with on the same seeds.
 PAIRED_BASES = {"edge-popup+iwr": "edge-popup", "biprop+iwr": "biprop", "iterand": "edge-popup"}
 PARENT_ENV = "SUPERMASK_PARENT_PID"  # set for a worker: the pid of the process it must not outlive
@@ -86,6 +94,8 @@ class Sweep:
     fixed: dict[str, Any] = field(default_factory=dict)
     together: int = 0  # largest group of cells trained in one process (0: every cell alone)
     grid: list[str] = field(default_factory=list)  # the keys the grid varies
+    # method -> the seed keys it does not use that the grid varied: its cells ran once (filled by validate)
+    run_once: dict[str, list[str]] = field(default_factory=dict)
 
     def axes(self) -> list[str]:
         """What a table splits by: the grid keys other than seeds (else whatever varies across cells)."""
@@ -100,6 +110,23 @@ def _format(value: Any) -> str:
 
 def cell_name(overrides: dict[str, Any], keys: list[str]) -> str:
     return "-".join(f"{k}={_format(overrides[k])}" for k in keys).replace("/", "_") or "cell"
+
+
+def _typed(key: str, value: Any) -> Any:
+    """A grid or set value as its config field's type (YAML 1.1 reads `5e-3` as text), so cells are named, sorted
+    and compared by value; an unknown key is left for make_config to refuse by name."""
+    return _coerce(key, value) if key in FIELDS else value
+
+
+def _typed_values(path: Path, key: str, values: list) -> list:
+    """A grid key's values as their field's type; two values that are the same (0.1 and 1e-1) are refused."""
+    typed = [_typed(key, v) for v in values]
+    for j, value in enumerate(typed):
+        if value in typed[:j]:
+            i = typed.index(value)
+            raise ConfigError(f"{path}: grid {key} lists {values[i]} and {values[j]}, both {_format(value)}: "
+                              "give each value once")
+    return typed
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -132,6 +159,8 @@ def load_sweep(path: str | Path) -> Sweep:
     fixed = spec.get("set") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{path}: set must map config keys to values, got {fixed!r}")
+    grid = {k: _typed_values(path, k, v) for k, v in grid.items()}
+    fixed = {k: _typed(k, v) for k, v in fixed.items()}
     base = spec.get("base")
     if base is not None and not isinstance(base, str):
         raise ConfigError(f"{path}: base must be a built-in config name or a YAML file, got {base!r}")
@@ -161,15 +190,40 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def validate(sweep: Sweep) -> None:
+    """Check every cell's config; refuse two cells of one config, and keep one of cells that differ only in seeds
+    their method does not use (recorded in `sweep.run_once`)."""
     if sweep.workers < 1 or sweep.retries < 0 or sweep.gpus_per_cell < 0:
         raise ConfigError("a sweep needs workers >= 1, retries >= 0 and gpus_per_cell >= 0")
     names = [c.name for c in sweep.cells]
     if len(set(names)) != len(names):
         raise ConfigError("two cells of the sweep have the same name")
-    for cell in sweep.cells:
+    kept: dict[str, tuple[Cell, dict]] = {}  # what a cell computes -> the first cell that computes it
+    for cell in list(sweep.cells):
         if "out_dir" in cell.overrides:
             raise ConfigError("out_dir is set by the sweep for each cell; remove it from set/grid")
-        cell_config(sweep, cell)
+        cfg = cell_config(sweep, cell)
+        full = {k: v for k, v in cfg.to_dict().items() if k != "out_dir"}
+        unused = unused_seeds(cfg)
+        key = json.dumps({**full, **dict.fromkeys(unused)}, sort_keys=True, default=str)
+        if key not in kept:
+            kept[key] = (cell, full)
+            continue
+        first, first_full = kept[key]
+        if first_full == full:
+            raise ConfigError(f"cells {first.name} and {cell.name} resolve to the same config: give each setting once")
+        # Same weights, data and schedule: a replicate would repeat the first cell's run exactly.
+        sweep.cells.remove(cell)
+        differ = [k for k in unused if first_full[k] != full[k]]
+        sweep.run_once[cfg.label] = sorted({*sweep.run_once.get(cfg.label, []), *differ})
+
+
+def unused_seeds(cfg: Config) -> tuple[str, ...]:
+    """The seeds a run of `cfg` draws nothing from: dense has no scores; weights loaded by init_from draw nothing
+    from weight_seed unless IteRand redraws them."""
+    unused = () if cfg.masked else ("score_seed",)
+    if cfg.init_from is not None and cfg.iterand_every_steps is None and cfg.iterand_every_epochs is None:
+        unused += ("weight_seed",)
+    return unused
 
 
 def cell_config(sweep: Sweep, cell: Cell) -> Config:
@@ -391,11 +445,18 @@ def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = 
               retrain: bool = False, on_task_end: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Run every unfinished cell, then aggregate; returns the aggregate (and raises if cells failed). A cell run
     before with another config is refused, or with `retrain` deleted and run again. `on_task_end` is called in
-    this thread after each task ends (finished or failed), e.g. to save what has finished so far."""
+    this thread after each task ends (finished or failed), e.g. to save what has finished so far. The sweep holds
+    out_dir's lock throughout: a second sweep on the same folder would mark this one's running cells failed."""
+    # A new out_dir holds no cells, so check_reuse cannot refuse after the lock has created the folder.
+    with run_lock(sweep.out_dir):
+        return _run_locked(sweep, ray_address, progress, retrain, on_task_end)
+
+
+def _run_locked(sweep: Sweep, ray_address: str | None, progress: bool, retrain: bool,
+                on_task_end: Callable[[], None]) -> dict[str, Any]:
     deleted = check_reuse([cell_config(sweep, c) for c in sweep.cells], retrain=retrain)
     if deleted:
         drop_groups(sorted((sweep.out_dir / "groups").glob("group-*")), deleted)
-    sweep.out_dir.mkdir(parents=True, exist_ok=True)
     for cell in sweep.cells:
         cell.status = "done" if cell.finished else "pending"
     pending = tasks(sweep, [c for c in sweep.cells if c.status == "pending"])
@@ -411,6 +472,8 @@ def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = 
     finally:
         view.close()
     result = aggregate(sweep)
+    for warning in result["warnings"]:  # what `train` warns of, which a worker's output never shows
+        log_line(f"supermask: warning: {warning}")
     failed = [c for c in sweep.cells if c.status == "failed"]
     if failed:
         raise SupermaskError(f"{len(failed)} of {len(sweep.cells)} cells failed, first {failed[0].name}: "
@@ -419,21 +482,26 @@ def run_sweep(sweep: Sweep, *, ray_address: str | None = None, progress: bool = 
 
 
 def aggregate(sweep: Sweep) -> dict[str, Any]:
-    """results.csv (a row per finished cell, a column per grid key), results.md (per cell of the grid, mean ± 95%
-    interval over its seeds, and each method's paired difference from its base) and results.png."""
+    """results.csv (a row per finished cell, a column per grid key, the steps its schedules fired), results.md (per
+    cell of the grid, mean ± 95% interval over its seeds, and each method's paired difference from its base) and
+    results.png; `warnings` holds a line per cell whose IWR or IteRand schedule fired no step."""
     extra = [k for k in sweep.axes() if k not in ROW_KEYS]
-    rows = []
+    rows, warnings = [], []
     for cell in sweep.cells:
         if cell.finished:
             s = json.loads((cell.out_dir / "summary.json").read_text())
-            row = {"cell": cell.name, **{k: s[k] for k in ROW_KEYS}}
+            row = {"cell": cell.name, **{k: s[k] for k in ROW_KEYS}, **{k: s.get(k) for k in STEP_KEYS}}
             row.update({k: _column(cell.overrides.get(k)) for k in extra})
+            idle = idle_schedules(cell_config(sweep, cell), s)
+            row["no_step_fired"] = ", ".join(name for name, _ in idle)
+            warnings += [f"{cell.name}: {what} fired no step in {s['epochs']} epochs ({name}_steps 0): results.md "
+                         f"marks it '{NO_STEP}' and gives its comparison no verdict" for name, what in idle]
             rows.append(row)
     axes = [k for k in sweep.axes() if k != "method"]
     cells, differences = seed_estimates(rows, axes), paired_differences(rows, axes)
     if rows:
-        write_csv(sweep.out_dir / "results.csv", rows, ["cell", *ROW_KEYS[:5], *extra, *ROW_KEYS[5:]])
-        atomic_write_text(sweep.out_dir / "results.md", results_table(cells, differences, axes))
+        write_csv(sweep.out_dir / "results.csv", rows, ["cell", *ROW_KEYS[:5], *extra, *ROW_KEYS[5:], *STEP_KEYS])
+        atomic_write_text(sweep.out_dir / "results.md", results_table(cells, differences, axes, sweep.run_once))
         try:
             from .plots import seed_plot
 
@@ -441,7 +509,17 @@ def aggregate(sweep: Sweep) -> dict[str, Any]:
         except ConfigError:  # no matplotlib: the table and CSV still hold everything
             pass
     return {"cells": len(sweep.cells), "finished": len(rows), "rows": rows, "estimates": cells,
-            "differences": differences}
+            "differences": differences, "warnings": warnings}
+
+
+def idle_schedules(cfg: Config, summary: dict) -> list[tuple[str, str]]:
+    """(name, setting) of each IWR or IteRand schedule `cfg` sets that the run's summary says fired no step: such
+    a run is its base method under another name. A summary without step counts (an older run) is not judged."""
+    every = cfg.iterand_every_steps or cfg.iterand_every_epochs
+    unit = "steps" if cfg.iterand_every_steps is not None else "epochs"
+    scheduled = {"iwr": f"iwr_every={cfg.iwr_every} (warm-up {cfg.iwr_warmup})" if cfg.iwr_every is not None else None,
+                 "iterand": f"iterand_every_{unit}={every}" if every is not None else None}
+    return [(name, what) for name, what in scheduled.items() if what and summary.get(f"{name}_steps") == 0]
 
 
 def _column(value: Any) -> Any:
@@ -461,39 +539,61 @@ def seed_estimates(rows: list[dict], axes: list[str]) -> list[dict]:
     """One entry per (axes..., method): the cells that differ only in seeds, as n, mean, std and 95% interval of
     the test accuracy in %."""
     groups: dict[tuple, list[float]] = {}
+    idle: dict[tuple, set[str]] = {}
     for r in rows:
-        groups.setdefault((*(r[k] for k in axes), r["method"]), []).append(100 * r["test_acc"])
-    return [{**dict(zip([*axes, "method"], key)), **estimate(groups[key]).to_dict()} for key in sorted(groups, key=_order)]
+        key = (*(r[k] for k in axes), r["method"])
+        groups.setdefault(key, []).append(100 * r["test_acc"])
+        idle.setdefault(key, set()).update(filter(None, (r.get("no_step_fired") or "").split(", ")))
+    return [{**dict(zip([*axes, "method"], key)), **estimate(groups[key]).to_dict(),
+             "no_step_fired": ", ".join(sorted(idle[key]))} for key in sorted(groups, key=_order)]
 
 
 def paired_differences(rows: list[dict], axes: list[str]) -> list[dict]:
     """Per value of the axes, each method minus its base (PAIRED_BASES) on the seeds both ran, in points of
     accuracy, with its 95% interval and verdict."""
     acc: dict[tuple, dict[tuple, float]] = {}
+    idle: set[tuple] = set()  # (axes..., method) with a cell whose schedule fired no step
     for r in rows:
-        acc.setdefault((*(r[k] for k in axes), r["method"]), {})[_seeds(r)] = 100 * r["test_acc"]
+        key = (*(r[k] for k in axes), r["method"])
+        acc.setdefault(key, {})[_seeds(r)] = 100 * r["test_acc"]
+        if r.get("no_step_fired"):
+            idle.add(key)
     out = []
     for key in sorted(acc, key=_order):
         *at, method = key
         base = acc.get((*at, PAIRED_BASES.get(method)))
         diff = paired_difference(acc[key], base) if base else None
         if diff:
+            # A schedule that never fired compares the base with itself: there is nothing to judge.
+            judged = NO_STEP if key in idle else verdict(diff)
             out.append({**dict(zip(axes, at)), "method": method, "base": PAIRED_BASES[method], **diff.to_dict(),
-                        "verdict": verdict(diff)})
+                        "verdict": judged})
     return out
 
 
 def estimate_text(entry: dict, sign: bool = False) -> str:
-    return Estimate(entry["n"], entry["mean"], entry["std"], entry["ci_half_width"]).text(sign=sign)
+    text = Estimate(entry["n"], entry["mean"], entry["std"], entry["ci_half_width"]).text(sign=sign)
+    return f"{text}, {NO_STEP}" if entry.get("no_step_fired") else text
 
 
 STATS_NOTE = ("mean ± half-width of the 95% confidence interval (Student t) over the seeds of each cell, n seeds; "
               "a cell of one seed has no interval.")
 PAIRED_NOTE = ("Paired differences (points of test accuracy, over the seeds both methods ran): ahead or behind when "
                "the 95% interval excludes 0, within noise when it holds 0.")
+NO_STEP_NOTE = (f"A cell marked \"{NO_STEP}\": its IWR or IteRand schedule fired no step (iwr_steps or iterand_steps 0 "
+                "in results.csv; the period is longer than the run), so it trained as its base method, and its paired "
+                "difference gets no verdict.")
 
 
-def results_table(cells: list[dict], differences: list[dict], axes: list[str]) -> str:
+def run_once_note(run_once: dict[str, list[str]]) -> str:
+    """What results.md says of methods whose cells ran once because the grid varied seeds they do not use."""
+    return " ".join(f"{method} does not use {' or '.join(keys)}: it ran once for the grid's values of "
+                    f"{'them' if len(keys) > 1 else 'it'}, so its n counts only the seeds it uses."
+                    for method, keys in sorted(run_once.items()))
+
+
+def results_table(cells: list[dict], differences: list[dict], axes: list[str],
+                  run_once: dict[str, list[str]] | None = None) -> str:
     """Markdown: a row per value of the axes, a column per method; then the paired differences."""
     methods = sorted({c["method"] for c in cells})
     by_row: dict[tuple, dict[str, dict]] = {}
@@ -504,7 +604,12 @@ def results_table(cells: list[dict], differences: list[dict], axes: list[str]) -
     for key, by in by_row.items():
         labels = [_format(v) for v in key] or ["all"]
         lines.append("| " + " | ".join(labels + [estimate_text(by[m]) if m in by else "-" for m in methods]) + " |")
-    text = "\n".join(lines) + f"\n\nTest accuracy (%): {STATS_NOTE}\n"
+    notes = [f"Test accuracy (%): {STATS_NOTE}"]
+    if run_once:
+        notes.append(run_once_note(run_once))
+    if any(c.get("no_step_fired") for c in cells):
+        notes.append(NO_STEP_NOTE)
+    text = "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
     if differences:
         lines = ["| " + " | ".join(head + ["method - base", "difference", "verdict"]) + " |", "|---" * (len(head) + 3) + "|"]
         for d in differences:
