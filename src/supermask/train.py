@@ -486,7 +486,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
         "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-        "out_dir": str(out_dir), "processes": group.world,
+        "out_dir": str(out_dir), "processes": group.world, "preprocessing": data_lib.preprocessing(ds),
         **{f"{kind}_steps": n for kind, n in fired_steps(state["schedule"]).items()}, **(extra or {}),
     }
     if isinstance(getattr(model, "supermask_report", None), Report):  # what convert masked, froze or trained
@@ -536,7 +536,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | No
 def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | None = None,
                    data_dir: str | None = None) -> dict[str, Any]:
     """Rebuild a `.smask` network and measure its test accuracy on the dataset it was found on (or `dataset` /
-    in `data_dir`), in the memory layout the file records."""
+    in `data_dir`), in the memory layout and precision (autocast of an amp run) the file records."""
     from .export import header_of, load
 
     header = header_of(path)
@@ -545,6 +545,6 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | Non
     streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
     ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
                                image_size=header["image_size"] if streamed else None)
-    loss, acc = evaluate(model.to(dev), ds, 1000, dev)
+    loss, acc = evaluate(model.to(dev), ds, 1000, dev, amp=bool(header.get("amp")))
     return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
             **_data_check(ds, header.get("dataset_sha256"))}

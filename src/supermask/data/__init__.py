@@ -20,8 +20,8 @@ and augmentation, `load` for `load_dataset`; this package re-exports the public 
 """
 
 from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir
-from .batches import (augment_batch, check_augment, eval_batches, is_streamed, normalize, on_device, train_batches,
-                      train_steps)
+from .batches import (augment_batch, check_augment, eval_batches, is_streamed, normalize, on_device, preprocessing,
+                      train_batches, train_steps)
 from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
 from .download import download_file
 from .generated import LISTOPS_TOKENS, generate_listops, listops_value
@@ -52,6 +52,7 @@ __all__ = [
     "normalize",
     "on_device",
     "parse_idx",
+    "preprocessing",
     "read_cifar_archive",
     "read_idx",
     "restricted_pickle_load",
