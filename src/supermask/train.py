@@ -26,7 +26,7 @@ from .errors import ConfigError, SupermaskError
 from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
 from .models import build_model
-from .progress import is_live, log_line
+from .progress import StepLines, is_live, log_line
 from .schedule import end_of_epoch, fired_steps, iterand_step, never_fires, step_fires
 from .trackers import Trackers, check_available, open_trackers
 
@@ -424,10 +424,10 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
         for b, saved in zip(model.buffers(), own):
             b.copy_(saved)
 
-    live = is_live(progress)  # a bar on a terminal, else a plain line per epoch (see supermask.progress)
+    live = is_live(progress)  # a bar on a terminal, else plain lines: per epoch, and in one (see supermask.progress)
     initial = state["epoch"] * steps_per_epoch + state.get("partial", {}).get("batch", 0)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, disable=not live,
-               unit="step", dynamic_ncols=True, leave=False)
+    bar = (tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+           if live else StepLines(cfg.epochs * steps_per_epoch, initial, batch_size=cfg.batch_size, enabled=progress))
     with bar:
         for epoch in range(state["epoch"], cfg.epochs):
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
