@@ -5,10 +5,10 @@ File layout (docs/smask-format.md has the full description):
 
     b"SMASK\\x00\\r\\n"  u32 format version  u32 header length  header (UTF-8 JSON)  payload  sha256(all before)
 
-The header describes the architecture, method, seeds and init, and where each blob of the payload is: each
-masked layer's mask (see `supermask.codec`), its Biprop alpha, the kept weights whose value no longer equals
-the seed's (after IWR or IteRand) with their new values, and every other tensor of the model (BatchNorm
-statistics, biases, layers left dense) as raw little-endian float32. The checksum is verified before anything
+The header describes the architecture, method, seeds and init, how an input is prepared (`preprocessing`), and
+where each blob of the payload is: each masked layer's mask (see `supermask.codec`), its Biprop alpha, the kept
+weights whose value no longer equals the seed's (after IWR or IteRand) with their new values, and every other
+tensor of the model (BatchNorm statistics, biases, layers left dense) as raw little-endian float32. The checksum is verified before anything
 is parsed; then the header must conform to `HEADER` (a small declarative schema), and every name, shape, count
 and blob range is checked against the rebuilt architecture before any mask is decoded or weight assembled.
 """
