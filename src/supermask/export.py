@@ -300,9 +300,9 @@ def _check_preprocessing(header: dict, where: str) -> None:
     if len(pre["classes"]) != header["num_classes"]:
         raise ConfigError(f"{what} names {len(pre['classes'])} classes; the network has {header['num_classes']}")
     present = [k for k in IMAGE_FIELDS if k in pre]
+    if tokens and (present or "crop_fraction" in pre):
+        raise ConfigError(f"{what} has image fields for a network that reads tokens")
     if tokens:
-        if present or "crop_fraction" in pre:
-            raise ConfigError(f"{what} has image fields for a network that reads tokens")
         return
     if len(present) != len(IMAGE_FIELDS):
         raise ConfigError(f"{what} lacks {', '.join(k for k in IMAGE_FIELDS if k not in pre)}")

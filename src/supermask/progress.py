@@ -23,7 +23,7 @@ def log_line(text: str) -> None:
 
 def duration(seconds: float) -> str:
     """[H:]MM:SS, as the bar writes times."""
-    minutes, s = divmod(int(round(seconds)), 60)
+    minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m:02d}:{s:02d}"
 
