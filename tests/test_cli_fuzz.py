@@ -114,6 +114,8 @@ def finished_run(tmp_path_factory):
 def test_random_files_to_every_subcommand(tmp_path, capsys, finished_run, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rng = random.Random(2)
+    net = tmp_path / "net.smask"
+    assert main(["export", str(finished_run), "-o", str(net)]) == 0
     for i in range(30):
         f = tmp_path / f"in{i}.yaml"
         f.write_bytes(random_text(rng))
@@ -128,6 +130,8 @@ def test_random_files_to_every_subcommand(tmp_path, capsys, finished_run, monkey
         smask = tmp_path / f"in{i}.smask"
         shutil.copy(f, smask)
         call(capsys, ["eval", smask])
+        call(capsys, ["predict", smask, f])
+        call(capsys, ["predict", net, f])  # random bytes for an image
 
 
 @pytest.mark.parametrize("damaged", ["config.yaml", "checkpoint.safetensors", "masks.safetensors", "summary.json"])

@@ -18,8 +18,8 @@ import torch
 from supermask import ConfigError
 from supermask.cli import main
 from supermask.config import make_config
-from supermask.export import MAGIC, export_run, load, read
-from supermask.train import load_run_model, run
+from supermask.export import MAGIC, export_run, load, metadata_strings, read
+from supermask.train import evaluate_run, evaluate_smask, load_run_model, run
 
 BASE = {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 2, "batch_size": 128}
 VARIANTS = {
@@ -85,6 +85,92 @@ def test_eval_of_the_file_matches_the_run_and_plain_exports(runs, tmp_path, caps
     assert torch.equal(plain["0.weight"], load(path).state_dict()["0.weight"])
 
 
+def test_the_header_and_the_plain_exports_record_how_inputs_are_prepared(runs, tmp_path):
+    from safetensors import safe_open
+
+    from supermask.data import load_dataset
+
+    path, weights = tmp_path / "net.smask", tmp_path / "w.safetensors"
+    assert main(["export", str(runs["edge-popup"]), "-o", str(path), "--safetensors", str(weights)]) == 0
+    header, _ = read(path)
+    pixels = load_dataset("digits").train_x.double() / 255  # the run's statistics: those of its training images
+    assert header["version"] == 2 and "amp" not in header
+    assert header["preprocessing"] == {
+        "input": "images", "channel_order": "L", "image_size": 8, "resize": "whole", "scale": 1 / 255,
+        "mean": [pytest.approx(pixels.mean().item(), rel=1e-12)],
+        "std": [pytest.approx(pixels.std(correction=0).item(), rel=1e-12)],
+        "classes": [str(d) for d in range(10)]}
+    with safe_open(str(weights), "pt") as f:
+        stored = f.metadata()
+    assert stored == metadata_strings(header)
+    assert (stored["channel_order"], json.loads(stored["scale"]), json.loads(stored["classes"])[3]) == ("L", 1 / 255, "3")
+
+
+def _digit_files(folder, count):
+    """The first `count` digits test images as PNG files, and the network's input for them as the run read them."""
+    from PIL import Image
+
+    from supermask.data import load_dataset, normalize
+
+    ds = load_dataset("digits")
+    files = []
+    for i in range(count):
+        files.append(folder / f"{i}.png")
+        Image.fromarray(ds.test_x[i, 0].numpy()).save(files[-1])
+    return files, normalize(ds.test_x[:count], ds.mean, ds.std)
+
+
+def test_predict_prepares_images_as_the_run_read_them(runs, tmp_path, capsys):
+    path = tmp_path / "net.smask"
+    export_run(runs["biprop+iwr"], path)
+    files, x = _digit_files(tmp_path, 4)
+    with torch.no_grad():
+        best = torch.softmax(load(path)(x), dim=1).topk(2, dim=1)
+    capsys.readouterr()
+    assert main(["predict", str(path), *map(str, files), "--top", "2"]) == 0
+    expected = [f"{f}: {int(i[0])} {100 * p[0]:.1f}%, {int(i[1])} {100 * p[1]:.1f}%"
+                for f, p, i in zip(files, best.values.tolist(), best.indices.tolist())]
+    assert capsys.readouterr().out.splitlines() == expected
+    from PIL import Image  # a picture of another size and mode is converted and resized, not refused
+
+    Image.open(files[0]).convert("RGB").resize((24, 24)).save(tmp_path / "big.jpg")
+    assert main(["predict", str(path), str(tmp_path / "big.jpg"), "--top", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'big.jpg'}: ")
+    for bad in (["predict", str(path), str(tmp_path / "missing.png")], ["predict", str(path), str(path)]):
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("supermask: error: cannot read image")
+
+
+def test_a_version_1_file_still_loads_and_predict_asks_for_a_new_export(runs, tmp_path, capsys):
+    path, old = tmp_path / "net.smask", tmp_path / "old.smask"
+    export_run(runs["edge-popup"], path)
+    data = path.read_bytes()
+    header, _ = read(path)
+    del header["preprocessing"]
+    header["version"] = 1
+    resealed = bytearray(_resealed(data, header))
+    resealed[8:12] = struct.pack("<I", 1)  # as a version-1 writer wrote it
+    old.write_bytes(bytes(resealed[:-32]) + hashlib.sha256(resealed[:-32]).digest())
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load(old)(x), load(path)(x))
+    files, _ = _digit_files(tmp_path, 1)
+    capsys.readouterr()
+    assert main(["predict", str(old), str(files[0])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "export its run again" in err[0]
+
+
+def test_an_amp_runs_file_evaluates_as_the_run(tmp_path):
+    run(make_config(None, {**BASE, "method": "biprop", "prune_rate": 0.5, "epochs": 1, "amp": True,
+                           "out_dir": str(tmp_path / "run")}), progress=False)
+    export_run(tmp_path / "run", tmp_path / "net.smask")
+    of_run, of_file = evaluate_run(tmp_path / "run", device="cpu"), evaluate_smask(tmp_path / "net.smask", device="cpu")
+    assert (of_file["test_loss"], of_file["test_acc"]) == (of_run["test_loss"], of_run["test_acc"])
+    assert read(tmp_path / "net.smask")[0]["amp"] is True
+
+
 ONNX_RUNS = {  # one per kind of input, each a second or two of training
     "small-conv": {**BASE, "method": "edge-popup", "prune_rate": 0.5, "epochs": 1},
     "vit": {"model": "vit", "dataset": "digits", "width": 0.125, "method": "biprop", "prune_rate": 0.5, "epochs": 1},
@@ -136,6 +222,9 @@ def test_onnx_export_takes_each_models_input(tmp_path, monkeypatch, capsys, mode
                                                                         ["batch", 1, 8, 8])
         x = torch.randn(5, 1, 8, 8, generator=gen)
     assert logits.name == "logits"
+    # the preprocessing travels with the network
+    assert {p.key: p.value for p in graph.metadata_props} == metadata_strings(read(smask)[0])
+    assert graph.metadata_props[0].value == ("tokens" if model == "text-transformer" else "images")
     with torch.no_grad():
         expected = load(smask)(x).numpy()
     got = _onnx_outputs(onnx_file, given.name, x)  # a batch of 5, though the export traced a batch of 2
@@ -186,6 +275,15 @@ def test_damaged_files_are_rejected_cleanly(runs, tmp_path):
         lambda h: h["layers"][1].update(alpha=0.5),
         lambda h: h["tensors"].append({"key": "x", "shape": [10**9], "dtype": "float32", "data": [0, 4]}),
         lambda h: h.update(payload_length=1),
+        lambda h: h.pop("preprocessing"),  # required from version 2
+        lambda h: h["preprocessing"].update(mean=[0.1, 0.2, 0.3]),
+        lambda h: h["preprocessing"].update(std=[0.0]),
+        lambda h: h["preprocessing"].update(classes=["a"]),
+        lambda h: h["preprocessing"].update(channel_order="RGB"),
+        lambda h: h["preprocessing"].update(image_size=32),
+        lambda h: h["preprocessing"].update(resize="center-crop"),
+        lambda h: h["preprocessing"].update(input="tokens"),
+        lambda h: h["preprocessing"].pop("scale"),
         lambda h: h.clear(),
     ]
     for edit in edits:

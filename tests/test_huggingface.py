@@ -172,3 +172,46 @@ def test_smask_export_is_for_registry_models_only():
     assert "gpt2" not in MODELS
     with pytest.raises(ConfigError, match="gpt2"):
         make_config(None, {"model": "gpt2"})
+
+
+def test_a_tied_model_checkpoints_once_and_loads_tied(tmp_path):
+    from safetensors import safe_open
+
+    from supermask.checkpoint import load_checkpoint, load_tensors, save_checkpoint
+
+    def searched(score_seed):
+        model = supermask.convert(gpt2(), "edge-popup", 0.5, weight_seed=1, score_seed=score_seed)
+        return model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+
+    def step(model, optimizer):
+        optimizer.zero_grad()
+        loss_of(model).backward()
+        optimizer.step()
+
+    model, optimizer = searched(2)
+    step(model, optimizer)  # scores and momentum that a fresh model does not have
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, model, optimizer, {"epoch": 1})
+    with safe_open(str(path), "pt") as f:  # the tied weight and its one set of scores, each stored once
+        stored = set(f.keys())
+    wte, head = "model.transformer.wte.parametrizations.weight.", "model.lm_head.parametrizations.weight."
+    assert {f"{wte}original", f"{wte}0.scores"} <= stored and not any(k.startswith(head) for k in stored)
+    tensors, _ = load_tensors(path)
+    assert tensors[f"{head}original"].data_ptr() == tensors[f"{wte}original"].data_ptr()  # shared again
+
+    restored, restored_optimizer = searched(3)
+    assert load_checkpoint(path, restored, restored_optimizer) == {"epoch": 1}
+    assert restored.lm_head.parametrizations.weight.original is restored.transformer.wte.parametrizations.weight.original
+    assert torch.equal(logits_of(restored), logits_of(model))
+    step(model, optimizer)
+    step(restored, restored_optimizer)  # the optimizer state came back too: the search goes on identically
+    assert torch.equal(logits_of(restored), logits_of(model))
+    assert torch.equal(restored.lm_head.weight, restored.transformer.wte.weight)
+    from safetensors.torch import save
+
+    from supermask.checkpoint import ALIASES_KEY
+
+    for aliases in ('{"b": "missing"}', '{"a": "a"}', '["a"]', '{"b": ["a"]}'):  # a damaged shared-tensor list
+        (tmp_path / "bad.safetensors").write_bytes(save({"a": torch.zeros(2)}, metadata={ALIASES_KEY: aliases}))
+        with pytest.raises(ConfigError, match="shared-tensor list"):
+            load_tensors(tmp_path / "bad.safetensors")

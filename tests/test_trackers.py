@@ -1,6 +1,9 @@
 """Experiment trackers, offline: what a run sends to TensorBoard, W&B and MLflow, read back from their files."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -154,3 +157,36 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
     _, scalars = _tensorboard_scalars(tmp_path / "r" / "tensorboard")
     assert [s for s, _ in scalars["train/loss"]] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert [s for s, _ in scalars["epoch/test_acc"]] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+
+
+KILLED_IN_MLFLOW_SETUP = """
+import os, signal, sys
+from pathlib import Path
+import sqlalchemy
+from sqlalchemy.engine import Engine
+from supermask.trackers import open_trackers
+
+@sqlalchemy.event.listens_for(Engine, "after_cursor_execute")
+def killed_inside_a_migration(conn, cursor, statement, *args):  # a kill -9 as MLflow rebuilds its runs table
+    if statement.lstrip().startswith("CREATE TABLE _alembic_tmp_runs"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+open_trackers(["mlflow"], Path(sys.argv[1]), "run", 0)
+"""
+
+
+def test_a_kill_during_mlflow_setup_leaves_no_half_made_store(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    from supermask.trackers import open_trackers
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_MLFLOW_SETUP, str(tmp_path)], capture_output=True,
+                            check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "mlflow.db").exists()  # the store is whole or absent, never half-migrated
+    trackers = open_trackers(["mlflow"], tmp_path, "run", 0)  # as the resumed run opens it
+    assert [t.name for t in trackers.trackers] == ["mlflow"]
+    trackers.scalars({"epoch/test_acc": 0.5}, 1)
+    trackers.close()
+    assert "could not start" not in capsys.readouterr().err and [t.name for t in trackers.trackers] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "trackers.json"]  # the killed set-up's file is gone

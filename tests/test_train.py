@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import supermask.data
+import supermask.progress
 import supermask.train
 from supermask import build_model, convert
 from supermask.checkpoint import load_tensors
@@ -294,3 +295,38 @@ def test_eval_of_a_run_killed_inside_an_epoch_states_where_and_compares_nothing(
     result = supermask.train.evaluate_run(out, device="cpu")
     assert (result["epoch"], result["batch"], result["position"]) == (3, 0, "end of epoch 3")
     assert result["recorded_test_acc"] == result["test_acc"] and "note" not in result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# progress in a log
+
+
+def test_a_log_gets_progress_lines_inside_an_epoch(tmp_path, monkeypatch, capsys):
+    import re
+
+    monkeypatch.setattr(supermask.progress, "LOG_EVERY_SECONDS", 0.0, raising=False)  # a line after every step
+    run(config(tmp_path, epochs=2, batch_size=64), progress=True)  # stderr is not a terminal here
+    lines = capsys.readouterr().err.splitlines()
+    steps = 23  # 1438 digits in batches of 64
+    shape = re.compile(r"epoch (\d)/2: step (\d+)/46, \d+ img/s, \d\d:\d\d left$")
+    seen = [(int(m[1]), int(m[2])) for m in map(shape.match, lines) if m]
+    assert seen == [(1 + (k - 1) // steps, k) for k in range(1, 2 * steps + 1)]
+    epoch_lines = [i for i, line in enumerate(lines) if line.startswith("epoch ") and "train loss" in line]
+    assert epoch_lines == [steps, 2 * steps + 1]  # each epoch's line after its steps
+
+
+def test_progress_lines_come_by_the_clock_with_the_pace_since_the_start(monkeypatch, capsys):
+    from supermask.progress import StepLines, duration
+
+    times = iter([0.0, 20.0, 40.0, 60.0, 80.0, 125.0])
+    lines = StepLines(100, 40, batch_size=100, clock=lambda: next(times))  # resumed at step 40 of 100
+    lines.set_description("epoch 2/5")
+    for _ in range(5):
+        lines.update(1)
+    # at 60 s: 3 steps of 100 images in 60 s, 57 steps left at 20 s each; at 125 s (65 s after the last line):
+    # 5 steps in 125 s, 55 steps left at 25 s each
+    assert capsys.readouterr().err.splitlines() == ["epoch 2/5: step 43/100, 5 img/s, 19:00 left",
+                                                    "epoch 2/5: step 45/100, 4 img/s, 22:55 left"]
+    quiet = StepLines(10, batch_size=1, enabled=False, clock=iter([0.0, 100.0]).__next__)
+    quiet.update(1)
+    assert capsys.readouterr().err == "" and duration(3725) == "1:02:05"

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 
 META_KEY = "supermask"
+ALIASES_KEY = "supermask_aliases"  # {name: name it is stored under} of tensors that share one storage (tied weights)
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
@@ -78,10 +79,36 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def _shared_once(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors to store, aliases): a tensor that is the very same view of another's storage (a tied weight, an
+    embedding and its output layer) is stored once under the first name and the others alias it; one that overlaps
+    another's storage otherwise is stored as a copy. safetensors refuses shared storage."""
+    kept: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, t in tensors.items():
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = (*storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and view in views:
+            aliases[name] = views[view]
+            continue
+        shared = t.numel() > 0 and storage in storages
+        views[view], kept[name] = name, t.clone() if shared else t
+        if t.numel():
+            storages.add(storage)
+    return kept, aliases
+
+
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any] | None = None) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {META_KEY: json.dumps(meta)} if meta is not None else None
-    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+    """Tensors and JSON metadata as a safetensors file, written atomically; tensors sharing memory are stored
+    once (see `_shared_once`), and `load_tensors` gives them back sharing it again."""
+    kept, aliases = _shared_once({k: v.detach() for k, v in tensors.items()})
+    kept = {k: v.contiguous().cpu() for k, v in kept.items()}
+    metadata = {META_KEY: json.dumps(meta)} if meta is not None else {}
+    if aliases:
+        metadata[ALIASES_KEY] = json.dumps(aliases)
+    atomic_write_bytes(path, st_save(kept, metadata=metadata or None))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
@@ -97,8 +124,14 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | 
         header = json.loads(data[8 : 8 + header_len])
         raw = (header.get("__metadata__") or {}).get(META_KEY)
         meta = json.loads(raw) if raw is not None else None
+        aliases = json.loads((header.get("__metadata__") or {}).get(ALIASES_KEY, "{}"))
     except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as e:
         raise ConfigError(f"{path} is corrupt or not a safetensors file ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(aliases, dict) or any(not isinstance(stored, str) or a in tensors or stored not in tensors
+                                            for a, stored in aliases.items()):
+        raise ConfigError(f"{path} is corrupt: its shared-tensor list does not match its tensors")
+    for alias, stored in aliases.items():  # one tensor again under each of its names, as it was saved
+        tensors[alias] = tensors[stored]
     return tensors, meta
 
 

@@ -1,4 +1,4 @@
-"""The `supermask` command line: train, eval, study, together, compare, path, norms, export, sweep, configs."""
+"""The `supermask` command line: train, eval, study, together, compare, path, norms, export, predict, sweep, configs."""
 
 from __future__ import annotations
 
@@ -106,11 +106,20 @@ def _export(args: argparse.Namespace) -> int:
     if args.safetensors or args.onnx:
         model = export.load(args.output)
         if args.safetensors:
-            export.save_plain(model, args.safetensors)
+            export.save_plain(model, args.safetensors, export.header_of(args.output))
             print(f"dense weights written to {args.safetensors}")
         if args.onnx:
             export.save_onnx(model, export.header_of(args.output), args.onnx)
             print(f"ONNX model written to {args.onnx}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .export import predict
+
+    for result in predict(args.net, args.images, top=args.top, device=args.device):
+        ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
+        print(f"{result['image']}: {ranked}")
     return 0
 
 
@@ -268,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--onnx", metavar="PATH", help="also write the rebuilt network as ONNX (needs onnx): input "
                     "`images` (float N,C,H,W) or, for text-transformer, `tokens` (int64 N,length), output `logits`")
     ex.set_defaults(func=_export)
+
+    pr = sub.add_parser("predict", help="classify image files with a .smask network, prepared as its run read images",
+                        description="Prepare each image as the header of NET.smask records (channel order, resize to "
+                                    "the run's image size, pixels scaled by 1/255 and normalized with the run's "
+                                    "per-channel mean and std), run the network and print the most likely classes.")
+    pr.add_argument("net", metavar="NET.smask", help="an exported .smask file (format version 2 or later)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow reads (JPEG, PNG, ...)")
+    pr.add_argument("--top", type=_positive_int, default=3, metavar="K", help="classes shown per image (default 3)")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    pr.set_defaults(func=_predict)
 
     pa = sub.add_parser("path", help="test accuracy along a path between two runs' masks (same random weights)")
     pa.add_argument("run_a")

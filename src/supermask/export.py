@@ -5,10 +5,10 @@ File layout (docs/smask-format.md has the full description):
 
     b"SMASK\\x00\\r\\n"  u32 format version  u32 header length  header (UTF-8 JSON)  payload  sha256(all before)
 
-The header describes the architecture, method, seeds and init, and where each blob of the payload is: each
-masked layer's mask (see `supermask.codec`), its Biprop alpha, the kept weights whose value no longer equals
-the seed's (after IWR or IteRand) with their new values, and every other tensor of the model (BatchNorm
-statistics, biases, layers left dense) as raw little-endian float32. The checksum is verified before anything
+The header describes the architecture, method, seeds and init, how an input is prepared (`preprocessing`), and
+where each blob of the payload is: each masked layer's mask (see `supermask.codec`), its Biprop alpha, the kept
+weights whose value no longer equals the seed's (after IWR or IteRand) with their new values, and every other
+tensor of the model (BatchNorm statistics, biases, layers left dense) as raw little-endian float32. The checksum is verified before anything
 is parsed; then the header must conform to `HEADER` (a small declarative schema), and every name, shape, count
 and blob range is checked against the rebuilt architecture before any mask is decoded or weight assembled.
 """
@@ -16,6 +16,7 @@ and blob range is checked against the rebuilt architecture before any mask is de
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
@@ -32,13 +33,15 @@ from . import codec
 from .checkpoint import atomic_write_bytes, load_checkpoint, read_json
 from .config import FIELDS, make_config, recorded_config
 from .convert import convert, masked_layers, random_weight, weight_tensors
+from .data.batches import PIXEL_SCALE
 from .errors import ConfigError
 from .mask import num_pruned
 from .methods import get_method
 from .models import MODELS, TOKEN_MODELS, build_model
 
 MAGIC = b"SMASK\x00\r\n"
-VERSION = 1
+VERSION = 2  # 2 added `preprocessing` and `amp`
+READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
 MAX_HEADER = 1 << 24
@@ -66,6 +69,7 @@ FLAG = _Kind("true or false", lambda v: type(v) is bool)
 SHAPE = _Kind("a list of sizes", lambda v: type(v) is list and all(type(x) is int and x >= 0 for x in v))
 SPAN = _Kind("[offset, length] in the payload", lambda v: SHAPE.ok(v) and len(v) == 2)
 NAMES = _Kind("a list of strings", lambda v: type(v) is list and all(isinstance(x, str) for x in v))
+NUMBERS = _Kind("a list of finite numbers", lambda v: type(v) is list and all(NUMBER.ok(x) for x in v))
 ACCURACY = _Kind("a number or null", lambda v: v is None or NUMBER.ok(v))
 
 # The header's schema: a dict is an object (a key ending in "?" is optional, no other key is allowed), a one-item
@@ -73,12 +77,16 @@ ACCURACY = _Kind("a number or null", lambda v: v is None or NUMBER.ok(v))
 LAYER = {"name": TEXT, "shape": SHAPE, "kept": COUNT, "mask": SPAN, "alpha?": NUMBER, "changed?": SPAN,
          "changed_values?": SPAN}
 TENSOR = {"key": TEXT, "shape": SHAPE, "dtype": TEXT, "data": SPAN}
+# the image fields are present exactly for "input": "images" (see _check_preprocessing)
+PREPROCESSING = {"input": TEXT, "channel_order?": TEXT, "image_size?": COUNT, "resize?": TEXT, "crop_fraction?": NUMBER,
+                 "scale?": NUMBER, "mean?": NUMBERS, "std?": NUMBERS, "classes": NAMES}
+IMAGE_FIELDS = ("channel_order", "image_size", "resize", "scale", "mean", "std")
 HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num_classes": COUNT,
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
-          "include_params?": NAMES, "scale_fan_by?": TEXT, "channels_last?": FLAG,
-          "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT, "data_mode?": TEXT,
-          "test_acc": ACCURACY, "layers": [LAYER],
+          "include_params?": NAMES, "scale_fan_by?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
+          "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
+          "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
           "tensors": [TENSOR],
           "payload_length": COUNT}
 
@@ -156,14 +164,18 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
             header[key] = summary[key]
     if summary.get("data_mode") == "stream":  # eval reads it streamed again (files of sets in memory stay as they were)
         header["data_mode"] = "stream"
+    if cfg.amp:  # the run computed under autocast: its outputs are rebuilt under the same (see evaluate_smask)
+        header["amp"] = True
     shape_keys = ("num_classes", "in_channels", "image_size")
-    if all(k in summary for k in shape_keys):
-        header.update({k: summary[k] for k in shape_keys})
-    else:  # runs written before summaries recorded the input shape: read it off the dataset
-        from .data import load_dataset
+    if all(k in summary for k in shape_keys + ("preprocessing",)):
+        header.update({k: summary[k] for k in shape_keys + ("preprocessing",)})
+    else:  # runs written before summaries recorded the input shape and preprocessing: read them off the dataset
+        from .data import preprocessing
+        from .train import load_data
 
-        ds = load_dataset(cfg.dataset, cfg.data_dir)
-        header.update(num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size)
+        ds = load_data(cfg)
+        header.update(num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size,
+                      preprocessing=preprocessing(ds))
     trained = _skeleton(header)
     load_checkpoint(run_dir / "checkpoint.safetensors", trained)
     seeded = _skeleton(header)
@@ -236,8 +248,9 @@ def read(path: str | Path) -> tuple[dict[str, Any], memoryview]:
     # the checksum first: a damaged version field is damage, not another version
     if hashlib.sha256(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
         raise ConfigError(f"{path} is corrupt: its checksum does not match (truncated or modified)")
-    if version != VERSION:
-        raise ConfigError(f"{path} is .smask format version {version}; this supermask reads version {VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ConfigError(f"{path} is .smask format version {version}; this supermask reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     if head_len > min(MAX_HEADER, len(data) - _PREFIX.size - _DIGEST):
         raise ConfigError(f"{path} has an impossible header length {head_len}")
     try:
@@ -256,11 +269,12 @@ def _blob(payload: memoryview, span: list[int]) -> bytes:
 
 def _build(header: dict, where: str) -> nn.Module:
     """The skeleton a conforming header describes, after its values are validated and its size is bounded."""
-    if header["format"] != "supermask" or header["version"] != VERSION:
+    if header["format"] != "supermask" or header["version"] not in READABLE_VERSIONS:
         raise ConfigError(f"{where}: header says format {header['format']!r} version {header['version']}, "
-                          f"not supermask version {VERSION}")
+                          f"not supermask version {' or '.join(map(str, READABLE_VERSIONS))}")
     if header["model"] not in MODELS:
         raise ConfigError(f"{where}: unknown architecture {header['model']!r}")
+    _check_preprocessing(header, where)
     try:
         make_config(None, {k: header[k] for k in REBUILD_KEYS + tuple(k for k in OPTIONAL_REBUILD_KEYS if k in header)})
         for key in ("num_classes", "in_channels", "image_size"):
@@ -275,6 +289,41 @@ def _build(header: dict, where: str) -> nn.Module:
         raise
     except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"{where}: header does not describe a supermask network ({e})") from None
+
+
+def _check_preprocessing(header: dict, where: str) -> None:
+    """`preprocessing` (required from version 2) must describe the input of the header's own network."""
+    if "preprocessing" not in header:
+        if header["version"] >= 2:
+            raise ConfigError(f"{where}: header lacks the field 'preprocessing'")
+        return
+    pre, what = header["preprocessing"], f"{where}: preprocessing"
+    tokens = header["model"] in TOKEN_MODELS
+    if pre["input"] != ("tokens" if tokens else "images"):
+        raise ConfigError(f"{what} says input {pre['input']!r}; a {header['model']} network reads "
+                          f"{'tokens' if tokens else 'images'}")
+    if len(pre["classes"]) != header["num_classes"]:
+        raise ConfigError(f"{what} names {len(pre['classes'])} classes; the network has {header['num_classes']}")
+    present = [k for k in IMAGE_FIELDS if k in pre]
+    if tokens and (present or "crop_fraction" in pre):
+        raise ConfigError(f"{what} has image fields for a network that reads tokens")
+    if tokens:
+        return
+    if len(present) != len(IMAGE_FIELDS):
+        raise ConfigError(f"{what} lacks {', '.join(k for k in IMAGE_FIELDS if k not in pre)}")
+    order = {1: "L", 3: "RGB"}.get(header["in_channels"])
+    problems = [
+        (pre["channel_order"] != order, f"channel_order {pre['channel_order']!r}, for {header['in_channels']} channels"),
+        (pre["image_size"] != header["image_size"], f"image_size {pre['image_size']}, not {header['image_size']}"),
+        (pre["resize"] not in ("whole", "center-crop") or ("crop_fraction" in pre) != (pre["resize"] == "center-crop")
+         or not 0 < pre.get("crop_fraction", 1) <= 1, f"resize {pre['resize']!r} with crop_fraction {pre.get('crop_fraction')}"),
+        (pre["scale"] != PIXEL_SCALE, f"scale {pre['scale']}, not 1/255"),
+        (not len(pre["mean"]) == len(pre["std"]) == header["in_channels"] or min(pre["std"], default=0) <= 0,
+         f"{len(pre['mean'])} means and {len(pre['std'])} stds (positive) for {header['in_channels']} channels"),
+    ]
+    bad = [text for wrong, text in problems if wrong]
+    if bad:
+        raise ConfigError(f"{what} has {bad[0]}")
 
 
 def _same_names(names: list[str], expected: Any, what: str, where: str) -> None:
@@ -374,11 +423,20 @@ def header_of(path: str | Path) -> dict[str, Any]:
     return read(path)[0]
 
 
-def save_plain(model: nn.Module, path: str | Path) -> None:
-    """The rebuilt network's dense weights as safetensors, for deployment without supermask."""
-    from .checkpoint import save_tensors
+def metadata_strings(header: dict[str, Any]) -> dict[str, str]:
+    """The header's preprocessing as the string-to-string metadata of a safetensors or ONNX file: each field under
+    its own name, strings as they are, numbers and lists as JSON (empty for a version-1 file, which has none)."""
+    pre = header.get("preprocessing", {})
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in pre.items()}
 
-    save_tensors(path, dict(model.state_dict()))
+
+def save_plain(model: nn.Module, path: str | Path, header: dict[str, Any]) -> None:
+    """The rebuilt network's dense weights as safetensors, for deployment without supermask; its metadata holds
+    the preprocessing (`metadata_strings`)."""
+    from safetensors.torch import save as st_save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata_strings(header) or None))
 
 
 def example_input(header: dict[str, Any]) -> tuple[str, torch.Tensor]:
@@ -393,9 +451,10 @@ def example_input(header: dict[str, Any]) -> tuple[str, torch.Tensor]:
 
 def save_onnx(model: nn.Module, header: dict[str, Any], path: str | Path) -> None:
     """The rebuilt network as ONNX, its input named `images` or `tokens` (see `example_input`), its output `logits`,
-    any batch size (needs the `onnx` package: pip install 'supermask[export]')."""
+    any batch size, the preprocessing in its `metadata_props` (`metadata_strings`). Needs the `onnx` package:
+    pip install 'supermask[export]'."""
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
         raise ConfigError("ONNX export needs the onnx package: pip install 'supermask[export]'") from None
     import warnings
@@ -405,5 +464,65 @@ def save_onnx(model: nn.Module, header: dict[str, Any], path: str | Path) -> Non
         warnings.simplefilter("ignore", DeprecationWarning)
         # attention's checks of its own sizes, constants of the architecture (tests run other batch sizes)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, (x,), str(path), input_names=[name], output_names=["logits"],
+        buffer = io.BytesIO()
+        torch.onnx.export(model, (x,), buffer, input_names=[name], output_names=["logits"],
                           dynamic_axes={name: {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    graph = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata_strings(header).items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write_bytes(path, graph.SerializeToString())
+
+
+def read_image(path: str | Path, pre: dict[str, Any]) -> torch.Tensor:
+    """An image file as the uint8 (C, size, size) tensor the network's preprocessing makes of it, before scaling:
+    streamed sets' evaluation crop, or for sets held in memory the whole image in the channel order, resized
+    (bilinear) to the size when it has another."""
+    from PIL import Image
+
+    from .data.transforms import eval_transform
+
+    size = pre["image_size"]
+    try:
+        with Image.open(path) as img:
+            if pre["resize"] == "center-crop":
+                return eval_transform(img, size)
+            img = img.convert(pre["channel_order"])
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            pixels = np.array(img, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"cannot read image {path}: {reason}") from None
+    return torch.from_numpy(np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)))
+
+
+def predict(path: str | Path, images: list[str], *, top: int = 3, device: str = "cpu") -> list[dict[str, Any]]:
+    """The `top` most likely classes (name, probability) of each image for the `.smask` network at `path`, each
+    image prepared as its header's `preprocessing` says, under the run's autocast when it trained with amp."""
+    from .data import normalize
+    from .train import autocast, pick_device
+
+    header = header_of(path)
+    model = load(path)
+    pre = header.get("preprocessing")
+    if pre is None:
+        raise ConfigError(f"{path} is .smask version {header['version']}, which does not record how images are "
+                          "prepared; export its run again with this supermask")
+    if pre["input"] != "images":
+        raise ConfigError(f"predict reads images; {path} is a {header['model']} network, which reads token ids")
+    if top < 1:
+        raise ConfigError(f"top must be >= 1, not {top}")
+    dev = pick_device(device)
+    pixels = torch.stack([read_image(image, pre) for image in images])  # every image checked before any is run
+    model, parts = model.to(dev), []
+    for batch in pixels.split(256):
+        x = normalize(batch.to(dev), pre["mean"], pre["std"])
+        x = x.contiguous(memory_format=torch.channels_last) if header.get("channels_last") else x
+        with torch.no_grad(), autocast(bool(header.get("amp")), dev):
+            parts.append(torch.softmax(model(x).float(), dim=1).cpu())
+    probabilities = torch.cat(parts)
+    best = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
+    return [{"image": str(image), "top": [{"class": pre["classes"][i], "probability": p}
+                                          for p, i in zip(values.tolist(), indices.tolist())]}
+            for image, values, indices in zip(images, best.values, best.indices)]

@@ -7,7 +7,8 @@ run goes on, since the run's own files are the record and a dashboard is a view 
 
 Where they write: TensorBoard into RUN_DIR/tensorboard; W&B into RUN_DIR/wandb (WANDB_MODE=offline and
 WANDB_PROJECT are W&B's own settings; the project defaults to "supermask"); MLflow to $MLFLOW_TRACKING_URI, else a
-SQLite store RUN_DIR/mlflow.db (experiment $MLFLOW_EXPERIMENT_NAME, default "supermask"). A resumed run continues
+SQLite store RUN_DIR/mlflow.db (experiment $MLFLOW_EXPERIMENT_NAME, default "supermask"; made whole before it
+appears, see `_sqlite_store`). A resumed run continues
 the same W&B and MLflow run (their ids are kept in RUN_DIR/trackers.json) and TensorBoard drops the steps it
 logged after the checkpoint, so no step appears twice.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_text
+from .checkpoint import _create_temp, atomic_write_text
 from .errors import ConfigError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -89,13 +90,35 @@ class Wandb:
         self.run.finish()
 
 
+def _sqlite_store(path: Path) -> str:
+    """The URI of the run's own MLflow store at `path`, which is absent or complete: MLflow makes its tables by a
+    chain of migrations, and a process killed among them leaves a database that no later start opens. So a new store
+    is made in a temporary file beside it and renamed into place (a killed set-up leaves only the temporary file,
+    removed at the next start; the run's lock keeps any other process from starting at the same time)."""
+    if not path.exists():
+        from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # with any journal SQLite left
+            stale.unlink(missing_ok=True)
+        fd, tmp = _create_temp(path.parent, path.name)
+        os.close(fd)  # SQLite takes an empty file for an empty database
+        try:
+            SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return f"sqlite:///{path}"
+
+
 class MLflow:
     name = "mlflow"
 
     def __init__(self, out_dir: Path, run_name: str, ids: dict[str, str], resume_step: int):
         import mlflow
 
-        self.client = mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out_dir.resolve() / 'mlflow.db'}")
+        self.client = mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or _sqlite_store(out_dir.resolve() / "mlflow.db"))
         if ids.get("mlflow"):
             self.run_id = ids["mlflow"]
             self.client.update_run(self.run_id, status="RUNNING")

@@ -27,7 +27,7 @@ from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
 from .methods import get_method
 from .models import build_model
-from .progress import is_live, log_line
+from .progress import StepLines, is_live, log_line
 from .rundir import check_same_run
 from .schedule import after_step, end_of_epoch, fired_steps, never_fires, step_fires
 from .trackers import Trackers, check_available, open_trackers
@@ -430,10 +430,10 @@ def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progre
         for b, saved in zip(model.buffers(), own):
             b.copy_(saved)
 
-    live = is_live(progress)  # a bar on a terminal, else a plain line per epoch (see supermask.progress)
+    live = is_live(progress)  # a bar on a terminal, else plain lines: per epoch, and in one (see supermask.progress)
     initial = state["epoch"] * steps_per_epoch + state.get("partial", {}).get("batch", 0)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, disable=not live,
-               unit="step", dynamic_ncols=True, leave=False)
+    bar = (tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+           if live else StepLines(cfg.epochs * steps_per_epoch, initial, batch_size=cfg.batch_size, enabled=progress))
     with bar:
         for epoch in range(state["epoch"], cfg.epochs):
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
@@ -505,7 +505,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
         "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-        "out_dir": str(out_dir), "processes": group.world,
+        "out_dir": str(out_dir), "processes": group.world, "preprocessing": data_lib.preprocessing(ds),
         **{f"{kind}_steps": n for kind, n in fired_steps(state["schedule"]).items()}, **(extra or {}),
     }
     if isinstance(getattr(model, "supermask_report", None), Report):  # what convert masked, froze or trained
@@ -587,7 +587,7 @@ def checkpoint_position(meta: dict[str, Any]) -> dict[str, Any]:
 def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | None = None,
                    data_dir: str | None = None) -> dict[str, Any]:
     """Rebuild a `.smask` network and measure its test accuracy on the dataset it was found on (or `dataset` /
-    in `data_dir`), in the memory layout the file records."""
+    in `data_dir`), in the memory layout and precision (autocast of an amp run) the file records."""
     from .export import header_of, load
 
     header = header_of(path)
@@ -597,6 +597,6 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | Non
     ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
                                image_size=header["image_size"] if streamed else None)
     replaced = data_lib.ReplacedCount()
-    loss, acc = evaluate(model.to(dev), ds, 1000, dev, replaced=replaced)
+    loss, acc = evaluate(model.to(dev), ds, 1000, dev, replaced=replaced, amp=bool(header.get("amp")))
     return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
             **_data_check(ds, header, replaced)}

@@ -21,6 +21,7 @@ and augmentation, `load` for `load_dataset`; this package re-exports the public 
 
 from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir, split_sha256
 from .batches import (ReplacedCount, augment_batch, check_augment, eval_batches, is_streamed, normalize, on_device,
+                      preprocessing,
                       train_batches, train_steps)
 from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
 from .download import download_file
@@ -54,6 +55,7 @@ __all__ = [
     "normalize",
     "on_device",
     "parse_idx",
+    "preprocessing",
     "read_cifar_archive",
     "read_idx",
     "restricted_pickle_load",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from supermask.errors import ConfigError
 from .base import _SPLITS, Dataset
 from .shard_dataset import ShardDataset, shard_eval_loader, shard_steps, shard_train_loader
 from .stream import ImageList, ImageStream, StreamDataset, replaced_tally, stream_loader
+from .transforms import EVAL_CROP_FRACTION
+
+PIXEL_SCALE = 1 / 255  # uint8 pixels to [0, 1], as `normalize` divides by 255
 
 
 @dataclass
@@ -32,6 +36,22 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(c, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(c, 1, 1)
     return (x.to(torch.float32) / 255.0 - m) / s
+
+
+def preprocessing(ds: Dataset | StreamDataset | ShardDataset) -> dict[str, Any]:
+    """What turns a picture into the model's input, as a deployment must repeat it: channel order, the size and how
+    an image is brought to it (the whole image resized to it, as sets held in memory are read; or streamed sets'
+    evaluation crop), then x = (pixel * scale - mean[c]) / std[c]; and the class names, output i being classes[i].
+    Token data reads its ids as they are: only the classes."""
+    classes = [str(c) for c in ds.classes]
+    if ds.tokens:
+        return {"input": "tokens", "classes": classes}
+    streamed = is_streamed(ds)
+    return {"input": "images", "channel_order": "RGB" if ds.in_channels == 3 else "L", "image_size": ds.image_size,
+            "resize": "center-crop" if streamed else "whole",
+            **({"crop_fraction": EVAL_CROP_FRACTION} if streamed else {}),
+            "scale": PIXEL_SCALE, "mean": [float(m) for m in ds.mean], "std": [float(s) for s in ds.std],
+            "classes": classes}
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
