@@ -491,7 +491,7 @@ def _sweep_file(tmp_path, text: str | bytes) -> Path:
     ("base: [digits]\nout_dir: {out}\n", "base must be"),
     ("base: digits\nout_dir: {file}\n", "is a file"),
     ("base: digits\nout_dir: {file}/sub\n", "is a file"),
-    ("base: digits\nset: {{epochs: .inf}}\nout_dir: {out}\n", "epochs=inf is not a valid finite number"),
+    ("base: digits\nset: {{epochs: .inf}}\nout_dir: {out}\n", "epochs=inf must be an integer in [1, 9223372036854775807]"),
 ])
 def test_bad_sweep_files_are_one_line(tmp_path, capsys, body, needle):
     (tmp_path / "taken").write_text("a file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -58,7 +59,7 @@ class Config:
     iterand_every_epochs: int | None = _opt(None, "IteRand: redraw every F epochs instead (off when unset)")
     iterand_rate: float = _opt(0.1, "IteRand: probability r that a pruned weight is redrawn")
     init_from: str | None = _opt(None, "a dense run directory: search masks over its trained weights instead of random ones")
-    weight_seed: int = _opt(0, "seed of the random weights")
+    weight_seed: int = _opt(0, "seed of the random weights, an integer in [0, 2^63 - 1] (as are the other seeds)")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
     dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), imagenet "
@@ -83,7 +84,7 @@ class Config:
                                    "lr * batch_size / 256 (batch_size is the global batch, whatever the process count)")
     lr_schedule: str = _opt("cosine", "cosine or constant (stepped per epoch)")
     warmup_epochs: int = _opt(0, "epochs of linear learning-rate warm-up")
-    momentum: float = _opt(0.9, "SGD momentum")
+    momentum: float = _opt(0.9, "SGD momentum, in [0, 1)")
     nesterov: bool = _opt(False, "Nesterov momentum")
     weight_decay: float = _opt(1e-4, "weight decay (on the scores in a mask search)")
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy loss")
@@ -125,6 +126,13 @@ class Config:
 
 
 FIELDS = {f.name: f for f in fields(Config)}
+# Every integer key's allowed range. Seeds are hashed (supermask.init.derive_seed) or fed to numpy's SeedSequence,
+# which take any non-negative integer; the upper bound keeps every integer an int64, which torch, numpy, CSV
+# readers and TensorBoard hold exactly.
+INT64_MAX = 2**63 - 1
+_ZERO_ALLOWED = ("weight_seed", "score_seed", "data_seed", "warmup_epochs", "iwr_warmup", "num_workers")
+INT_RANGES = {name: (0 if name in _ZERO_ALLOWED else 1, INT64_MAX)
+              for name, f in FIELDS.items() if str(f.type).startswith("int")}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -208,9 +216,11 @@ def _coerce(name: str, value: Any) -> Any:
                 return _BOOL_WORDS[str(value).lower()]
             raise ValueError
         if kind.startswith("int"):
-            if isinstance(value, bool) or float(value) != int(value):
-                raise ValueError
-            return int(value)
+            number = _integer(value)
+            low, high = INT_RANGES[name]
+            if not low <= number <= high:  # named as given: 1e99 is clearer than its 100 digits
+                raise ValueError(value)
+            return number
         if kind.startswith("float"):
             if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
@@ -225,9 +235,33 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError
             return str(value)
     except (TypeError, ValueError, OverflowError):
-        what = "finite number" if kind.startswith(("int", "float")) else kind.replace(" | None", "")
+        if kind.startswith("int"):
+            raise ConfigError(_int_range_error(name, value)) from None
+        what = "finite number" if kind.startswith("float") else kind.replace(" | None", "")
         raise ConfigError(f"{name}={value!r} is not a valid {what}") from None
     raise AssertionError(f"unhandled field type {kind}")
+
+
+def _integer(value: Any) -> int:
+    """An integer given as one (9223372036854775807, exactly), as a whole float (2.0) or as text of either ('1e9',
+    which YAML 1.1 reads as a string); anything else raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = float(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(value)
+
+
+def _int_range_error(name: str, value: Any) -> str:
+    low, high = INT_RANGES[name]
+    return f"{name}={value!r} must be an integer in [{low}, {high}]"
 
 
 def _choice(name: str, value: str, allowed) -> None:
@@ -329,6 +363,10 @@ def recorded_config(source: str | dict[str, Any], overrides: dict[str, Any] | No
 
 def resolve(cfg: Config) -> Config:
     """Validate every value and fill the method-dependent defaults."""
+    for name, (low, high) in INT_RANGES.items():
+        value = getattr(cfg, name)
+        if value is not None and not (type(value) is int and low <= value <= high):
+            raise ConfigError(_int_range_error(name, value))
     _choice("model", cfg.model, list(MODELS))
     _choice("method", cfg.method, METHODS + METHOD_ALIASES)
     if cfg.method in METHOD_ALIASES:
@@ -346,28 +384,19 @@ def resolve(cfg: Config) -> Config:
         _choice("logger", name, TRACKERS)
     if cfg.weight_init is not None:
         _choice("weight_init", cfg.weight_init, WEIGHT_INITS + ("keep",))
-    for name in ("width", "batch_size", "eval_batch_size"):
-        if not getattr(cfg, name) > 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be > 0")
-    for name in ("momentum", "weight_decay", "warmup_epochs", "weight_seed", "score_seed", "data_seed"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 0")
+    if not cfg.width > 0:
+        raise ConfigError(f"width={cfg.width!r} must be > 0")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"weight_decay={cfg.weight_decay!r} must be >= 0")
+    # The velocity keeps a fraction `momentum` of itself each step: at 1 or above it never decays and the run diverges.
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"momentum={cfg.momentum!r} is outside [0, 1)")
     if not 0 <= cfg.label_smoothing <= 1:
         raise ConfigError(f"label_smoothing={cfg.label_smoothing!r} is outside [0, 1]")
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         raise ConfigError("nesterov=true needs momentum > 0 (momentum=0)")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ConfigError(f"lr={cfg.lr!r} must be > 0")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"threads={cfg.threads!r} must be >= 1")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise ConfigError(f"image_size={cfg.image_size!r} must be >= 1")
-    if cfg.num_workers is not None and cfg.num_workers < 0:
-        raise ConfigError(f"num_workers={cfg.num_workers!r} must be >= 0")
-    if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
-        raise ConfigError(f"checkpoint_every_steps={cfg.checkpoint_every_steps!r} must be >= 1 (or null: off)")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:
         cfg.epochs = paper_epochs(cfg.model, cfg.masked)
     _resolve_schedules(cfg)
@@ -418,17 +447,12 @@ def _resolve_schedules(cfg: Config) -> None:
             raise ConfigError("set iwr_every or iwr_every_fraction, not both")
         cfg.iwr_every = max(1, round(cfg.iwr_every_fraction * cfg.epochs))
         cfg.iwr_every_fraction = None  # resolved into iwr_every, so a resumed run compares equal
-    for name in ("iwr_every", "iterand_every_steps", "iterand_every_epochs"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 1")
     if cfg.iterand_every_steps is not None and cfg.iterand_every_epochs is not None:
         raise ConfigError("set iterand_every_steps or iterand_every_epochs, not both")
     if not 0 <= cfg.iwr_rate <= 0.5:
         raise ConfigError(f"iwr_rate={cfg.iwr_rate!r} is outside [0, 0.5]")
     if not 0 <= cfg.iterand_rate <= 1:
         raise ConfigError(f"iterand_rate={cfg.iterand_rate!r} is outside [0, 1]")
-    if cfg.iwr_warmup < 0:
-        raise ConfigError(f"iwr_warmup={cfg.iwr_warmup!r} must be >= 0")
 
 
 def config_help() -> str:
