@@ -91,7 +91,7 @@ class Config:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
     channels_last: bool = _opt(True, "keep conv activations channels-last (NHWC): same masks, faster convolutions")
     amp: bool = _opt(False, "mixed precision: float16 autocast with loss scaling on GPUs, bfloat16 on CPUs")
-    threads: int | None = _opt(None, "torch CPU threads (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
+    threads: int | None = _opt(None, "torch CPU threads, at most the machine's cores (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
     compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
     checkpoint_every_steps: int | None = _opt(None, "also checkpoint every N optimizer steps inside an epoch, so "
