@@ -30,7 +30,7 @@ def one_line_error(capsys, *argv) -> str:
     (["width=1e6"], ["model=small-conv at width=1e+06 has", "parameters", "GiB", "choose a smaller width"]),
     (["width=1e30"], ["width=1e+30", "too large", "choose a smaller width"]),
     (["threads=100000"], ["threads=100000 is more than the", "CPU cores of this machine"]),
-])
+], ids=["token-model-on-images", "image-model-on-tokens", "meta-device", "width-1e6", "width-1e30", "threads-100000"])
 def test_a_run_that_cannot_work_is_one_line_and_makes_no_directory(overrides, needles, tmp_path, capsys):
     run_dir = tmp_path / "run"
     line = one_line_error(capsys, "train", "digits", *FAST, f"out_dir={run_dir}", *overrides)
@@ -85,3 +85,89 @@ def test_threads_up_to_the_cores_are_taken(monkeypatch):
     assert set_to == [3]
     with pytest.raises(ConfigError, match="threads=4 is more than the 3 CPU cores of this machine: choose at most 3"):
         supermask.train.set_threads(4)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# messages that say what is wrong
+
+
+@pytest.mark.parametrize("name", ["gone/cifar10-jpeg75.tar.gz", "cifar10.tar.gz", "./cifar10"])
+def test_a_missing_dataset_path_is_not_found_rather_than_unknown(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, "train", "digits", *FAST, f"out_dir={tmp_path / 'run'}", f"dataset={name}",
+                          f"data_dir={tmp_path / 'data'}")
+    assert f"dataset {name!r} not found: no file or folder {tmp_path / 'data' / name}" in line
+    assert "unknown dataset" not in line and "did you mean" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_near_miss_of_a_dataset_name_is_still_unknown(tmp_path, capsys):
+    line = one_line_error(capsys, "train", "digits", *FAST, f"out_dir={tmp_path / 'run'}", "dataset=mnist2")
+    assert "unknown dataset 'mnist2'" in line and "did you mean 'mnist'" in line
+
+
+def test_cells_with_the_same_name_are_named(tmp_path, capsys):
+    # lr 0.1000001 is 0.1 in a name (6 significant digits): both cells would write cells/lr=0.1-score_seed=0
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: digits\ngrid: {{lr: [0.1, 0.1000001], score_seed: [0, 1]}}\nout_dir: {tmp_path / 'out'}\n")
+    line = one_line_error(capsys, "sweep", sweep)
+    assert ("two cells of the sweep have the same name 'lr=0.1-score_seed=0': {'lr': 0.1, 'score_seed': 0} and "
+            "{'lr': 0.1000001, 'score_seed': 0}") in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import supermask.checkpoint
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(supermask.checkpoint.os, "fsync", full)
+    run_dir = tmp_path / "run"
+    line = one_line_error(capsys, "train", "digits", *FAST, f"out_dir={run_dir}")
+    assert line == f"supermask: error: {run_dir / 'config.yaml'}: No space left on device"
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # the temporary file is removed
+
+
+def rgb_folder(root):
+    """An image folder of 4x4 RGB images in 2 classes: data of another shape than digits' (1 x 8 x 8, 10 classes)."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (4, 4), (60 * i, 100, 200)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+OTHER_SHAPE = "in_channels 1 there, 3 in imgs; image_size 8 there, 4 in imgs; num_classes 10 there, 2 in imgs"
+
+
+def test_init_from_needs_a_dense_run_of_the_same_model_width_and_data(tmp_path, capsys):
+    search, dense = tmp_path / "search", tmp_path / "dense"
+    assert main(["train", "digits", *FAST, f"out_dir={search}"]) == 0
+    assert main(["train", "digits", *FAST, "method=dense", f"out_dir={dense}"]) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "run"
+    line = one_line_error(capsys, "train", "digits", *FAST, f"init_from={search}", f"out_dir={run_dir}")
+    assert f"init_from {str(search)!r} is a method=edge-popup run: init_from needs a dense run (method=dense)" in line
+    line = one_line_error(capsys, "train", "digits", *FAST, "width=0.5", f"init_from={dense}", f"out_dir={run_dir}")
+    assert f"init_from {str(dense)!r} is a width=0.25 run and this run has width=0.5" in line
+    line = one_line_error(capsys, "train", "digits", *FAST, f"dataset={rgb_folder(tmp_path / 'imgs')}",
+                          f"init_from={dense}", f"out_dir={run_dir}")
+    assert line.endswith(f"init_from: {dense} was trained on data of another shape ({OTHER_SHAPE})")
+    assert not run_dir.exists()
+    assert main(["train", "digits", *FAST, f"init_from={dense}", f"out_dir={run_dir}"]) == 0
+
+
+def test_eval_on_data_of_another_shape_says_so(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "digits", *FAST, f"out_dir={run_dir}"]) == 0
+    capsys.readouterr()
+    line = one_line_error(capsys, "eval", run_dir, "dataset=listops")
+    assert "model=small-conv reads images, and dataset listops is token sequences" in line
+    line = one_line_error(capsys, "eval", run_dir, f"dataset={rgb_folder(tmp_path / 'imgs')}")
+    assert line.endswith(f"{run_dir} was trained on data of another shape ({OTHER_SHAPE})")

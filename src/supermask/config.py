@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .data import DATA_MODES, DATASET_NAMES, default_data_dir
+from .data.base import looks_like_path
 from .errors import ConfigError
 from .init import WEIGHT_INITS
 from .methods import BIPROP_GRADS, MASK_METHODS, METHODS
@@ -407,6 +408,7 @@ def resolve(cfg: Config) -> Config:
             raise ConfigError(f"init_from needs a mask method (edge-popup or biprop), not method={cfg.method}")
         if not (Path(cfg.init_from) / "checkpoint.safetensors").is_file():
             raise ConfigError(f"init_from {cfg.init_from!r} is not a run directory with a checkpoint.safetensors")
+        _check_init_from(cfg)
         if cfg.weight_init not in (None, "keep"):
             raise ConfigError(f"init_from keeps the dense run's weights; weight_init={cfg.weight_init!r} contradicts it")
         cfg.weight_init = "keep"
@@ -422,12 +424,28 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
+def _check_init_from(cfg: Config) -> None:
+    """init_from takes a dense run's trained weights: refuse a mask-search run (whose checkpoint holds scores, not
+    weights) or another architecture by its config.yaml, rather than by the tensor names that would not match."""
+    source = Path(cfg.init_from) / "config.yaml"
+    if not source.is_file():
+        return  # the checkpoint, loaded later, says whether it fits
+    raw = read_config_source(str(source))
+    if raw.get("method") != "dense":
+        raise ConfigError(f"init_from {cfg.init_from!r} is a method={raw.get('method')} run: init_from needs a dense "
+                          f"run (method=dense) of the same model and width")
+    for key in ("model", "width"):
+        if raw.get(key) != getattr(cfg, key):
+            raise ConfigError(f"init_from {cfg.init_from!r} is a {key}={raw.get(key)} run and this run has {key}="
+                              f"{getattr(cfg, key)}: init_from needs a dense run of the same model and width")
+
+
 def _check_dataset_name(cfg: Config) -> None:
     """Refuse a near-miss of a dataset name (cifar1, mnsit) that is not a path either, suggesting the name; other
     paths are checked when the data is loaded."""
     name = cfg.dataset.strip()
     hint = did_you_mean(name.lower(), DATASET_NAMES)
-    if name.lower() in DATASET_NAMES or not hint:
+    if name.lower() in DATASET_NAMES or not hint or looks_like_path(name):
         return
     roots = (Path.cwd(), Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir())
     if not any(root is not None and (root / Path(name).expanduser()).exists() for root in roots):

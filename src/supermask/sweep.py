@@ -163,9 +163,13 @@ def load_sweep(path: str | Path) -> Sweep:
 def validate(sweep: Sweep) -> None:
     if sweep.workers < 1 or sweep.retries < 0 or sweep.gpus_per_cell < 0:
         raise ConfigError("a sweep needs workers >= 1, retries >= 0 and gpus_per_cell >= 0")
-    names = [c.name for c in sweep.cells]
-    if len(set(names)) != len(names):
-        raise ConfigError("two cells of the sweep have the same name")
+    named: dict[str, Cell] = {}
+    for cell in sweep.cells:
+        if cell.name in named:
+            a, b = ({k: c.overrides[k] for k in sweep.grid} for c in (named[cell.name], cell))
+            raise ConfigError(f"two cells of the sweep have the same name {cell.name!r}: {a} and {b} (a name keeps 6 "
+                              "significant digits and writes / as _): give values that differ in their names")
+        named[cell.name] = cell
     for cell in sweep.cells:
         if "out_dir" in cell.overrides:
             raise ConfigError("out_dir is set by the sweep for each cell; remove it from set/grid")

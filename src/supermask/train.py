@@ -91,6 +91,20 @@ def check_model_fits_data(model: str, ds: data_lib.Dataset) -> None:
                           f"({', '.join(images)})")
 
 
+def check_same_input(run_dir: Path, ds: data_lib.Dataset, prefix: str = "") -> None:
+    """Refuse data of another shape (channels, image size or sequence length, classes) than the run in `run_dir`
+    trained on, as its summary.json records, before its checkpoint meets a model it cannot fit."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return
+    recorded = read_json(summary)
+    differ = [f"{key} {recorded[key]} there, {getattr(ds, key)} in {ds.name}"
+              for key in ("in_channels", "image_size", "num_classes")
+              if isinstance(recorded.get(key), int) and recorded[key] != getattr(ds, key)]
+    if differ:
+        raise ConfigError(f"{prefix}{run_dir} was trained on data of another shape ({'; '.join(differ)})")
+
+
 # float32 values a run holds per parameter at least: the weight, its score (or nothing, dense), the gradient and
 # the optimizer's state (SGD's momentum; Adam holds two).
 TRAINING_COPIES = 4
@@ -130,6 +144,8 @@ def check_model_size(cfg: Config, ds: data_lib.Dataset, device: torch.device, ru
 def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
     """The model of `cfg` for the dataset's shape, converted for the configured method."""
     check_model_fits_data(cfg.model, ds)
+    if cfg.init_from:
+        check_same_input(Path(cfg.init_from), ds, "init_from: ")
     model = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
                         image_size=ds.image_size, width=cfg.width)
     if cfg.init_from:
@@ -574,6 +590,8 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto",
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = recorded_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
     ds = load_data(cfg)
+    check_model_fits_data(cfg.model, ds)  # the clearer reason first
+    check_same_input(run_dir, ds)
     model = place(build(cfg, ds), cfg, pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
     return cfg, ds, model, meta
