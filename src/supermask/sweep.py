@@ -11,7 +11,7 @@ A sweep file (YAML):
       score_seed: [0, 1, 2]
     out_dir: runs/my_sweep         # cells go to out_dir/cells/<name>, results to out_dir/results.*
     workers: 2                     # local worker processes (default: 1)
-    gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0)
+    gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0; local workers warn of it)
     retries: 2                     # re-runs of a cell whose worker died (default 2)
     together: 8                    # train cells that differ only in seeds in one process, up to 8 at a time
                                    # (true: no limit; default false); cells `together` refuses run alone
