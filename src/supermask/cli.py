@@ -81,14 +81,16 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from . import export
+    from . import codec, export
 
     for what, path in (("-o", args.output), ("--safetensors", args.safetensors), ("--onnx", args.onnx)):
         if path:
             export.check_output(path, what)
     report = export.export_run(args.run_dir, args.output)
-    masks = (f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes"
-             if report["mask_vs_entropy"] is not None else "every weight kept, so the entropy bound is 0 bytes")
+    masks = (f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes (the codes "
+             f"{report['codes_vs_entropy']:.4f}x, plus a {codec.HEAD_BYTES}-byte head in each of {report['mask_layers']} "
+             f"layers)" if report["mask_vs_entropy"] is not None
+             else "every weight kept, so the entropy bound is 0 bytes")
     print(f"{report['file']}: {report['bytes']:,} bytes ({report['compression']}x smaller than the "
           f"{report['dense_float32_bytes']:,} bytes of dense float32 weights); masks {report['mask_bytes']:,} bytes, "
           f"{masks}")
