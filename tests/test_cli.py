@@ -513,7 +513,7 @@ def _sweep_file(tmp_path, text: str | bytes) -> Path:
     ("base: [digits]\nout_dir: {out}\n", "base must be"),
     ("base: digits\nout_dir: {file}\n", "is a file"),
     ("base: digits\nout_dir: {file}/sub\n", "is a file"),
-    ("base: digits\nset: {{epochs: .inf}}\nout_dir: {out}\n", "epochs=inf is not a valid finite number"),
+    ("base: digits\nset: {{epochs: .inf}}\nout_dir: {out}\n", "epochs=inf must be an integer in [1, 9223372036854775807]"),
 ])
 def test_bad_sweep_files_are_one_line(tmp_path, capsys, body, needle):
     (tmp_path / "taken").write_text("a file")
@@ -535,3 +535,26 @@ def test_a_single_image_slice_on_a_1x1_batchnorm_map_is_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "epoch 1 step 4: BatchNorm got one value per channel (1 image(s)" in err
+
+
+def test_every_argument_of_every_command_is_documented(capsys):
+    import argparse
+
+    from supermask.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    undocumented = [f"{name} {a.dest}" for name, sub in commands.items() for a in sub._actions if not a.help]
+    assert undocumented == []
+    with pytest.raises(SystemExit):
+        main(["path", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Interpolate the two runs' scores" in text and "(1 - t) |S_A| + t |S_B|" in text
+
+
+def test_gpus_per_cell_without_ray_is_a_one_line_warning(tmp_path, capsys):
+    path = _sweep_file(tmp_path, f"base: digits\nset: {{width: 0.25, epochs: 1, device: cpu}}\n"
+                                 f"grid: {{score_seed: [0]}}\ngpus_per_cell: 0.5\nout_dir: {tmp_path / 'out'}\n")
+    code, out, err = cli(capsys, "sweep", path, "-q")
+    assert code == 0, err
+    assert err.strip().splitlines() == ["supermask: warning: gpus_per_cell=0.5 reserves GPUs only on Ray (--ray); the "
+                                        "1 local worker(s) share this machine's devices"]

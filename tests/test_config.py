@@ -81,19 +81,73 @@ def test_yaml_file_with_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("epochs", float("inf")), ("epochs", float("nan")), ("momentum", float("nan")), ("weight_decay", float("nan")),
+    ("momentum", float("nan")), ("weight_decay", float("nan")),
     ("lr", float("inf")), ("width", float("nan")), ("prune_rate", float("nan")), ("iwr_rate", float("nan")),
-    ("label_smoothing", float("-inf")), ("batch_size", 1e400),
+    ("label_smoothing", float("-inf")),
 ])
 def test_non_finite_numbers_are_refused(key, value):
     with pytest.raises(ConfigError, match=f"{key}=.*finite number"):
         make_config("digits", {key: value})
 
 
+@pytest.mark.parametrize("key, value", [("epochs", float("inf")), ("epochs", float("nan")), ("batch_size", 1e400)])
+def test_non_finite_values_of_integer_keys_are_refused_as_integers(key, value):
+    with pytest.raises(ConfigError, match=rf"{key}=.* must be an integer in \[1, 9223372036854775807\]"):
+        make_config("digits", {key: value})
+
+
 def test_non_finite_yaml_spellings_are_refused():
-    for text in ("epochs=.inf", "momentum=.nan", "weight_decay=.nan", "lr=-.Inf"):
+    for text in ("momentum=.nan", "weight_decay=.nan", "lr=-.Inf"):
         with pytest.raises(ConfigError, match="finite number"):
             make_config("digits", parse_overrides([text]))
+    with pytest.raises(ConfigError, match=r"epochs=inf must be an integer in \[1, "):
+        make_config("digits", parse_overrides(["epochs=.inf"]))
+
+
+SEED_RANGE = "must be an integer in [0, 9223372036854775807]"
+
+
+@pytest.mark.parametrize("text, message", [
+    # an integer is never rounded through a float: 2**63 - 1 is the largest seed, 2**64 is out of range
+    ("score_seed=18446744073709551616", f"score_seed=18446744073709551616 {SEED_RANGE}"),
+    ("weight_seed=9223372036854775808", f"weight_seed=9223372036854775808 {SEED_RANGE}"),
+    ("data_seed=-1", f"data_seed=-1 {SEED_RANGE}"),
+    ("epochs=1.5", "epochs=1.5 must be an integer in [1, 9223372036854775807]"),
+    ("epochs=0", "epochs=0 must be an integer in [1, 9223372036854775807]"),
+    ("batch_size=1e99", "batch_size='1e99' must be an integer in [1, 9223372036854775807]"),
+    ("batch_size=ten", "batch_size='ten' must be an integer in [1, 9223372036854775807]"),
+    ("num_workers=-1", "num_workers=-1 must be an integer in [0, 9223372036854775807]"),
+    ("iwr_every=0", "iwr_every=0 must be an integer in [1, 9223372036854775807]"),
+])
+def test_integer_keys_name_their_range(text, message):
+    with pytest.raises(ConfigError) as e:
+        make_config("digits", parse_overrides([text]))
+    assert str(e.value) == message
+
+
+def test_integers_are_taken_exactly_and_whole_numbers_in_any_spelling():
+    top = 2**63 - 1
+    cfg = make_config("digits", parse_overrides([f"weight_seed={top}", f"score_seed={top}", f"data_seed={top}"]))
+    assert (cfg.weight_seed, cfg.score_seed, cfg.data_seed) == (top, top, top)
+    # YAML 1.1 reads 1e9 (no dot) as a string: it is still the whole number 10**9
+    assert make_config("digits", parse_overrides(["batch_size=1e9", "epochs=2.0"])).batch_size == 10**9
+    assert make_config("digits", {"epochs": "3"}).epochs == 3
+
+
+def test_a_study_whose_seeds_would_leave_the_range_is_refused(tmp_path):
+    from supermask.study import study_configs
+
+    base = make_config("digits", {"score_seed": 2**63 - 2, "out_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="score_seed=9223372036854775808: seeds must be integers in"):
+        study_configs(base, 3)
+    assert len(study_configs(base, 2)) == 2  # 2**63 - 2 and 2**63 - 1
+
+
+@pytest.mark.parametrize("value", [1, 2, 1.5, -0.1])
+def test_momentum_outside_0_1_is_refused(value):
+    with pytest.raises(ConfigError, match=rf"momentum={float(value)!r} is outside \[0, 1\)"):
+        make_config("digits", {"momentum": value})
+    assert make_config("digits", {"momentum": 0.99}).momentum == 0.99
 
 
 @pytest.mark.parametrize("overrides, fragment", [

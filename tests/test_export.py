@@ -405,3 +405,22 @@ def test_a_run_on_a_relative_folder_evaluates_from_anywhere(tmp_path, monkeypatc
         result = json.loads(capsys.readouterr().out)
         assert result["test_acc"] == summary["test_acc"] and result["same_data_as_run"] is True
     assert main(["eval", str(work / "run"), "lr=0.1"]) == 2
+
+
+def test_the_export_report_separates_the_codes_from_the_per_layer_heads(tmp_path, capsys):
+    # small-conv at width 0.25 has 4 masked layers of 144, 2,304, 16,384 and 640 weights: at 50% pruned each
+    # costs n * H(0.5) = n bits of entropy, and its 26-byte blob head is 18% of the 144-weight layer's bound.
+    from supermask import codec
+
+    run_dir = tmp_path / "run"
+    run(make_config(None, {**BASE, "epochs": 1, "prune_rate": 0.5, "out_dir": str(run_dir)}), progress=False)
+    report = export_run(run_dir, tmp_path / "net.smask")
+    entropy = (144 + 2304 + 16384 + 640) / 8
+    assert report["entropy_bytes"] == entropy and report["mask_layers"] == 4
+    assert codec.HEAD_BYTES == 26 and report["mask_head_bytes"] == 4 * 26
+    codes = report["mask_bytes"] - 4 * 26
+    assert report["codes_vs_entropy"] == round(codes / entropy, 4) and codes / entropy < 1.015
+    assert report["mask_vs_entropy"] == round((codes + 104) / entropy, 4)
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "again.smask")]) == 0
+    assert (f"{report['mask_vs_entropy']}x their entropy bound of 2,434 bytes (the codes "
+            f"{report['codes_vs_entropy']:.4f}x, plus a 26-byte head in each of 4 layers)") in capsys.readouterr().out

@@ -34,17 +34,22 @@ def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so a reader sees the old or the new file."""
+    """Write via a temporary file in the same folder and rename, so a reader sees the old or the new file. An
+    OSError names `path`: a full disk names no file, and the temporary file's name means nothing to a user."""
     path = Path(path)
-    fd, tmp = _create_temp(path.parent, path.name)
+    tmp = None
     try:
+        fd, tmp = _create_temp(path.parent, path.name)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and (e.filename is None or Path(e.filename).name.startswith(f".{path.name}.")):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

@@ -92,14 +92,16 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from . import export
+    from . import codec, export
 
     for what, path in (("-o", args.output), ("--safetensors", args.safetensors), ("--onnx", args.onnx)):
         if path:
             export.check_output(path, what)
     report = export.export_run(args.run_dir, args.output)
-    masks = (f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes"
-             if report["mask_vs_entropy"] is not None else "every weight kept, so the entropy bound is 0 bytes")
+    masks = (f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes (the codes "
+             f"{report['codes_vs_entropy']:.4f}x, plus a {codec.HEAD_BYTES}-byte head in each of {report['mask_layers']} "
+             f"layers)" if report["mask_vs_entropy"] is not None
+             else "every weight kept, so the entropy bound is 0 bytes")
     print(f"{report['file']}: {report['bytes']:,} bytes ({report['compression']}x smaller than the "
           f"{report['dense_float32_bytes']:,} bytes of dense float32 weights); masks {report['mask_bytes']:,} bytes, "
           f"{masks}")
@@ -176,6 +178,9 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep_file)
     if args.workers:
         sweep.workers = args.workers
+    if sweep.gpus_per_cell and not args.ray:
+        print(f"supermask: warning: gpus_per_cell={sweep.gpus_per_cell:g} reserves GPUs only on Ray (--ray); the "
+              f"{sweep.workers} local worker(s) share this machine's devices", file=sys.stderr)
     result = run_sweep(sweep, ray_address=args.ray, progress=not args.quiet, retrain=args.retrain)
     print(f"{result['finished']} of {result['cells']} cells finished; results in {sweep.out_dir}/results.csv, "
           f"results.md and results.png")
@@ -272,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a finished run as a .smask file: seeds plus compressed bit masks")
     ex.add_argument("run_dir", help="a finished mask-search run directory")
-    ex.add_argument("-o", "--output", required=True, metavar="NET.smask")
+    ex.add_argument("-o", "--output", required=True, metavar="NET.smask", help="the .smask file to write")
     ex.add_argument("--safetensors", metavar="PATH", help="also write the rebuilt network's dense weights")
     ex.add_argument("--onnx", metavar="PATH", help="also write the rebuilt network as ONNX (needs onnx): input "
                     "`images` (float N,C,H,W) or, for text-transformer, `tokens` (int64 N,length), output `logits`")
@@ -288,12 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     pr.set_defaults(func=_predict)
 
-    pa = sub.add_parser("path", help="test accuracy along a path between two runs' masks (same random weights)")
-    pa.add_argument("run_a")
-    pa.add_argument("run_b")
+    pa = sub.add_parser(
+        "path", help="test accuracy along a path between two runs' masks (same random weights)",
+        description="Interpolate the two runs' scores and evaluate the mask each point selects: at t from 0 to 1, "
+                    "each layer keeps the top-k of (1 - t) |S_A| + t |S_B|, where each run's |S| is divided by its "
+                    "layer's largest pruned magnitude (so both masks' boundaries sit at 1; t=0 gives mask A, t=1 "
+                    "mask B). Every point keeps the runs' prune rate, over the same random weights. Prints and "
+                    "writes each point's test accuracy and loss and its Hamming distance to A and to B.")
+    pa.add_argument("run_a", metavar="RUN_A", help="a finished mask-search run directory (the path's start, t=0)")
+    pa.add_argument("run_b", metavar="RUN_B", help="a finished mask-search run of the same model, width, method, "
+                    "prune rate, dataset and masked weights, with the same random weights (weight seed, no IWR or "
+                    "IteRand): the path's end, t=1")
     pa.add_argument("--out", required=True, metavar="DIR", help="where path.json and path.png go")
-    pa.add_argument("--steps", type=int, default=11, help="points from mask A to mask B (default 11)")
-    pa.add_argument("--device", default="auto")
+    pa.add_argument("--steps", type=int, default=11, metavar="N",
+                    help="points from mask A to mask B, t evenly spaced in [0, 1], at least 2 (default 11)")
+    pa.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     pa.set_defaults(func=_path)
 
     no = sub.add_parser("norms", help="per-layer Frobenius norms of kept and pruned weights")
@@ -309,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "run's directory is written as by `train`; an interrupted group resumes from "
                                     "DIR when started again. (`study --together` and sweeps with `together: true` "
                                     "use this.)")
-    tg.add_argument("group_file", metavar="GROUP.json")
+    tg.add_argument("group_file", metavar="GROUP.json", help="the group's runs and group_dir, as described above")
     tg.add_argument("--forward", choices=FORWARDS, default="auto",
                     help="vmap: one batched pass through grouped layers (GPUs); loop: the runs in turn (CPUs)")
     tg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
@@ -321,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "A cell already run with another config is refused (or retrained with --retrain); "
                                     "so is a second sweep on an out_dir while one runs. Cells that differ only in a "
                                     "seed their method does not use (dense: score_seed) run once.")
-    sw.add_argument("sweep_file", metavar="SWEEP.yaml")
+    sw.add_argument("sweep_file", metavar="SWEEP.yaml", help="base, set, grid, out_dir, workers, gpus_per_cell (with "
+                    "--ray), retries and together (see 'Scaling out' in the README)")
     sw.add_argument("--workers", type=_positive_int, help="local worker processes (overrides the file's workers)")
     sw.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: 'auto' (the running cluster), "
                                                      "'local' (start one on this machine) or a cluster address")

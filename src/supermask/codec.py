@@ -19,6 +19,7 @@ import numpy as np
 from .errors import ConfigError
 
 _HEAD = struct.Struct("<QQBBQ")
+HEAD_BYTES = _HEAD.size  # 26 bytes per mask: most of a small layer's cost beyond its entropy bound
 _MAX_B = 40
 MAX_BITS = 1 << 31  # bits per mask: keeps every sum of gaps below 2**62
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from .data import DATA_MODES, DATASET_NAMES, default_data_dir
+from .data.base import looks_like_path
 from .errors import ConfigError
 from .init import SCALE_FAN_BY, WEIGHT_INITS
 from .methods import BIPROP_GRADS, default_init, mask_methods, method_names
@@ -60,7 +62,7 @@ class Config:
     iterand_every_epochs: int | None = _opt(None, "IteRand: redraw every F epochs instead (off when unset)")
     iterand_rate: float = _opt(0.1, "IteRand: probability r that a pruned weight is redrawn")
     init_from: str | None = _opt(None, "a dense run directory: search masks over its trained weights instead of random ones")
-    weight_seed: int = _opt(0, "seed of the random weights")
+    weight_seed: int = _opt(0, "seed of the random weights, an integer in [0, 2^63 - 1] (as are the other seeds)")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
     dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), imagenet "
@@ -85,14 +87,14 @@ class Config:
                                    "lr * batch_size / 256 (batch_size is the global batch, whatever the process count)")
     lr_schedule: str = _opt("cosine", "cosine or constant (stepped per epoch)")
     warmup_epochs: int = _opt(0, "epochs of linear learning-rate warm-up")
-    momentum: float = _opt(0.9, "SGD momentum")
+    momentum: float = _opt(0.9, "SGD momentum, in [0, 1)")
     nesterov: bool = _opt(False, "Nesterov momentum")
     weight_decay: float = _opt(1e-4, "weight decay (on the scores in a mask search)")
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy loss")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
     channels_last: bool = _opt(True, "keep conv activations channels-last (NHWC): same masks, faster convolutions")
     amp: bool = _opt(False, "mixed precision: float16 autocast with loss scaling on GPUs, bfloat16 on CPUs")
-    threads: int | None = _opt(None, "torch CPU threads (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
+    threads: int | None = _opt(None, "torch CPU threads, at most the machine's cores (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
     compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
     checkpoint_every_steps: int | None = _opt(None, "also checkpoint every N optimizer steps inside an epoch, so "
@@ -127,6 +129,13 @@ class Config:
 
 
 FIELDS = {f.name: f for f in fields(Config)}
+# Every integer key's allowed range. Seeds are hashed (supermask.init.derive_seed) or fed to numpy's SeedSequence,
+# which take any non-negative integer; the upper bound keeps every integer an int64, which torch, numpy, CSV
+# readers and TensorBoard hold exactly.
+INT64_MAX = 2**63 - 1
+_ZERO_ALLOWED = ("weight_seed", "score_seed", "data_seed", "warmup_epochs", "iwr_warmup", "num_workers")
+INT_RANGES = {name: (0 if name in _ZERO_ALLOWED else 1, INT64_MAX)
+              for name, f in FIELDS.items() if str(f.type).startswith("int")}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -210,9 +219,11 @@ def _coerce(name: str, value: Any) -> Any:
                 return _BOOL_WORDS[str(value).lower()]
             raise ValueError
         if kind.startswith("int"):
-            if isinstance(value, bool) or float(value) != int(value):
-                raise ValueError
-            return int(value)
+            number = _integer(value)
+            low, high = INT_RANGES[name]
+            if not low <= number <= high:  # named as given: 1e99 is clearer than its 100 digits
+                raise ValueError(value)
+            return number
         if kind.startswith("float"):
             if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
@@ -227,9 +238,33 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError
             return str(value)
     except (TypeError, ValueError, OverflowError):
-        what = "finite number" if kind.startswith(("int", "float")) else kind.replace(" | None", "")
+        if kind.startswith("int"):
+            raise ConfigError(_int_range_error(name, value)) from None
+        what = "finite number" if kind.startswith("float") else kind.replace(" | None", "")
         raise ConfigError(f"{name}={value!r} is not a valid {what}") from None
     raise AssertionError(f"unhandled field type {kind}")
+
+
+def _integer(value: Any) -> int:
+    """An integer given as one (9223372036854775807, exactly), as a whole float (2.0) or as text of either ('1e9',
+    which YAML 1.1 reads as a string); anything else raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = float(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(value)
+
+
+def _int_range_error(name: str, value: Any) -> str:
+    low, high = INT_RANGES[name]
+    return f"{name}={value!r} must be an integer in [{low}, {high}]"
 
 
 def _choice(name: str, value: str, allowed) -> None:
@@ -331,6 +366,10 @@ def recorded_config(source: str | dict[str, Any], overrides: dict[str, Any] | No
 
 def resolve(cfg: Config) -> Config:
     """Validate every value and fill the method-dependent defaults."""
+    for name, (low, high) in INT_RANGES.items():
+        value = getattr(cfg, name)
+        if value is not None and not (type(value) is int and low <= value <= high):
+            raise ConfigError(_int_range_error(name, value))
     _choice("model", cfg.model, list(MODELS))
     _choice("method", cfg.method, method_names() + METHOD_ALIASES)
     if cfg.method in METHOD_ALIASES:
@@ -348,28 +387,19 @@ def resolve(cfg: Config) -> Config:
         _choice("logger", name, TRACKERS)
     if cfg.weight_init is not None:
         _choice("weight_init", cfg.weight_init, WEIGHT_INITS + ("keep",))
-    for name in ("width", "batch_size", "eval_batch_size"):
-        if not getattr(cfg, name) > 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be > 0")
-    for name in ("momentum", "weight_decay", "warmup_epochs", "weight_seed", "score_seed", "data_seed"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 0")
+    if not cfg.width > 0:
+        raise ConfigError(f"width={cfg.width!r} must be > 0")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"weight_decay={cfg.weight_decay!r} must be >= 0")
+    # The velocity keeps a fraction `momentum` of itself each step: at 1 or above it never decays and the run diverges.
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"momentum={cfg.momentum!r} is outside [0, 1)")
     if not 0 <= cfg.label_smoothing <= 1:
         raise ConfigError(f"label_smoothing={cfg.label_smoothing!r} is outside [0, 1]")
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         raise ConfigError("nesterov=true needs momentum > 0 (momentum=0)")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ConfigError(f"lr={cfg.lr!r} must be > 0")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"threads={cfg.threads!r} must be >= 1")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise ConfigError(f"image_size={cfg.image_size!r} must be >= 1")
-    if cfg.num_workers is not None and cfg.num_workers < 0:
-        raise ConfigError(f"num_workers={cfg.num_workers!r} must be >= 0")
-    if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
-        raise ConfigError(f"checkpoint_every_steps={cfg.checkpoint_every_steps!r} must be >= 1 (or null: off)")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise ConfigError(f"epochs={cfg.epochs!r} must be >= 1")
     if cfg.epochs is None:
         cfg.epochs = paper_epochs(cfg.model, cfg.masked)
     _resolve_schedules(cfg)
@@ -380,6 +410,7 @@ def resolve(cfg: Config) -> Config:
             raise ConfigError(f"init_from needs a mask method (edge-popup or biprop), not method={cfg.method}")
         if not (Path(cfg.init_from) / "checkpoint.safetensors").is_file():
             raise ConfigError(f"init_from {cfg.init_from!r} is not a run directory with a checkpoint.safetensors")
+        _check_init_from(cfg)
         if cfg.weight_init not in (None, "keep"):
             raise ConfigError(f"init_from keeps the dense run's weights; weight_init={cfg.weight_init!r} contradicts it")
         cfg.weight_init = "keep"
@@ -400,12 +431,28 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
+def _check_init_from(cfg: Config) -> None:
+    """init_from takes a dense run's trained weights: refuse a mask-search run (whose checkpoint holds scores, not
+    weights) or another architecture by its config.yaml, rather than by the tensor names that would not match."""
+    source = Path(cfg.init_from) / "config.yaml"
+    if not source.is_file():
+        return  # the checkpoint, loaded later, says whether it fits
+    raw = read_config_source(str(source))
+    if raw.get("method") != "dense":
+        raise ConfigError(f"init_from {cfg.init_from!r} is a method={raw.get('method')} run: init_from needs a dense "
+                          f"run (method=dense) of the same model and width")
+    for key in ("model", "width"):
+        if raw.get(key) != getattr(cfg, key):
+            raise ConfigError(f"init_from {cfg.init_from!r} is a {key}={raw.get(key)} run and this run has {key}="
+                              f"{getattr(cfg, key)}: init_from needs a dense run of the same model and width")
+
+
 def _check_dataset_name(cfg: Config) -> None:
     """Refuse a near-miss of a dataset name (cifar1, mnsit) that is not a path either, suggesting the name; other
     paths are checked when the data is loaded."""
     name = cfg.dataset.strip()
     hint = did_you_mean(name.lower(), DATASET_NAMES)
-    if name.lower() in DATASET_NAMES or not hint:
+    if name.lower() in DATASET_NAMES or not hint or looks_like_path(name):
         return
     roots = (Path.cwd(), Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir())
     if not any(root is not None and (root / Path(name).expanduser()).exists() for root in roots):
@@ -425,17 +472,12 @@ def _resolve_schedules(cfg: Config) -> None:
             raise ConfigError("set iwr_every or iwr_every_fraction, not both")
         cfg.iwr_every = max(1, round(cfg.iwr_every_fraction * cfg.epochs))
         cfg.iwr_every_fraction = None  # resolved into iwr_every, so a resumed run compares equal
-    for name in ("iwr_every", "iterand_every_steps", "iterand_every_epochs"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 1")
     if cfg.iterand_every_steps is not None and cfg.iterand_every_epochs is not None:
         raise ConfigError("set iterand_every_steps or iterand_every_epochs, not both")
     if not 0 <= cfg.iwr_rate <= 0.5:
         raise ConfigError(f"iwr_rate={cfg.iwr_rate!r} is outside [0, 0.5]")
     if not 0 <= cfg.iterand_rate <= 1:
         raise ConfigError(f"iterand_rate={cfg.iterand_rate!r} is outside [0, 1]")
-    if cfg.iwr_warmup < 0:
-        raise ConfigError(f"iwr_warmup={cfg.iwr_warmup!r} must be >= 0")
 
 
 def config_help() -> str:

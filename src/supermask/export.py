@@ -214,8 +214,10 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     data = body + hashlib.sha256(body).digest()
     atomic_write_bytes(path, data)
     dense_bytes = 4 * sum(w.numel() for w in weight_tensors(trained).values())
+    heads = codec.HEAD_BYTES * len(layers)  # the codes alone come within ~1.5% of the bound; each blob adds its head
     return {"file": str(path), "bytes": len(data), "mask_bytes": mask_bytes, "entropy_bytes": round(entropy, 1),
-            "mask_vs_entropy": round(mask_bytes / entropy, 4) if entropy else None,
+            "mask_vs_entropy": round(mask_bytes / entropy, 4) if entropy else None, "mask_layers": len(layers),
+            "mask_head_bytes": heads, "codes_vs_entropy": round((mask_bytes - heads) / entropy, 4) if entropy else None,
             "overhead_bytes": len(data) - mask_bytes, "dense_float32_bytes": dense_bytes,
             "compression": round(dense_bytes / len(data), 1)}
 

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .config import Config, make_config
+from .config import INT64_MAX, Config, make_config
 from .errors import ConfigError
 from .reuse import check_reuse, drop_groups
 
@@ -21,6 +21,10 @@ def study_configs(base: Config, score_seeds: int, weight_seeds: int = 1) -> list
                           f"{weight_seeds} gives one: use --score-seeds 2 or more")
     if not base.masked:
         raise ConfigError(f"a mask study needs a mask method (edge-popup or biprop), not method={base.method}")
+    top_weight, top_score = base.weight_seed + weight_seeds - 1, base.score_seed + weight_seeds * score_seeds - 1
+    if max(top_weight, top_score) > INT64_MAX:
+        raise ConfigError(f"the study's seeds run up to weight_seed={top_weight}, score_seed={top_score}: seeds must be "
+                          f"integers in [0, {INT64_MAX}]")
     root = Path(base.out_dir)
     out = []
     for w in range(weight_seeds):

@@ -11,7 +11,7 @@ A sweep file (YAML):
       score_seed: [0, 1, 2]
     out_dir: runs/my_sweep         # cells go to out_dir/cells/<name>, results to out_dir/results.*
     workers: 2                     # local worker processes (default: 1)
-    gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0)
+    gpus_per_cell: 0.5             # Ray: GPUs (or a fraction) per cell (default 0; local workers warn of it)
     retries: 2                     # re-runs of a cell whose worker died (default 2)
     together: 8                    # train cells that differ only in seeds in one process, up to 8 at a time
                                    # (true: no limit; default false); cells `together` refuses run alone
@@ -194,9 +194,13 @@ def validate(sweep: Sweep) -> None:
     their method does not use (recorded in `sweep.run_once`)."""
     if sweep.workers < 1 or sweep.retries < 0 or sweep.gpus_per_cell < 0:
         raise ConfigError("a sweep needs workers >= 1, retries >= 0 and gpus_per_cell >= 0")
-    names = [c.name for c in sweep.cells]
-    if len(set(names)) != len(names):
-        raise ConfigError("two cells of the sweep have the same name")
+    named: dict[str, Cell] = {}
+    for cell in sweep.cells:
+        if cell.name in named:
+            a, b = ({k: c.overrides[k] for k in sweep.grid} for c in (named[cell.name], cell))
+            raise ConfigError(f"two cells of the sweep have the same name {cell.name!r}: {a} and {b} (a name keeps 6 "
+                              "significant digits and writes / as _): give values that differ in their names")
+        named[cell.name] = cell
     kept: dict[str, tuple[Cell, dict]] = {}  # what a cell computes -> the first cell that computes it
     for cell in list(sweep.cells):
         if "out_dir" in cell.overrides:

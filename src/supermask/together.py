@@ -44,9 +44,9 @@ from .models import build_model
 from .progress import is_live, log_line
 from .rundir import check_same_run
 from .schedule import after_step, end_of_epoch
-from .train import (TrainingError, _finish, build, input_layout, learning_rate, load_data, new_state,
-                    WaitClock, optimizer_for, pick_device, place, record_epoch, resolve_data_paths, speed,
-                    write_logs)
+from .train import (TrainingError, _finish, build, check_model_fits_data, check_model_size, input_layout,
+                    learning_rate, load_data, new_state, set_threads, WaitClock, optimizer_for, pick_device, place,
+                    record_epoch, resolve_data_paths, speed, write_logs)
 
 FORWARDS = ("auto", "loop", "vmap")
 GROUP_CHECKPOINT = "together.safetensors"
@@ -252,8 +252,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     each run's directory as `supermask train` would, and return their summaries."""
     check_group(cfgs)
     first = cfgs[0]
-    if first.threads is not None:
-        torch.set_num_threads(first.threads)  # as `train` does: the same thread count, the same masks
+    set_threads(first.threads)  # as `train` does: the same thread count, the same masks
     device = pick_device(first.device)
     ds = load_data(first)
     if data_lib.is_streamed(ds):  # the runs share batches drawn from tensors held in memory
@@ -263,6 +262,8 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
         resolve_data_paths(cfg, ds)  # as `train` does: config.yaml re-runs and evaluates from any directory
         if cfg.augment is None:
             cfg.augment = ds.augment
+    check_model_fits_data(first.model, ds)
+    check_model_size(first, ds, device, runs=len(cfgs))
     models = [place(build(cfg, ds), cfg, device) for cfg in cfgs]
     template = place(build_model(first.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
                                  image_size=ds.image_size, width=first.width), first, device)

@@ -6,6 +6,7 @@ import contextlib
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -26,7 +27,7 @@ from .errors import ConfigError, SupermaskError
 from .labels import layer_labels
 from .lock import run_dir_is_empty, run_lock
 from .methods import get_method
-from .models import build_model
+from .models import MODELS, TOKEN_MODELS, build_model
 from .progress import StepLines, is_live, log_line
 from .rundir import check_same_run
 from .schedule import after_step, end_of_epoch, fired_steps, never_fires, step_fires
@@ -57,14 +58,96 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} requested but MPS (an Apple GPU) is not available; use device=cpu")
     return device
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's CPU thread count, at most the machine's cores: beyond them threads only wait for each other
+    (200 threads ran a digits epoch 45x slower on 2 cores), and OpenBLAS crashes at tens of thousands."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise ConfigError(f"threads={threads} is more than the {cores} CPU cores of this machine: choose at most {cores}")
+    torch.set_num_threads(threads)  # masks are bit-identical only between runs on the same thread count
+
+
+def check_model_fits_data(model: str, ds: data_lib.Dataset) -> None:
+    """Refuse a model that cannot read the dataset's input (token ids or images) before anything is made."""
+    if ds.tokens and model not in TOKEN_MODELS:
+        raise ConfigError(f"model={model} reads images, and dataset {ds.name} is token sequences: use model="
+                          f"{' or model='.join(sorted(TOKEN_MODELS))}")
+    if not ds.tokens and model in TOKEN_MODELS:
+        images = [m for m in MODELS if m not in TOKEN_MODELS]
+        raise ConfigError(f"model={model} reads token sequences, and dataset {ds.name} is images: use an image model "
+                          f"({', '.join(images)})")
+
+
+def check_same_input(run_dir: Path, ds: data_lib.Dataset, prefix: str = "") -> None:
+    """Refuse data of another shape (channels, image size or sequence length, classes) than the run in `run_dir`
+    trained on, as its summary.json records, before its checkpoint meets a model it cannot fit."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return
+    recorded = read_json(summary)
+    differ = [f"{key} {recorded[key]} there, {getattr(ds, key)} in {ds.name}"
+              for key in ("in_channels", "image_size", "num_classes")
+              if isinstance(recorded.get(key), int) and recorded[key] != getattr(ds, key)]
+    if differ:
+        raise ConfigError(f"{prefix}{run_dir} was trained on data of another shape ({'; '.join(differ)})")
+
+
+# float32 values a run holds per parameter at least: the weight, its score (or nothing, dense), the gradient and
+# the optimizer's state (SGD's momentum; Adam holds two).
+TRAINING_COPIES = 4
+
+
+def memory_of(device: torch.device) -> int | None:
+    """Bytes of memory on `device`: the GPU's, else the machine's RAM (None where the system does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_size(cfg: Config, ds: data_lib.Dataset, device: torch.device, runs: int = 1) -> None:
+    """Refuse a model (`runs` of them) whose training state would not fit in the device's memory, counting its
+    parameters on the meta device, where nothing is allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                                   image_size=ds.image_size, width=cfg.width)
+        params = sum(p.numel() for p in skeleton.parameters())
+    except (RuntimeError, OverflowError, TypeError, ValueError):  # a size beyond int64, or a tensor beyond torch
+        raise ConfigError(f"width={cfg.width:g} makes model={cfg.model} too large for torch to describe: choose a "
+                          f"smaller width") from None
+    available = memory_of(device)
+    need = TRAINING_COPIES * 4 * params * runs
+    if available is not None and need > available:
+        of = f"{runs} runs of " if runs > 1 else ""
+        raise ConfigError(f"{of}model={cfg.model} at width={cfg.width:g} has {params:,} parameters "
+                          f"({4 * params / 2**30:,.3g} GiB as float32); training holds about {TRAINING_COPIES} copies "
+                          f"({need / 2**30:,.3g} GiB), more than the {available / 2**30:,.3g} GiB of {device}: choose "
+                          f"a smaller width")
 
 
 def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
     """The model of `cfg` for the dataset's shape, converted for the configured method."""
+    check_model_fits_data(cfg.model, ds)
+    if cfg.init_from:
+        check_same_input(Path(cfg.init_from), ds, "init_from: ")
     model = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
                         image_size=ds.image_size, width=cfg.width)
     if cfg.init_from:
@@ -342,14 +425,15 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     if distributed.launched() and not cfg.out_dir:
         raise ConfigError("a data-parallel run needs out_dir=DIR (every process must write to the same run)")
     check_available(cfg.logger)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)  # masks are bit-identical only between runs on the same thread count
+    set_threads(cfg.threads)
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
     ds = load_data(cfg)
     resolve_data_paths(cfg, ds)
     if cfg.augment is None:
         cfg.augment = ds.augment
-    data_lib.check_augment(ds, cfg.augment)  # before the run directory is made
+    check_model_fits_data(cfg.model, ds)  # before the run directory is made, like the checks below
+    data_lib.check_augment(ds, cfg.augment)
+    check_model_size(cfg, ds, device)
     model = place(build(cfg, ds), cfg, device)
     ds = data_lib.on_device(ds, device)
     optimizer = make_optimizer(cfg, model)
@@ -525,6 +609,8 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto",
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = recorded_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
     ds = load_data(cfg)
+    check_model_fits_data(cfg.model, ds)  # the clearer reason first
+    check_same_input(run_dir, ds)
     model = place(build(cfg, ds), cfg, pick_device(cfg.device))
     meta = load_checkpoint(run_dir / CHECKPOINT, model)
     return cfg, ds, model, meta

@@ -151,6 +151,13 @@ def _is_tarball(path: Path) -> bool:
     return path.name.lower().endswith((".tar.gz", ".tgz"))
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether a `dataset` value names a file or folder rather than a built-in set: it has a folder part or a file
+    suffix, or starts at the home or current folder (so a missing one is "not found", not an unknown name)."""
+    name = name.strip()
+    return "/" in name or os.sep in name or name.startswith(("~", ".")) or bool(Path(name).suffix)
+
+
 def _folder_name(path: Path) -> str:
     return re.sub(r"\.(tar\.gz|tgz)$", "", path.name, flags=re.IGNORECASE)
 

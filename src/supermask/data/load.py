@@ -7,7 +7,7 @@ from pathlib import Path
 
 from supermask.errors import ConfigError
 
-from .base import DATASET_NAMES, Dataset, _folder_name, _is_tarball, _require_dir, default_data_dir
+from .base import DATASET_NAMES, Dataset, _folder_name, _is_tarball, _require_dir, default_data_dir, looks_like_path
 from .cifar import _CIFAR, _load_cifar
 from .folder import _IMAGE_SUFFIXES, _load_folder
 from .generated import _load_digits, _load_listops
@@ -66,6 +66,9 @@ def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, ima
         path = find_imagenet(root)
         return load_stream(path, "imagenet", image_size=image_size, num_workers=num_workers)
     path = _find_path(name.strip(), root)
+    if path is None and looks_like_path(name):
+        looked = " or ".join(str(c) for c in _candidates(name.strip(), root))
+        raise ConfigError(f"dataset {name.strip()!r} not found: no file or folder {looked}")
     if path is None:
         raise ConfigError(
             f"unknown dataset {name!r}: expected one of {', '.join(DATASET_NAMES)} or a path to an image folder"
@@ -103,11 +106,15 @@ def _only_streamed(root: Path) -> str | None:
     return None
 
 
+def _candidates(name: str, root: Path | None) -> list[Path]:
+    """Where a dataset path may be: itself when absolute, else under data_dir, then under the cwd."""
+    p = Path(name).expanduser()
+    return [p] if p.is_absolute() else [*([root / p] if root is not None else []), Path.cwd() / p]
+
+
 def _find_path(name: str, root: Path | None) -> Path | None:
     """Resolve a dataset path: absolute, else relative to data_dir, else relative to the cwd."""
-    p = Path(name).expanduser()
-    candidates = [p] if p.is_absolute() else [*([root / p] if root is not None else []), Path.cwd() / p]
-    for c in candidates:
+    for c in _candidates(name, root):
         if c.is_dir() or (c.is_file() and _is_tarball(c)):
             return c.resolve()
         if c.is_file():
