@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from supermask.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
-from supermask.stats import estimate, paired_difference, verdict  # noqa: E402
+from supermask.run.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
+from supermask.multi.stats import estimate, paired_difference, verdict  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("biprop", "biprop+iwr")

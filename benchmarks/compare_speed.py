@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 import supermask  # noqa: E402
-from supermask.convert import weight_tensors  # noqa: E402
-from supermask.landscape import TOTAL, pack, pair_counts  # noqa: E402
+from supermask.core.convert import weight_tensors  # noqa: E402
+from supermask.analysis.landscape import TOTAL, pack, pair_counts  # noqa: E402
 
 
 def main(argv=None) -> dict:

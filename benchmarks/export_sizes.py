@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, portable_path  # noqa: E402
 
 from supermask.data import normalize  # noqa: E402
-from supermask.export import export_run, load  # noqa: E402
-from supermask.train import load_run_model  # noqa: E402
+from supermask.export.smask import export_run, load  # noqa: E402
+from supermask.run.train import load_run_model  # noqa: E402
 
 
 def row_of(run_dir: str | Path, summary: dict, report: dict, exact: bool) -> dict:

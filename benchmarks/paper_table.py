@@ -4,7 +4,7 @@
     SUPERMASK_DATA=../shared/datasets python benchmarks/paper_table.py --profile vit     # ~3 hours, over sessions
     python benchmarks/paper_table.py --profile full                                     # the paper's recipe (GPU)
 
-The grid runs on `supermask.sweep` (local worker processes, or Ray with --ray; --together N trains up to N seeds
+The grid runs on `supermask.multi.sweep` (local worker processes, or Ray with --ray; --together N trains up to N seeds
 of a cell in one process): each cell is an ordinary run under runs/paper_table/, a finished cell is reused and a
 killed one resumed. Each seed sets the weight, score and data seeds together. Dense training prunes nothing, so
 it runs once per seed, at the grid's first prune rate, and is shown in the row of every prune rate.
@@ -51,11 +51,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, portable_path  # noqa: E402
 
-from supermask.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
-from supermask.config import make_config, paper_epochs, paper_schedule, recorded_config  # noqa: E402
+from supermask.run.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
+from supermask.run.config import make_config, paper_epochs, paper_schedule, recorded_config  # noqa: E402
 from supermask.errors import ConfigError, SupermaskError  # noqa: E402
-from supermask.reuse import check_reuse  # noqa: E402
-from supermask.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text, paired_differences,  # noqa: E402
+from supermask.multi.reuse import check_reuse  # noqa: E402
+from supermask.multi.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text, paired_differences,  # noqa: E402
                              run_sweep, seed_estimates, validate)
 
 METHODS = ("edge-popup", "biprop", "iterand", "edge-popup+iwr", "biprop+iwr", "dense")
@@ -322,7 +322,7 @@ def main(argv=None) -> None:
                 if len({(c["model"], c["width"], c["prune_rate"]) for c in estimates}) == 1:
                     column_plot(estimates, rows, shown, out / f"{name}.png")
                 else:
-                    from supermask.plots import seed_plot
+                    from supermask.analysis.plots import seed_plot
 
                     seed_plot(estimates, differences, AXES, out / f"{name}.png")
             except (ConfigError, ImportError):  # no matplotlib

@@ -36,11 +36,11 @@ from common import machine  # noqa: E402
 from peer import peer_loader, peer_model  # noqa: E402
 
 import supermask  # noqa: E402
-from supermask.allocator import keep_freed_memory  # noqa: E402
+from supermask.run.compat import keep_freed_memory  # noqa: E402
 from supermask import data as data_lib  # noqa: E402
-from supermask.config import make_config  # noqa: E402
-from supermask.together import Together, group_batches, per_run_losses, to_layout  # noqa: E402
-from supermask.train import build, optimizer_for, place  # noqa: E402
+from supermask.run.config import make_config  # noqa: E402
+from supermask.multi.together import Together, group_batches, per_run_losses, to_layout  # noqa: E402
+from supermask.run.train import build, optimizer_for, place  # noqa: E402
 
 CONTENDERS = ("dense", "edge-popup", "biprop", "peer")
 
@@ -50,7 +50,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _config(model: str, width: float, method: str, batch: int, device, score_seed: int = 0) -> "supermask.config.Config":
+def _config(model: str, width: float, method: str, batch: int, device, score_seed: int = 0) -> "supermask.run.config.Config":
     base = "edge-popup" if method == "peer" else method
     return make_config({"model": model, "width": width, "method": base, "prune_rate": 0.5, "batch_size": batch,
                         "epochs": 1, "device": device.type, "dataset": "cifar10", "score_seed": score_seed})

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from supermask.sweep import Cell, Sweep, run_sweep  # noqa: E402
+from supermask.multi.sweep import Cell, Sweep, run_sweep  # noqa: E402
 
 
 def sweep_of(root: Path, cells: int, workers: int) -> Sweep:

@@ -1,9 +1,17 @@
-"""Shared fixtures."""
+"""Shared fixtures, and one torch thread per test process.
+
+Many tests start training processes of their own (torchrun, sweeps' workers, killed-and-resumed runs). With torch's
+default of a thread per core each, they would run more threads than this 2-core machine has and slow down 10x;
+tests of thread counts set theirs explicitly.
+"""
 
 import os
 from pathlib import Path
 
-import pytest
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; child processes inherit it
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture

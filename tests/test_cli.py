@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file
 
 from supermask.cli import main
-from supermask.config import Config, make_config
-from supermask.schedule import never_fires
+from supermask.run.config import Config, make_config
+from supermask.run.schedule import never_fires
 
 # small-conv at width 0.25 on 8x8 digits: 16 channels, FC hidden 64, 10 classes; Sequential indices of the layers.
 SMALL_CONV_Q = {"0": (16, 1, 3, 3), "2": (16, 16, 3, 3), "6": (64, 16 * 4 * 4), "8": (10, 64)}
@@ -373,7 +373,7 @@ def test_resume_without_out_dir_is_refused(capsys):
 def test_output_files_respect_the_umask(tmp_path, umask, mode):
     import os
 
-    from supermask.checkpoint import save_tensors, write_csv, write_json
+    from supermask.run.checkpoint import save_tensors, write_csv, write_json
 
     old = os.umask(umask)
     try:

@@ -13,10 +13,10 @@ import shutil
 import pytest
 
 import supermask.data
-import supermask.sweep
-import supermask.train
+import supermask.multi.sweep
+import supermask.run.train
 from supermask.cli import main
-from supermask.config import FIELDS
+from supermask.run.config import FIELDS
 
 # YAML spellings of hostile values: non-finite, huge, negative, wrong types, empty, YAML syntax.
 VALUES = ["", ".inf", "-.inf", ".nan", "-1", "0", "1e400", "99999999999999999999999", "abc", "[1, 2]", "{a: 1}",
@@ -34,7 +34,7 @@ EPOCHS = [0]  # epochs of the current call, reset by `call`
 
 @pytest.fixture(autouse=True)
 def short_training(monkeypatch):
-    real_batches, real_end = supermask.data.train_batches, supermask.train.end_of_epoch
+    real_batches, real_end = supermask.data.train_batches, supermask.run.train.end_of_epoch
     monkeypatch.setattr(supermask.data, "train_batches", lambda *a, **k: itertools.islice(real_batches(*a, **k), 3))
     def end_of_epoch(*a, **k):
         EPOCHS[0] += 1
@@ -42,8 +42,8 @@ def short_training(monkeypatch):
             raise Stop
         return real_end(*a, **k)
 
-    monkeypatch.setattr(supermask.train, "end_of_epoch", end_of_epoch)
-    monkeypatch.setattr(supermask.sweep, "run_sweep", lambda sweep, **k: {"finished": 0, "cells": len(sweep.cells)})
+    monkeypatch.setattr(supermask.run.train, "end_of_epoch", end_of_epoch)
+    monkeypatch.setattr(supermask.multi.sweep, "run_sweep", lambda sweep, **k: {"finished": 0, "cells": len(sweep.cells)})
 
 
 def call(capsys, argv):

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from supermask import ConfigError
-from supermask.config import builtin_configs, make_config, parse_overrides
+from supermask.run.config import builtin_configs, make_config, parse_overrides
 
 
 def test_builtin_configs_cover_the_paper():
@@ -135,7 +135,7 @@ def test_integers_are_taken_exactly_and_whole_numbers_in_any_spelling():
 
 
 def test_a_study_whose_seeds_would_leave_the_range_is_refused(tmp_path):
-    from supermask.study import study_configs
+    from supermask.multi.study import study_configs
 
     base = make_config("digits", {"score_seed": 2**63 - 2, "out_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="score_seed=9223372036854775808: seeds must be integers in"):
@@ -268,7 +268,7 @@ def test_unknown_config_name_suggests():
 
 
 def test_help_shows_the_effective_defaults():
-    from supermask.config import Config, config_help
+    from supermask.run.config import Config, config_help
 
     help_lines = {line.split()[0]: line for line in config_help().splitlines()}
     cfg = Config()
@@ -289,7 +289,7 @@ def test_biprop_grad_defaults_to_the_published_gradient_and_only_biprop_takes_it
 
 
 def test_a_biprop_run_recorded_before_biprop_grad_reads_as_the_alpha_gradient(tmp_path):
-    from supermask.config import dump_yaml, recorded_config
+    from supermask.run.config import dump_yaml, recorded_config
 
     old = make_config(None, {"method": "biprop"}).to_dict()
     del old["biprop_grad"]  # what a run made before the key existed recorded

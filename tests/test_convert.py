@@ -8,7 +8,7 @@ from torch import nn
 
 import supermask
 from supermask import ConfigError
-from supermask.convert import random_weight
+from supermask.core.convert import random_weight
 
 
 class Block(nn.Module):

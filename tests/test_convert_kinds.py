@@ -4,7 +4,6 @@ follows the masks (recycling, IteRand, bake, checkpoints, resume, export)."""
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from torch import nn
 
 import supermask
 from supermask import ConfigError
-from supermask.convert import random_weight
-from supermask.mask import num_pruned
+from supermask.core.convert import random_weight
+from supermask.core.mask import num_pruned
 
 
 class Conv1D(nn.Module):
@@ -201,13 +200,11 @@ def test_compiled_attention_equals_eager():
     mha = supermask.convert(nn.ModuleDict({"inp": model[0], "attn": model[1]}), "edge-popup", 0.5)
     f = lambda x: mha["attn"](mha["inp"](x), mha["inp"](x), mha["inp"](x), need_weights=False)[0]  # noqa: E731
     x = torch.randn(2, 5, 8)
-    start = time.perf_counter()
     try:
         compiled = torch.compile(f, backend="eager")
         out = compiled(x)
     except Exception as e:  # noqa: BLE001 - a platform without a working compiler is not this test's subject
         pytest.skip(f"torch.compile unavailable here: {type(e).__name__}")
-    assert time.perf_counter() - start < 60
     torch.testing.assert_close(out, f(x))
     out.sum().backward()
     assert all(s.grad is not None for s in supermask.score_parameters(mha))
@@ -317,7 +314,7 @@ def test_a_shared_tensor_gets_one_mask():
 
 
 def test_checkpoint_round_trip_keeps_every_mask(tmp_path):
-    from supermask.checkpoint import load_checkpoint, save_checkpoint
+    from supermask.run.checkpoint import load_checkpoint, save_checkpoint
 
     model = supermask.convert(Kinds(), "edge-popup", 0.5, score_seed=1)
     opt = torch.optim.SGD(supermask.score_parameters(model), lr=0.5, momentum=0.9)
@@ -337,9 +334,9 @@ def test_a_run_reports_and_exports_every_kind(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from supermask import models
-    from supermask.config import make_config
-    from supermask.export import export_run, load
-    from supermask.train import build, load_checkpoint, run
+    from supermask.run.config import make_config
+    from supermask.export.smask import export_run, load
+    from supermask.run.train import build, load_checkpoint, run
 
     monkeypatch.setitem(models.MODELS, "kinds", Kinds)
     values = {"model": "kinds", "dataset": "digits", "epochs": 1, "method": "biprop", "prune_rate": 0.5,
@@ -352,7 +349,7 @@ def test_a_run_reports_and_exports_every_kind(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["convert"]["totals"] == summary["convert"]["totals"]
     assert set(load_file(tmp_path / "r" / "masks.safetensors")) == set(KEYS)
     export_run(tmp_path / "r", tmp_path / "net.smask")
-    from supermask.export import read
+    from supermask.export.smask import read
 
     assert any("changed" in e for e in read(tmp_path / "net.smask")[0]["layers"])  # IteRand's redrawn weights
     rebuilt = load(tmp_path / "net.smask")

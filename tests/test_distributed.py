@@ -8,8 +8,8 @@ import textwrap
 
 import torch
 
-from supermask.checkpoint import load_tensors
-from supermask.train import evaluate_run
+from supermask.run.checkpoint import load_tensors
+from supermask.run.train import evaluate_run
 
 BASE = ["train", "digits", "model=small-conv", "width=0.25", "epochs=3", "batch_size=64", "-q"]
 SCHEDULES = ["iwr_every=1", "iwr_rate=0.2", "iterand_every_steps=10", "iterand_rate=0.1"]

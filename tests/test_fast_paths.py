@@ -6,10 +6,10 @@ from torch import nn
 
 import supermask.data
 from supermask import build_model, convert, masks
-from supermask.convert import masked_layers, random_weight
-from supermask.checkpoint import load_tensors
-from supermask.config import make_config
-from supermask.train import autocast, run
+from supermask.core.convert import masked_layers, random_weight
+from supermask.run.checkpoint import load_tensors
+from supermask.run.config import make_config
+from supermask.run.train import autocast, run
 
 
 def config(out_dir, **overrides):
@@ -150,7 +150,7 @@ def test_data_resident_on_the_gpu_gives_the_same_batches():
 
 
 def test_masks_with_ties_do_not_depend_on_the_layout():
-    from supermask.mask import topk_mask
+    from supermask.core.mask import topk_mask
 
     magnitudes = torch.randint(0, 3, (4, 3, 2, 2)).float()  # three values only: ties straddle every threshold
     channels_last = magnitudes.contiguous(memory_format=torch.channels_last)

@@ -8,7 +8,7 @@ import torch
 
 import supermask
 from supermask import ConfigError
-from supermask.convert import random_weight, weight_tensors
+from supermask.core.convert import random_weight, weight_tensors
 
 transformers = pytest.importorskip("transformers")
 
@@ -166,7 +166,7 @@ def test_a_weight_it_cannot_mask_is_named():
 def test_smask_export_is_for_registry_models_only():
     """A .smask rebuilds a network from the model registry and its seeds; a Hugging Face model is not in it, so
     a run (and so an export) of one is refused up front. Its deployable form is the baked model (above)."""
-    from supermask.config import make_config
+    from supermask.run.config import make_config
     from supermask.models import MODELS
 
     assert "gpt2" not in MODELS
@@ -177,7 +177,7 @@ def test_smask_export_is_for_registry_models_only():
 def test_a_tied_model_checkpoints_once_and_loads_tied(tmp_path):
     from safetensors import safe_open
 
-    from supermask.checkpoint import load_checkpoint, load_tensors, save_checkpoint
+    from supermask.run.checkpoint import load_checkpoint, load_tensors, save_checkpoint
 
     def searched(score_seed):
         model = supermask.convert(gpt2(), "edge-popup", 0.5, weight_seed=1, score_seed=score_seed)
@@ -209,7 +209,7 @@ def test_a_tied_model_checkpoints_once_and_loads_tied(tmp_path):
     assert torch.equal(restored.lm_head.weight, restored.transformer.wte.weight)
     from safetensors.torch import save
 
-    from supermask.checkpoint import ALIASES_KEY
+    from supermask.run.checkpoint import ALIASES_KEY
 
     for aliases in ('{"b": "missing"}', '{"a": "a"}', '["a"]', '{"b": ["a"]}'):  # a damaged shared-tensor list
         (tmp_path / "bad.safetensors").write_bytes(save({"a": torch.zeros(2)}, metadata={ALIASES_KEY: aliases}))

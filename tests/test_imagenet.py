@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from supermask.cli import main
-from supermask.config import make_config
-from supermask.schedule import epoch_fires, planned_steps
-from supermask.train import learning_rate
+from supermask.run.config import make_config
+from supermask.run.schedule import epoch_fires, planned_steps
+from supermask.run.train import learning_rate
 
 WNIDS = ("n01440764", "n01443537", "n01484850")
 

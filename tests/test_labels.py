@@ -8,10 +8,10 @@ import pytest
 from torch import nn
 
 from supermask import build_model, convert
-from supermask.checkpoint import load_tensors, save_tensors
+from supermask.run.checkpoint import load_tensors, save_tensors
 from supermask.cli import main
-from supermask.labels import labels_from_shapes, layer_labels
-from supermask.landscape import TOTAL, write_comparison
+from supermask.core.labels import labels_from_shapes, layer_labels
+from supermask.analysis.landscape import TOTAL, write_comparison
 
 CONV4 = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "fc3"]
 CONV4_KEYS = ["0", "2", "5", "7", "11", "13", "15"]  # its Sequential indices
@@ -110,7 +110,7 @@ def test_an_old_run_without_labels_still_compares(conv4_runs, tmp_path, meta):
 
 
 def test_norms_rows_and_plot_carry_labels(conv4_runs, tmp_path, monkeypatch):
-    from supermask.analysis import layer_norms
+    from supermask.analysis.norms import layer_norms
 
     result = layer_norms(conv4_runs[0])
     assert [(r["layer"], r["label"]) for r in result["layers"]] == list(zip(CONV4_KEYS, CONV4))

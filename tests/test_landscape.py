@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import supermask.train
+import supermask.run.train
 from supermask import ConfigError
-from supermask.checkpoint import save_tensors, write_json
+from supermask.run.checkpoint import save_tensors, write_json
 from supermask.cli import main
-from supermask.landscape import (TOTAL, PackedMask, chance_jaccard, chance_matching, classical_mds, pack, pair_counts,
+from supermask.analysis.landscape import (TOTAL, PackedMask, chance_jaccard, chance_matching, classical_mds, pack, pair_counts,
                                  popcount, write_comparison)
-from supermask.study import run_study
+from supermask.multi.study import run_study
 
 A1 = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
 B1 = torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool)
@@ -103,7 +103,7 @@ def test_compare_refuses_mismatched_runs(tmp_path, capsys):
 
 
 def test_runs_sharing_their_last_path_components_get_unique_names_and_the_right_distances(tmp_path, capsys):
-    from supermask.landscape import compare, hamming_matrix, load_run, unique_names
+    from supermask.analysis.landscape import compare, hamming_matrix, load_run, unique_names
 
     c1 = ~A1  # the complement of A1: at Hamming distance 1 from it
     paths = [_fake_run(tmp_path / "st_p50" / "runs" / "X", {"conv": A1}),
@@ -140,7 +140,7 @@ def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, ca
     runs = sorted((tmp_path / "st" / "runs").iterdir())
     assert [r.name for r in runs] == ["edge-popup-w0-s0", "edge-popup-w0-s1", "edge-popup-w0-s2"]
     assert summary["by_method_pair"]["edge-popup|edge-popup"][TOTAL]["pairs"] == 3
-    from supermask.checkpoint import load_tensors
+    from supermask.run.checkpoint import load_tensors
 
     weights = [load_tensors(r / "checkpoint.safetensors")[0] for r in runs]
     originals = [k for k in weights[0] if k.endswith("original")]
@@ -150,7 +150,7 @@ def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, ca
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(supermask.train, "run", no_training)  # the same config as above: every run is reused
+    monkeypatch.setattr(supermask.run.train, "run", no_training)  # the same config as above: every run is reused
     assert main(["study", "digits", "model=small-conv", "width=0.25", "epochs=1", f"out_dir={tmp_path / 'st'}",
                  "--score-seeds", "3", "-q"]) == 0
     assert "Jaccard" in capsys.readouterr().out
@@ -158,8 +158,8 @@ def test_study_shares_weights_and_reuses_finished_runs(tmp_path, monkeypatch, ca
 
 def test_study_score_seeds_differ_across_weight_seeds():
     from supermask import convert, build_model
-    from supermask.config import make_config
-    from supermask.study import study_configs
+    from supermask.run.config import make_config
+    from supermask.multi.study import study_configs
 
     base = make_config("digits", {"out_dir": "st", "score_seed": 10})
     cfgs = study_configs(base, 3, weight_seeds=2)
@@ -176,7 +176,7 @@ def test_a_study_of_one_run_is_refused_before_training(tmp_path, monkeypatch, ca
     def no_training(*args, **kwargs):
         raise AssertionError("a study that cannot compare anything trained a run")
 
-    monkeypatch.setattr(supermask.train, "run", no_training)
+    monkeypatch.setattr(supermask.run.train, "run", no_training)
     out = tmp_path / "st"
     assert main(["study", "digits", "epochs=1", f"out_dir={out}", "--score-seeds", "1", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -196,7 +196,7 @@ def two_seeds_and_dense(tmp_path_factory):
 
 
 def test_mask_path_ends_at_the_two_runs(two_seeds_and_dense, tmp_path, capsys):
-    from supermask.analysis import mask_path
+    from supermask.analysis.paths import mask_path
 
     root = two_seeds_and_dense
     result = mask_path(root / "a", root / "b", steps=5, device="cpu")
@@ -233,13 +233,13 @@ def test_path_norms_and_compare_agree_on_an_unfinished_run(two_seeds_and_dense, 
 
 
 def test_layer_norms_hand_check(two_seeds_and_dense, tmp_path):
-    from supermask.analysis import layer_norms
-    from supermask.train import load_run_model
+    from supermask.analysis.norms import layer_norms
+    from supermask.run.train import load_run_model
 
     root = two_seeds_and_dense
     result = layer_norms(root / "a", dense_run=root / "dense")
     _, _, model, _ = load_run_model(root / "a", device="cpu")
-    from supermask.convert import masked_layers, random_weight
+    from supermask.core.convert import masked_layers, random_weight
 
     for row, (name, layer, p) in zip(result["layers"], masked_layers(model)):
         w, m = random_weight(layer), p.mask()
@@ -253,7 +253,7 @@ def test_layer_norms_hand_check(two_seeds_and_dense, tmp_path):
 
 
 def test_masks_on_pretrained_weights(two_seeds_and_dense, tmp_path):
-    from supermask.checkpoint import load_tensors
+    from supermask.run.checkpoint import load_tensors
 
     root = two_seeds_and_dense
     out = tmp_path / "pre"
@@ -263,13 +263,13 @@ def test_masks_on_pretrained_weights(two_seeds_and_dense, tmp_path):
     search, _ = load_tensors(out / "checkpoint.safetensors")
     assert torch.equal(search["model.0.parametrizations.weight.original"], dense["model.0.weight"])
     with pytest.raises(ConfigError, match="init_from"):
-        from supermask.config import make_config
+        from supermask.run.config import make_config
 
         make_config("digits", {"init_from": str(tmp_path / "missing")})
 
 
 def test_layers_keep_the_models_order(tmp_path):
-    from supermask.landscape import layer_order, load_run
+    from supermask.analysis.landscape import layer_order, load_run
 
     names = ["0", "2", "10", "12"]
     assert layer_order(dict.fromkeys(names), None) == names  # numbers compared as numbers
@@ -284,7 +284,7 @@ def test_layers_keep_the_models_order(tmp_path):
 
 
 def test_mask_path_refuses_runs_that_mask_other_weights(two_seeds_and_dense, tmp_path, capsys):
-    from supermask.analysis import mask_path
+    from supermask.analysis.paths import mask_path
 
     root = two_seeds_and_dense
     for key, value in [("skip_params", "[first]"), ("include_params", "['*']")]:
@@ -301,9 +301,9 @@ def test_mask_path_refuses_runs_that_mask_other_weights(two_seeds_and_dense, tmp
 def test_layer_norms_of_biprop_give_the_effective_weights(tmp_path, capsys):
     """Biprop computes with alpha * sign(W) * M, whose norm is alpha * sqrt(kept): norms reports it beside the
     random W's, labelled."""
-    from supermask.analysis import layer_norms
-    from supermask.convert import masked_layers, random_weight
-    from supermask.train import load_run_model
+    from supermask.analysis.norms import layer_norms
+    from supermask.core.convert import masked_layers, random_weight
+    from supermask.run.train import load_run_model
 
     run = tmp_path / "biprop"
     assert main(["train", "digits", "model=small-conv", "width=0.25", "epochs=1", "method=biprop", "-q",
@@ -324,7 +324,7 @@ def test_layer_norms_of_biprop_give_the_effective_weights(tmp_path, capsys):
 
 
 def test_layer_norms_of_edge_popup_effective_is_kept(two_seeds_and_dense):
-    from supermask.analysis import layer_norms
+    from supermask.analysis.norms import layer_norms
 
     for row in layer_norms(two_seeds_and_dense / "a")["layers"]:
         assert row["effective"] == pytest.approx(row["kept"]) and "alpha" not in row

@@ -104,8 +104,8 @@ def test_a_second_writer_is_refused_while_a_run_trains(tmp_path):
 
 
 def test_a_locked_run_directory_refuses_train_and_together_and_is_free_again_after(tmp_path, capsys):
-    from supermask.lock import run_lock
-    from supermask.together import train_together
+    from supermask.run.lock import run_lock
+    from supermask.multi.together import train_together
 
     out = tmp_path / "run"
     args = ["train", "digits", "width=0.25", "epochs=1", "device=cpu", f"out_dir={out}", "-q"]
@@ -114,7 +114,7 @@ def test_a_locked_run_directory_refuses_train_and_together_and_is_free_again_aft
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{out} is in use by another process (pid {os.getpid()})" in err
 
-        from supermask.config import make_config
+        from supermask.run.config import make_config
         cfg = make_config("digits", {"width": 0.25, "epochs": 1, "device": "cpu", "out_dir": str(out)})
         with pytest.raises(Exception, match="in use by another process"):
             train_together([cfg], tmp_path / "group", progress=False)

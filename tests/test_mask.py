@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from supermask.mask import num_pruned, straight_through, topk_mask
+from supermask.core.mask import num_pruned, straight_through, topk_mask
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 10, 99, 1000, 4321])
@@ -71,7 +71,7 @@ def test_straight_through_gradient_is_identity():
 
 @pytest.mark.parametrize("p", [0.01, 0.5, 0.9, 0.99])
 def test_bracketed_selection_is_exact_on_large_and_adversarial_tensors(p):
-    from supermask.mask import kth_smallest
+    from supermask.core.mask import kth_smallest
 
     g = torch.Generator().manual_seed(1)
     n = 300_000

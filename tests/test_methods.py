@@ -8,8 +8,8 @@ from torch import nn
 
 import supermask
 from supermask import mask as mask_lib
-from supermask.convert import random_weight
-from supermask.methods import Biprop, EdgePopup, biprop_alpha
+from supermask.core.convert import random_weight
+from supermask.core.methods import Biprop, EdgePopup, biprop_alpha
 
 
 def _linear_with(method_cls, weight, scores, prune_rate):

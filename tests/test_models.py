@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from supermask import ConfigError, build_model
-from supermask.convert import weight_tensors
+from supermask.core.convert import weight_tensors
 from supermask.models import BasicBlock, ResNet
 
 

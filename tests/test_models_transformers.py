@@ -11,7 +11,7 @@ import supermask
 from supermask import ConfigError, build_model
 from supermask import data as data_lib
 from supermask import train as train_lib
-from supermask.config import make_config
+from supermask.run.config import make_config
 from supermask.data import LISTOPS_TOKENS, eval_batches, generate_listops, listops_value, load_dataset, train_batches
 from supermask.models import vit_patch_size
 

@@ -18,7 +18,7 @@ import torch
 
 import supermask
 from supermask.cli import main
-from supermask.config import recorded_config
+from supermask.run.config import recorded_config
 
 OLD = Path(__file__).parent / "fixtures" / "main-0013fc2"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from supermask.config import make_config
+from supermask.run.config import make_config
 from supermask.errors import ConfigError
 
 

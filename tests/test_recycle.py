@@ -8,12 +8,12 @@ from torch import nn
 
 import supermask
 from supermask import ConfigError
-from supermask.config import make_config
-from supermask.convert import random_weight
-from supermask.iterand import rerandomize_
-from supermask.recycle import recycle_, recycle_indices
-from supermask.schedule import epoch_fires, step_fires
-from supermask.train import run
+from supermask.run.config import make_config
+from supermask.core.convert import random_weight
+from supermask.core.iterand import rerandomize_
+from supermask.core.recycle import recycle_, recycle_indices
+from supermask.run.schedule import epoch_fires, step_fires
+from supermask.run.train import run
 
 
 def _layer(weight, scores, method="edge-popup", prune_rate=0.5):
@@ -161,9 +161,9 @@ def _digits(tmp_path, name, **overrides):
 def _check_schedule_log(log: list[dict], cfg, run_dir) -> None:
     """The steps fired when the schedule says, each changed weights, and the log accounts for every weight that
     differs from the seed's at the end."""
-    from supermask.checkpoint import load_tensors
+    from supermask.run.checkpoint import load_tensors
     from supermask.data import load_dataset
-    from supermask.train import build
+    from supermask.run.train import build
 
     initial = {name: random_weight(layer).detach().clone()
                for name, layer, _ in supermask.masked_layers(build(cfg, load_dataset("digits")))}
@@ -197,7 +197,7 @@ def test_resume_across_schedule_steps_equals_an_uninterrupted_run(tmp_path, monk
         int(torch.numel(m)) - int(m.sum()) for m in supermask.masks(supermask.convert(
             supermask.build_model("small-conv", in_channels=1, image_size=8, width=0.25), "edge-popup", 0.5)).values())
 
-    import supermask.train as train_mod
+    import supermask.run.train as train_mod
 
     real = train_mod.end_of_epoch
     calls = {"n": 0}
@@ -216,7 +216,7 @@ def test_resume_across_schedule_steps_equals_an_uninterrupted_run(tmp_path, monk
     assert resumed["test_acc"] == full["test_acc"]
     assert (tmp_path / "full" / "masks.safetensors").read_bytes() == (tmp_path / "resumed" / "masks.safetensors").read_bytes()
     assert (tmp_path / "full" / "schedule.jsonl").read_text() == (tmp_path / "resumed" / "schedule.jsonl").read_text()
-    from supermask.checkpoint import load_tensors
+    from supermask.run.checkpoint import load_tensors
 
     a, _ = load_tensors(tmp_path / "full" / "checkpoint.safetensors")
     b, _ = load_tensors(tmp_path / "resumed" / "checkpoint.safetensors")

@@ -38,7 +38,7 @@ def test_the_same_thread_count_gives_the_same_masks(tmp_path):
     # Score gradients are float sums (conv and linear backward) whose order depends on torch's thread count, so
     # only runs on the same thread count are bit-identical. `threads=` sets it whatever OMP_NUM_THREADS says (a
     # sweep worker runs with cores / workers threads), and summary.json records it.
-    from supermask.checkpoint import load_tensors
+    from supermask.run.checkpoint import load_tensors
 
     a, b = tmp_path / "a", tmp_path / "b"
     supermask_cli(1, "train", "digits", "epochs=1", f"out_dir={a}")

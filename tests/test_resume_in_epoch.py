@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 import supermask.data
-from supermask.checkpoint import load_tensors
+from supermask.run.checkpoint import load_tensors
 from supermask.cli import main
-from supermask.config import make_config
+from supermask.run.config import make_config
 from supermask.errors import ConfigError
-from supermask.together import check_group
-from supermask.train import run
+from supermask.multi.together import check_group
+from supermask.run.train import run
 
 TIMINGS = ("seconds", "images_per_s", "data_wait")  # measured, so they differ between equal runs
 TRAIN_IMAGES, STEPS_PER_EPOCH = 1438, 23  # digits' training split, in batches of 64
@@ -119,14 +119,14 @@ def test_training_together_refuses_checkpoints_inside_an_epoch(tmp_path):
 
 def test_checkpoints_inside_epochs_leave_a_run_unchanged(tmp_path, monkeypatch, one_thread):
     saved = []
-    real = supermask.train.save_checkpoint
+    real = supermask.run.train.save_checkpoint
 
     def recording(path, model, optimizer, meta):
         saved.append((meta["step"], meta.get("partial", {}).get("batch")))
         real(path, model, optimizer, meta)
 
     run(config(tmp_path / "plain", method="biprop+iwr", iwr_every=1), progress=False)
-    monkeypatch.setattr(supermask.train, "save_checkpoint", recording)
+    monkeypatch.setattr(supermask.run.train, "save_checkpoint", recording)
     run(config(tmp_path / "often", method="biprop+iwr", iwr_every=1, checkpoint_every_steps=10), progress=False)
     # every 10th step inside an epoch, each epoch's end; a 10th step ending an epoch (never here) is saved once
     inside = [(s, s - (s // STEPS_PER_EPOCH) * STEPS_PER_EPOCH) for s in range(10, 3 * STEPS_PER_EPOCH, 10)]
@@ -201,7 +201,7 @@ def test_a_run_killed_inside_an_epoch_resumes_to_the_same_result(tmp_path, one_t
     assert [e["step"] for e in meta["schedule"]][-1] == 35  # the IteRand step of step 35 is in it
     assert len(metrics(tmp_path / "r")) == 1 and not (tmp_path / "r" / "summary.json").exists()
 
-    # the same process path as the command line's (which only adds an allocator setting, see supermask.allocator)
+    # the same process path as the command line's (which only adds an allocator setting, see supermask.run.compat)
     run(config(tmp_path / "r", **keys), resume=True, progress=False)
     assert_same_run(tmp_path / "whole", tmp_path / "r")
     assert [m["epoch"] for m in metrics(tmp_path / "r")] == [1, 2, 3]
@@ -274,7 +274,7 @@ def test_speed_reaches_the_log_line_and_the_trackers(tmp_path, monkeypatch, caps
         def close(self):
             pass
 
-    monkeypatch.setattr(supermask.train, "open_trackers", lambda *a: supermask.train.Trackers([Fake()]))
+    monkeypatch.setattr(supermask.run.train, "open_trackers", lambda *a: supermask.run.train.Trackers([Fake()]))
     run(config(tmp_path / "r", epochs=1), progress=True)  # stderr is not a terminal here: a plain line
     [m] = metrics(tmp_path / "r", timings=True)
     [line] = capsys.readouterr().err.splitlines()

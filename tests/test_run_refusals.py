@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-import supermask.train
+import supermask.run.train
 from supermask.cli import main
-from supermask.config import make_config
+from supermask.run.config import make_config
 from supermask.data import load_dataset
 from supermask.errors import ConfigError
-from supermask.train import check_model_size, pick_device
+from supermask.run.train import check_model_size, pick_device
 
 FAST = ["width=0.25", "device=cpu", "epochs=1", "-q"]
 
@@ -68,23 +68,23 @@ def test_the_memory_check_counts_the_parameters_without_allocating_them(monkeypa
     cfg = make_config("digits", {"width": 0.25})
     ds = load_dataset("digits")
     need = 4 * 4 * 19_472
-    monkeypatch.setattr(supermask.train, "memory_of", lambda device: need)
+    monkeypatch.setattr(supermask.run.train, "memory_of", lambda device: need)
     check_model_size(cfg, ds, torch.device("cpu"))  # exactly fits
     with pytest.raises(ConfigError, match=r"2 runs of model=small-conv at width=0.25 has 19,472 parameters"):
         check_model_size(cfg, ds, torch.device("cpu"), runs=2)
-    monkeypatch.setattr(supermask.train, "memory_of", lambda device: need - 1)
+    monkeypatch.setattr(supermask.run.train, "memory_of", lambda device: need - 1)
     with pytest.raises(ConfigError, match=r"more than the .* GiB of cpu"):
         check_model_size(cfg, ds, torch.device("cpu"))
 
 
 def test_threads_up_to_the_cores_are_taken(monkeypatch):
-    monkeypatch.setattr(supermask.train.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(supermask.run.train.os, "cpu_count", lambda: 3)
     set_to = []
     monkeypatch.setattr(torch, "set_num_threads", set_to.append)
-    supermask.train.set_threads(3)
+    supermask.run.train.set_threads(3)
     assert set_to == [3]
     with pytest.raises(ConfigError, match="threads=4 is more than the 3 CPU cores of this machine: choose at most 3"):
-        supermask.train.set_threads(4)
+        supermask.run.train.set_threads(4)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -119,12 +119,12 @@ def test_cells_with_the_same_name_are_named(tmp_path, capsys):
 def test_a_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
     import errno
 
-    import supermask.checkpoint
+    import supermask.run.checkpoint
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(supermask.checkpoint.os, "fsync", full)
+    monkeypatch.setattr(supermask.run.checkpoint.os, "fsync", full)
     run_dir = tmp_path / "run"
     line = one_line_error(capsys, "train", "digits", *FAST, f"out_dir={run_dir}")
     assert line == f"supermask: error: {run_dir / 'config.yaml'}: No space left on device"

@@ -10,7 +10,7 @@ pytest.importorskip("webdataset")
 
 import supermask.data  # noqa: E402
 from supermask.cli import main  # noqa: E402
-from supermask.config import make_config  # noqa: E402
+from supermask.run.config import make_config  # noqa: E402
 from supermask.data.shard_dataset import (  # noqa: E402
     ShardDataset,
     rebatch,
@@ -21,7 +21,7 @@ from supermask.data.shard_dataset import (  # noqa: E402
 )
 from supermask.data.shards import ShardStream  # noqa: E402
 from supermask.errors import ConfigError  # noqa: E402
-from supermask.train import run  # noqa: E402
+from supermask.run.train import run  # noqa: E402
 
 SIZE = 16
 
@@ -238,7 +238,7 @@ def test_a_streamed_run_interrupted_inside_an_epoch_resumes_to_the_same_result(
     with pytest.raises(KeyboardInterrupt):
         run(_config(data, tmp_path / "r", checkpoint_every_steps=3, **keys), progress=False)
     monkeypatch.undo()
-    from supermask.checkpoint import load_tensors
+    from supermask.run.checkpoint import load_tensors
 
     meta = load_tensors(tmp_path / "r" / "checkpoint.safetensors")[1]
     assert (meta["epoch"], meta["step"], meta["partial"]["batch"]) == (1, 15, 5)  # steps 16, 17 are lost

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from supermask import ConfigError, codec
-from supermask.checkpoint import save_checkpoint
-from supermask.config import dump_yaml, make_config
-from supermask.convert import masked_layers, random_weight
+from supermask.run.checkpoint import save_checkpoint
+from supermask.run.config import dump_yaml, make_config
+from supermask.core.convert import masked_layers, random_weight
 from supermask.data import load_dataset
-from supermask.export import MAGIC, export_run, load, read
-from supermask.train import build, make_optimizer, new_state, place
+from supermask.export.smask import MAGIC, export_run, load, read
+from supermask.run.train import build, make_optimizer, new_state, place
 
 
 def _blob(n: int, quotients: list[int], remainders: list[int], b: int, minority: int = 1) -> bytes:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from supermask.stats import estimate, paired_difference, t_quantile, verdict
+from supermask.multi.stats import estimate, paired_difference, t_quantile, verdict
 
 
 @pytest.mark.parametrize("df, q", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)])

@@ -322,8 +322,8 @@ def test_an_error_in_a_worker_is_one_line(tmp_path: Path):
 def test_a_streamed_run_does_not_depend_on_the_worker_count(tmp_path: Path):
     from safetensors.torch import load_file
 
-    from supermask.config import make_config
-    from supermask.train import run
+    from supermask.run.config import make_config
+    from supermask.run.train import run
 
     root = _tree(tmp_path / "data", val="flat")
     labels = [f"ILSVRC_val_{c}_{i}.JPEG {c}\n" for c in ("n01", "n02", "n03") for i in range(3)]
@@ -352,7 +352,7 @@ def test_a_streamed_run_does_not_depend_on_the_worker_count(tmp_path: Path):
     ],
 )
 def test_config_keys_are_validated(overrides, match):
-    from supermask.config import make_config
+    from supermask.run.config import make_config
 
     with pytest.raises(ConfigError, match=match):
         make_config("digits", overrides)
@@ -363,7 +363,7 @@ def test_two_processes_stream_what_one_does_even_an_empty_part(tmp_path: Path):
     import subprocess
     import sys
 
-    from supermask.checkpoint import load_tensors
+    from supermask.run.checkpoint import load_tensors
 
     root = _tree(tmp_path / "data")
     args = ["-m", "supermask", "train", "digits", f"dataset={root}", "image_size=12", "num_workers=1", "epochs=1",
@@ -420,7 +420,7 @@ def test_eval_on_a_copy_whose_images_changed_is_not_the_same_data(tmp_path: Path
     shutil.copytree(root, train_changed)
     _invert_jpegs(train_changed / "train" / "n01")
     from supermask.data import load_dataset, split_sha256
-    from supermask.train import data_checksums
+    from supermask.run.train import data_checksums
 
     again, changed = (load_dataset(str(d), mode="stream", image_size=12) for d in (copy, train_changed))
     assert data_checksums(again) == {k: summary[k] for k in ("dataset_sha256", "eval_split_sha256")}

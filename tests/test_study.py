@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
-import supermask.landscape
-import supermask.train
+import supermask.analysis.landscape
+import supermask.run.train
 from supermask import ConfigError
-from supermask.checkpoint import atomic_write_text, write_json
+from supermask.run.checkpoint import atomic_write_text, write_json
 from supermask.cli import main
-from supermask.config import dump_yaml, make_config
-from supermask.rundir import differing_keys
-from supermask.study import run_study, study_configs
+from supermask.run.config import dump_yaml, make_config
+from supermask.run.rundir import differing_keys
+from supermask.multi.study import run_study, study_configs
 
 
 def fake_run(cfg, *, resume=False, progress=True):
@@ -28,8 +28,8 @@ def fake_run(cfg, *, resume=False, progress=True):
 def trained(tmp_path, monkeypatch):
     """A study of 3 runs trained with epochs=3; training and comparing are faked (reuse reads only files)."""
     trains = []
-    monkeypatch.setattr(supermask.train, "run", lambda cfg, **kw: (trains.append(cfg.out_dir), fake_run(cfg))[1])
-    monkeypatch.setattr(supermask.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
+    monkeypatch.setattr(supermask.run.train, "run", lambda cfg, **kw: (trains.append(cfg.out_dir), fake_run(cfg))[1])
+    monkeypatch.setattr(supermask.analysis.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
     overrides = {"epochs": 3, "out_dir": str(tmp_path / "st")}
     run_study("digits", overrides, score_seeds=3, progress=False, log=lambda *_: None)
     assert len(trains) == 3
@@ -45,8 +45,8 @@ def test_same_config_is_reused(trained):
 
 
 def test_each_run_says_what_happened_to_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(supermask.train, "run", lambda cfg, **kw: fake_run(cfg))
-    monkeypatch.setattr(supermask.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
+    monkeypatch.setattr(supermask.run.train, "run", lambda cfg, **kw: fake_run(cfg))
+    monkeypatch.setattr(supermask.analysis.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
     overrides = {"epochs": 3, "out_dir": str(tmp_path / "st")}
     configs = study_configs(make_config("digits", overrides), 3)
     fake_run(configs[0])  # finished before
@@ -60,10 +60,10 @@ def test_each_run_says_what_happened_to_it(tmp_path, monkeypatch):
 
 
 def test_runs_trained_together_are_not_called_reused(tmp_path, monkeypatch):
-    import supermask.together
+    import supermask.multi.together
 
-    monkeypatch.setattr(supermask.together, "train_together", lambda cfgs, group_dir, **kw: [fake_run(c) for c in cfgs])
-    monkeypatch.setattr(supermask.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
+    monkeypatch.setattr(supermask.multi.together, "train_together", lambda cfgs, group_dir, **kw: [fake_run(c) for c in cfgs])
+    monkeypatch.setattr(supermask.analysis.landscape, "write_comparison", lambda dirs, out: {"by_method_pair": {}})
     logs = []
     run_study("digits", {"epochs": 3, "out_dir": str(tmp_path / "st")}, score_seeds=2, progress=False,
               log=logs.append, together=True)

@@ -8,10 +8,10 @@ import sys
 import pytest
 import yaml
 
-import supermask.sweep as sweep_mod
+import supermask.multi.sweep as sweep_mod
 from supermask import ConfigError
 from supermask.cli import main
-from supermask.sweep import load_sweep, run_sweep
+from supermask.multi.sweep import load_sweep, run_sweep
 
 
 def _spec(tmp_path, **extra):
@@ -135,7 +135,7 @@ def test_the_together_command_refuses_a_bad_group_file(tmp_path, capsys):
 
 
 def test_an_interrupted_group_is_resumed_with_exactly_its_own_cells(tmp_path):
-    from supermask.checkpoint import save_tensors
+    from supermask.run.checkpoint import save_tensors
 
     sweep = load_sweep(_spec(tmp_path, grid={"score_seed": [0, 1, 2]}, together=True))
     s0, s1, s2 = sweep.cells
@@ -149,7 +149,7 @@ def test_an_interrupted_group_is_resumed_with_exactly_its_own_cells(tmp_path):
 def _finished(cell, acc, method=None, **extra):
     """A cell as if it had run: its summary.json only (aggregation reads nothing else); `extra` adds keys such as
     the steps its schedules fired."""
-    from supermask.checkpoint import write_json
+    from supermask.run.checkpoint import write_json
 
     o = cell.overrides
     cell.out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +196,8 @@ def test_seeds_give_intervals_and_paired_differences(tmp_path):
 
 def _run_fake(sweep):
     """Stand-in for a worker process: the cell's directory as a finished `train` leaves it (config and summary)."""
-    from supermask.checkpoint import atomic_write_text
-    from supermask.config import dump_yaml
+    from supermask.run.checkpoint import atomic_write_text
+    from supermask.run.config import dump_yaml
 
     by_dir = {f"out_dir={c.out_dir}": c for c in sweep.cells}
     launched = []
@@ -234,7 +234,7 @@ def test_a_changed_config_is_never_reused_silently(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(sweep_mod, "run_cell_process", fake)
     assert run_sweep(sweep, progress=False, retrain=True)["finished"] == 2
     assert sorted(launched) == ["score_seed=0", "score_seed=1"]
-    from supermask.config import make_config
+    from supermask.run.config import make_config
     assert all(make_config(str(c.out_dir / "config.yaml")).epochs == 2 for c in sweep.cells)
 
 
@@ -372,7 +372,7 @@ def test_grid_values_are_read_as_their_config_types(tmp_path, capsys):
 
 
 def test_a_second_sweep_on_the_same_out_dir_is_refused(tmp_path, monkeypatch, capsys):
-    from supermask.lock import run_lock
+    from supermask.run.lock import run_lock
 
     launched = []
     monkeypatch.setattr(sweep_mod, "run_cell_process", lambda c, e: (launched.append(c), (1, "boom"))[1])
@@ -386,7 +386,7 @@ def test_a_second_sweep_on_the_same_out_dir_is_refused(tmp_path, monkeypatch, ca
 
 def test_error_bars_stay_within_the_possible_range(tmp_path, monkeypatch):
     from supermask import plots
-    from supermask.stats import estimate
+    from supermask.multi.stats import estimate
 
     assert plots.clipped_bar(90.0, 40.0, 0.0, 100.0) == (40.0, 10.0)  # 50..130 drawn as 50..100
     assert plots.clipped_bar(20.0, 50.0, 0.0, 100.0) == (20.0, 50.0)  # -30..70 drawn as 0..70

@@ -11,14 +11,14 @@ from torch import nn
 
 import supermask.data
 from supermask import build_model, convert, masks
-from supermask.checkpoint import load_tensors
-from supermask.config import make_config
+from supermask.run.checkpoint import load_tensors
+from supermask.run.config import make_config
 from supermask.errors import ConfigError
-from supermask.mask import topk_mask, topk_masks
-from supermask.methods import Biprop, biprop_alpha
-from supermask.study import run_study
-from supermask.together import Together, check_group, per_run_losses, train_together
-from supermask.train import make_optimizer, optimizer_for, run
+from supermask.core.mask import topk_mask, topk_masks
+from supermask.core.methods import Biprop, biprop_alpha
+from supermask.multi.study import run_study
+from supermask.multi.together import Together, check_group, per_run_losses, train_together
+from supermask.run.train import make_optimizer, optimizer_for, run
 
 
 def test_stacked_masks_equal_each_row_alone_ties_included():
@@ -129,7 +129,7 @@ def test_runs_trained_together_equal_runs_alone(tmp_path, overrides):
         assert sorted({s["epoch"] for s in steps_t}) == [2, 3]  # IWR fired twice (epochs logged 1-based)
         assert steps_t == steps_a
     # and the run directory works with the rest of the tools
-    from supermask.train import evaluate_run
+    from supermask.run.train import evaluate_run
     again = evaluate_run(tmp_path / "t" / "r0", device="cpu")
     assert again["test_acc"] == together[0]["test_acc"]
 

@@ -9,7 +9,7 @@ from torch import nn
 
 import supermask
 from supermask.cli import main
-from supermask.methods import REGISTRY, Method, ScoredWeight, register
+from supermask.core.methods import REGISTRY, Method, ScoredWeight, register
 
 
 class HalfPopup(ScoredWeight):
@@ -69,7 +69,7 @@ def test_the_toy_method_trains_exports_and_evaluates_through_the_cli(half_popup,
     from_file = json.loads(capsys.readouterr().out)
     assert from_file["test_acc"] == from_run["test_acc"] == json.loads((run / "summary.json").read_text())["test_acc"]
     rebuilt = dict(supermask.load(net).named_modules())
-    trained = supermask.train.load_run_model(run, device="cpu")[2]
+    trained = supermask.run.train.load_run_model(run, device="cpu")[2]
     for name, layer, p in supermask.masked_layers(trained):  # each layer: half the random weights it keeps
         expected = 0.5 * supermask.random_weight(layer, p) * p.mask()
         assert torch.equal(rebuilt[name].weight, expected)

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from supermask.config import make_config
+from supermask.run.config import make_config
 from supermask.errors import ConfigError
-from supermask.trackers import Trackers
-from supermask.train import run
+from supermask.run.trackers import Trackers
+from supermask.run.train import run
 
 STEPS_PER_EPOCH = 23  # digits: 1438 training images in batches of 64
 
@@ -137,7 +137,7 @@ def test_a_failing_tracker_is_reported_once_and_dropped(capsys):
 
 def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
-    import supermask.train as train_mod
+    import supermask.run.train as train_mod
 
     whole = run(config(tmp_path / "whole", logger="tensorboard"), progress=False)
     real = train_mod.train_epoch
@@ -164,7 +164,7 @@ import os, signal, sys
 from pathlib import Path
 import sqlalchemy
 from sqlalchemy.engine import Engine
-from supermask.trackers import open_trackers
+from supermask.run.trackers import open_trackers
 
 @sqlalchemy.event.listens_for(Engine, "after_cursor_execute")
 def killed_inside_a_migration(conn, cursor, statement, *args):  # a kill -9 as MLflow rebuilds its runs table
@@ -177,7 +177,7 @@ open_trackers(["mlflow"], Path(sys.argv[1]), "run", 0)
 
 def test_a_kill_during_mlflow_setup_leaves_no_half_made_store(tmp_path, monkeypatch, capsys):
     pytest.importorskip("mlflow")
-    from supermask.trackers import open_trackers
+    from supermask.run.trackers import open_trackers
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     killed = subprocess.run([sys.executable, "-c", KILLED_IN_MLFLOW_SETUP, str(tmp_path)], capture_output=True,

@@ -8,13 +8,13 @@ import torch
 from safetensors.torch import load_file
 
 import supermask.data
-import supermask.progress
-import supermask.train
+import supermask.run.progress
+import supermask.run.train
 from supermask import build_model, convert
-from supermask.checkpoint import load_tensors
+from supermask.run.checkpoint import load_tensors
 from supermask.cli import main
-from supermask.config import make_config
-from supermask.train import TrainingError, learning_rate, run
+from supermask.run.config import make_config
+from supermask.run.train import TrainingError, learning_rate, run
 
 SMALL_CONV_LAYERS = ("0", "2", "6", "8")  # Sequential indices of small-conv's Conv/Linear layers
 
@@ -143,8 +143,8 @@ def test_diverging_scores_stop_a_mask_search(method, tmp_path):
 
 
 def test_divergence_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = supermask.train.learning_rate
-    monkeypatch.setattr(supermask.train, "learning_rate", lambda cfg, epoch: 1e30 if epoch == 1 else real(cfg, epoch))
+    real = supermask.run.train.learning_rate
+    monkeypatch.setattr(supermask.run.train, "learning_rate", lambda cfg, epoch: 1e30 if epoch == 1 else real(cfg, epoch))
     with pytest.raises(TrainingError, match="epoch 2"):
         run(config(tmp_path, method="dense"), progress=False)
     assert load_tensors(tmp_path / "checkpoint.safetensors")[1]["epoch"] == 1
@@ -251,7 +251,7 @@ def test_an_epochs_accuracy_measures_the_network_saved_after_its_recycling(tmp_p
     and accuracy recorded for epoch 2 are those of the network that epoch's checkpoint holds (after recycling)."""
     import shutil
 
-    real_save = supermask.train.save_checkpoint
+    real_save = supermask.run.train.save_checkpoint
 
     def keep_each_epoch(path, model, optimizer, state):
         real_save(path, model, optimizer, state)
@@ -260,14 +260,14 @@ def test_an_epochs_accuracy_measures_the_network_saved_after_its_recycling(tmp_p
         shutil.copy(path, copy / path.name)
         shutil.copy(path.parent / "config.yaml", copy / "config.yaml")
 
-    monkeypatch.setattr(supermask.train, "save_checkpoint", keep_each_epoch)
+    monkeypatch.setattr(supermask.run.train, "save_checkpoint", keep_each_epoch)
     out = tmp_path / "run"
     run(config(out, prune_rate=0.1, iwr_every=1, iwr_rate=0.4), progress=False)
     schedule = [json.loads(line) for line in (out / "schedule.jsonl").read_text().splitlines()]
     assert {e["epoch"] for e in schedule} == {2} and all(e["changed"] > 0 for e in schedule)
     rows = metrics_without_seconds(out)
     for epoch in (1, 2, 3):
-        again = supermask.train.evaluate_run(tmp_path / f"epoch{epoch}", device="cpu")
+        again = supermask.run.train.evaluate_run(tmp_path / f"epoch{epoch}", device="cpu")
         assert (again["test_loss"], again["test_acc"]) == (rows[epoch - 1]["test_loss"], rows[epoch - 1]["test_acc"])
 
 
@@ -287,12 +287,12 @@ def test_eval_of_a_run_killed_inside_an_epoch_states_where_and_compares_nothing(
     with pytest.raises(KeyboardInterrupt):  # 23 steps an epoch: steps 24, 26, 28 checkpoint, the last after 5 batches
         run(config(out, checkpoint_every_steps=2), progress=False)
     monkeypatch.undo()
-    result = supermask.train.evaluate_run(out, device="cpu")
+    result = supermask.run.train.evaluate_run(out, device="cpu")
     assert (result["epoch"], result["batch"], result["position"]) == (1, 5, "5 batches into epoch 2")
     assert result["recorded_test_acc"] is None
     assert result["note"].startswith("the checkpoint is 5 batches into epoch 2: no test accuracy was recorded")
     run(config(out, checkpoint_every_steps=2), resume=True, progress=False)
-    result = supermask.train.evaluate_run(out, device="cpu")
+    result = supermask.run.train.evaluate_run(out, device="cpu")
     assert (result["epoch"], result["batch"], result["position"]) == (3, 0, "end of epoch 3")
     assert result["recorded_test_acc"] == result["test_acc"] and "note" not in result
 
@@ -304,7 +304,7 @@ def test_eval_of_a_run_killed_inside_an_epoch_states_where_and_compares_nothing(
 def test_a_log_gets_progress_lines_inside_an_epoch(tmp_path, monkeypatch, capsys):
     import re
 
-    monkeypatch.setattr(supermask.progress, "LOG_EVERY_SECONDS", 0.0, raising=False)  # a line after every step
+    monkeypatch.setattr(supermask.run.progress, "LOG_EVERY_SECONDS", 0.0, raising=False)  # a line after every step
     run(config(tmp_path, epochs=2, batch_size=64), progress=True)  # stderr is not a terminal here
     lines = capsys.readouterr().err.splitlines()
     steps = 23  # 1438 digits in batches of 64
@@ -316,7 +316,7 @@ def test_a_log_gets_progress_lines_inside_an_epoch(tmp_path, monkeypatch, capsys
 
 
 def test_progress_lines_come_by_the_clock_with_the_pace_since_the_start(monkeypatch, capsys):
-    from supermask.progress import StepLines, duration
+    from supermask.run.progress import StepLines, duration
 
     times = iter([0.0, 20.0, 40.0, 60.0, 80.0, 125.0])
     lines = StepLines(100, 40, batch_size=100, clock=lambda: next(times))  # resumed at step 40 of 100

@@ -1,0 +1,42 @@
+"""IteRand (Chijiwa et al. 2021): re-draw a random fraction of each layer's PRUNED weights from the layer's
+init distribution, so the search can recover from unlucky random values.
+
+    W <- W * M + (1 - M) * [(1 - b) * W + b * W_new],    b ~ Bernoulli(r), W_new ~ the layer's init
+
+Every value is drawn from a CPU generator seeded by (seed, layer name), so a step is reproducible from the
+run's seeds and identical on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from supermask.core.convert import masked_layers, random_weight
+from supermask.core.init import RELU_GAIN, draw_weight, generator
+from supermask.errors import ConfigError
+
+
+@torch.no_grad()
+def rerandomize_(model: nn.Module, rate: float, seed: int) -> dict[str, int]:
+    """One IteRand step on every masked weight; returns {key (see `masked_layers`): weights redrawn}. Kept weights
+    never change."""
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"rerandomize rate {rate!r} is outside [0, 1]")
+    layers = list(masked_layers(model))
+    if not layers:
+        raise ConfigError("rerandomize_ needs a model converted with a mask method (edge-popup or biprop)")
+    changed = {}
+    for name, layer, p in layers:
+        if p.weight_init is None:
+            raise ConfigError(f"layer {name} kept its own weights (weight_init=keep): IteRand has no init to redraw from")
+        kind, keep_fraction = p.weight_init
+        fan, gain = getattr(p, "init_fan", (None, RELU_GAIN))  # the layer's own fan-in (see convert)
+        weight = random_weight(layer, p)
+        coin = torch.rand(weight.shape, generator=generator(seed, f"iterand-coin/{name}")) < rate
+        redraw = (coin.to(weight.device) & ~p.mask())
+        fresh = draw_weight(weight.shape, kind, seed=seed, name=f"iterand/{name}", keep_fraction=keep_fraction,
+                            fan=fan, gain=gain)
+        weight.copy_(torch.where(redraw, fresh.to(device=weight.device, dtype=weight.dtype), weight))
+        changed[name] = int(redraw.sum())
+    return changed

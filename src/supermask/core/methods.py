@@ -1,0 +1,247 @@
+"""The methods: how a layer's effective weight is computed from its frozen weights and trainable scores, and the
+registry that declares each mask method in one place (`Method`, `register`; docs/adding-a-method.md).
+
+Each method is a small module used as a `torch.nn.utils.parametrize` parametrization of a layer's `weight`, so
+any Conv/Linear layer keeps its type and its place in the model; only `weight` becomes a computed tensor.
+
+- edge-popup: W_eff = W * M
+- biprop:     W_eff = alpha * sign(W) * M, alpha = mean |W| over the kept weights (a constant in backward)
+- dense:      no parametrization; the weights themselves are trained (the baseline)
+
+M is the top-k mask of |S| (see `supermask.core.mask`). Gradients reach S through the straight-through estimator:
+dL/d|S| = dL/dM, so dL/dS = dL/dM * sign(S) (the sign comes from |.|, as in the published code).
+
+The score gradient of each method is the published one: for Edge-Popup dL/dS = dL/dW_eff * W * sign(S). Biprop's
+published code (`GetQuantnet_binary`, chrundle/biprop) returns alpha * M in forward but sends g * |W| back to |S|,
+so its score gradient is Edge-Popup's too, dL/dW_eff * W * sign(S) (`biprop_grad="weight"`, the default).
+`biprop_grad="alpha"` instead differentiates alpha * sign(W) * M as written, with alpha constant:
+dL/dW_eff * alpha * sign(W) * sign(S), which supermask used before 0.2 (kept as an ablation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from supermask.core import mask as mask_lib
+from supermask.core.init import draw_scores
+from supermask.errors import ConfigError
+
+DENSE = "dense"  # the weight-trained baseline: no parametrization, so no entry in the registry
+BIPROP_GRADS = ("weight", "alpha")  # the published score gradient (the default), the ablation
+
+
+class ScoredWeight(nn.Module):
+    """Holds a layer's scores and prune rate. Outside autograd it caches the mask and the effective weight for as
+    long as the scores and the weight hold the same values."""
+
+    def __init__(self, scores: Tensor, prune_rate: float):
+        super().__init__()
+        self.scores = nn.Parameter(scores)
+        self.prune_rate = float(prune_rate)
+        self.weight_init: tuple[str, float] | None = None  # (kind, keep fraction of the fan), set by convert
+        self._mask: Tensor | None = None
+        self._mask_of: tuple[Tensor, float] | None = None  # (a copy of the scores, the prune rate) it was made from
+        self._weight: Tensor | None = None
+        self._weight_of: tuple[Tensor, Tensor] | None = None  # (the mask, a copy of the weight) it was made from
+
+    # The caches are keyed on values, not on version counters: a write through `.data` (optimizers, user code)
+    # bumps no counter. Comparing costs one pass over the scores (and the weight), far less than a selection.
+    def mask(self) -> Tensor:
+        """The current boolean mask, recomputed only when the scores' values or the prune rate changed."""
+        scores = self.scores.detach()
+        if self._mask_of is None or self._mask_of[1] != self.prune_rate or not _same(self._mask_of[0], scores):
+            self._mask = mask_lib.topk_mask(scores.abs(), self.prune_rate)
+            self._mask_of = (scores.clone(), self.prune_rate)
+        return self._mask
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            # Training: the scores change at every step, so nothing is cached (and a compiled step has no
+            # Python state to guard on). One |S| serves the mask and the gradient path.
+            magnitudes = self.scores.abs()
+            mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
+            return self.effective_weight(weight, mask_lib.straight_through(magnitudes, mask))
+        if torch.compiler.is_compiling():
+            # A compiled forward cannot keep Python-side caches without guarding (and recompiling) on them: it
+            # computes the mask every call, as training does.
+            return self.effective_weight(weight, mask_lib.topk_mask(self.scores.detach().abs(), self.prune_rate)
+                                         .to(weight.dtype))
+        # Without autograd (evaluation, inference) the whole effective weight is reused across batches.
+        mask = self.mask()
+        if self._weight_of is None or self._weight_of[0] is not mask or not _same(self._weight_of[1], weight):
+            self._weight = self.effective_weight(weight, mask.to(weight.dtype))
+            self._weight_of = (mask, weight.detach().clone())
+        return self._weight
+
+    def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
+        return self.combine(weight, mask)
+
+    def combine(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        """The method's effective weight from a weight and a float mask (straight-through when it carries a
+        gradient); with `members`, both are stacks (N, *shape) of N runs' layers and each run gets its own weight."""
+        return self.values(weight, mask, members) * mask
+
+    @staticmethod
+    def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        """What the kept positions hold: W_eff = values * M."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"prune_rate={self.prune_rate}"
+
+
+class EdgePopup(ScoredWeight):
+    """Edge-Popup (Ramanujan et al. 2020): the random weights, masked."""
+
+    @staticmethod
+    def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        return weight
+
+
+class Biprop(ScoredWeight):
+    """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha. `grad` is
+    the score gradient: "weight" (the published one, g * W) or "alpha" (g * alpha * sign(W))."""
+
+    def __init__(self, scores: Tensor, prune_rate: float, grad: str = "weight"):
+        super().__init__(scores, prune_rate)
+        if grad not in BIPROP_GRADS:
+            raise ConfigError(f"unknown biprop_grad {grad!r}: expected one of {', '.join(BIPROP_GRADS)}")
+        self.grad = grad
+
+    def combine(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        if self.grad == "alpha" or not mask.requires_grad:
+            return super().combine(weight, mask, members)
+        hard = mask.detach()
+        # The value alpha * sign(W) * M; the second term is zero in value and carries the published gradient,
+        # d W_eff / dM = W (GetQuantnet_binary's backward: g * |W| into |S|, times sign(W) from the layer).
+        return self.values(weight, hard, members) * hard + weight.detach() * (mask - hard)
+
+    @staticmethod
+    def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        return biprop_alpha(weight, mask, members) * weight.sign()
+
+    def extra_repr(self) -> str:
+        return f"prune_rate={self.prune_rate}, grad={self.grad}"
+
+
+def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+    """||M * W||_1 / ||M||_1: the mean magnitude of the kept weights, as a constant (no gradient); with
+    `members`, one alpha per run of a stack (N, *shape), shaped to broadcast against it.
+
+    A float sum's value depends on the order torch adds in, which changes with the thread count and the device,
+    and a .smask file must rebuild the same alpha everywhere. So the sum is taken over integers: each kept |w|
+    is scaled by a power of two (exact) that brings the largest to 2^bits and rounded, and integers below 2^53
+    add up exactly in float64, in any order. Rounding costs at most n / 2 units of 2^-bits of the largest term,
+    far below float32's own rounding for any layer under a billion weights.
+    """
+    w = weight.detach() if members else weight.detach().unsqueeze(0)
+    m = mask.detach() if members else mask.detach().unsqueeze(0)
+    dims = tuple(range(1, w.dim()))  # per run, in the tensors' own memory layout (no copies)
+    terms = w.abs().to(torch.promote_types(w.dtype, torch.float32)).mul_(m)  # float16 would overflow 2^bits
+    n = terms[0].numel()
+    bits = 53 - max(1, n - 1).bit_length()  # n terms below 2^bits: every partial sum is an exact float64
+    _, exponent = torch.frexp(terms.amax(dims, keepdim=True))  # largest = f * 2^exponent, f in [0.5, 1)
+    scale = _power_of_two(bits - exponent)
+    total = terms.mul_(scale).round_().double().sum(dims, keepdim=True)
+    # 0/1 terms: a float32 sum is exact below 2^24 (a float64 one beyond)
+    count = m.sum(dims, keepdim=True, dtype=torch.float64 if n >= 1 << 24 else None).clamp_min(1)
+    alpha = (total / scale.double() / count.double()).to(weight.dtype)
+    return alpha if members else alpha.view(())
+
+
+def _power_of_two(exponent: Tensor) -> Tensor:
+    """2.0 ** exponent as float32, built from its bits (exact on every device; clamped to the normal range, which
+    only costs precision for weights below 1e-29)."""
+    return ((exponent.clamp(-126, 127) + 127).to(torch.int32) << 23).view(torch.float32)
+
+
+def _same(copy: Tensor, current: Tensor) -> bool:
+    return (copy.shape == current.shape and copy.dtype == current.dtype and copy.device == current.device
+            and torch.equal(copy, current.detach()))
+
+
+# A hook of the training loop: hook(model, cfg, epoch=..., step=...) edits the model in place and returns the
+# records it logs to the run's schedule.jsonl (one dict per layer changed, with "kind", "epoch", "step", "layer").
+Hook = Callable[..., list[dict]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A mask method, declared in one place.
+
+    - `parametrization`: the ScoredWeight subclass that computes the effective weight from the frozen weight and
+      the mask, and so the score gradient (the straight-through mask carries it);
+    - `weight_init`, `scale_fan`: its default weight init (any of `init.WEIGHT_INITS`), with the fan scaled by the
+      keep fraction or not; `score_init(shape, seed=, name=, fan=)` draws a layer's initial scores;
+    - `options`: config keys the parametrization takes, as {its constructor argument: the config key};
+    - `after_step`, `end_of_epoch`: hooks run after every optimizer step and at the end of every epoch;
+    - `smask_fields`, `smask_layer(weight, mask)`: numbers a `.smask` stores per layer (under those keys, which the
+      file's layer schema `export.LAYER` must allow) and checks when it rebuilds the layer; the mask itself and
+      any kept weight that no longer equals its seed's are always stored.
+    """
+
+    name: str
+    parametrization: type[ScoredWeight]
+    weight_init: str = "signed-constant"
+    scale_fan: bool = False
+    score_init: Callable[..., Tensor] = draw_scores
+    options: Mapping[str, str] = field(default_factory=dict)
+    after_step: Hook | None = None
+    end_of_epoch: Hook | None = None
+    smask_fields: tuple[str, ...] = ()
+    smask_layer: Callable[[Tensor, Tensor], dict[str, float]] | None = None
+    summary: str = ""
+
+    def options_from(self, cfg: Any) -> dict[str, Any]:
+        """The parametrization's keyword arguments from a config's keys (those it leaves unset take their default)."""
+        return {arg: getattr(cfg, key) for arg, key in self.options.items() if getattr(cfg, key, None) is not None}
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Make `method` known by its name to convert, the config, the command line and export."""
+    if method.name == DENSE or "+" in method.name or not method.name:
+        raise ConfigError(f"a method cannot be named {method.name!r} (dense, names with '+' and '' are taken)")
+    if not (isinstance(method.parametrization, type) and issubclass(method.parametrization, ScoredWeight)):
+        raise ConfigError(f"method {method.name}: parametrization must be a ScoredWeight subclass")
+    if bool(method.smask_fields) != (method.smask_layer is not None):
+        raise ConfigError(f"method {method.name}: smask_fields and smask_layer come together")
+    REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown mask method {name!r}: expected one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def default_init(name: str) -> tuple[str, bool]:
+    """The method's default (weight_init, scale_fan): its `Method`'s, and Kaiming normal for dense."""
+    if name == DENSE:
+        return "kaiming-normal", False
+    method = get_method(name)
+    return method.weight_init, method.scale_fan
+
+
+def mask_methods() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method a run can take: the registered mask methods, then dense."""
+    return (*REGISTRY, DENSE)
+
+
+register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fan=False,
+                summary="Ramanujan et al. 2020: the random weights, masked by the top-k of |scores|"))
+register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True, options={"grad": "biprop_grad"},
+                smask_fields=("alpha",), smask_layer=lambda weight, mask: {"alpha": float(biprop_alpha(weight, mask))},
+                summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))

@@ -1,0 +1,304 @@
+"""The architectures of the papers, in a registry: `build_model(name, ...)`.
+
+Masked layers carry no biases and ResNets use non-affine BatchNorm, as in the papers' code, so that every
+learned quantity of a mask search is a score. `width` scales every hidden width (int(n * width)). The transformers
+follow the same rule: no biases and non-affine LayerNorm, built from standard torch.nn layers (Conv2d, Embedding,
+TransformerEncoderLayer with its MultiheadAttention, Linear) so that `convert` treats them like any other model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from supermask.errors import ConfigError
+
+
+class _ContiguousKeepGradLayout(torch.autograd.Function):
+    """x.contiguous(), whose gradient goes back in x's own layout. Flattening a channels-last activation otherwise
+    hands the max-pool before it a channels-first gradient, and its CPU backward then converts every 4-D tensor
+    it touches (measured: 2 copies of 8M floats per Conv-2 step, 10% of the step)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ARG004
+        x = inputs[0]
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
+
+
+class Flatten(nn.Flatten):
+    """nn.Flatten that keeps a channels-last network's gradients channels-last (see above)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            x = _ContiguousKeepGradLayout.apply(x)
+        return super().forward(x)
+
+
+def _scaled(n: int, width: float) -> int:
+    return max(1, int(n * width))
+
+
+def conv_net(pairs: int, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Sequential:
+    """Conv-2/4/6/8 (Frankle & Carbin): `pairs` pairs of 3x3 convs (64, 128, 256, 512 channels), each pair
+    followed by a 2x2 max-pool, then FC 256-256-num_classes."""
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for c in (64, 128, 256, 512)[:pairs]:
+        c = _scaled(c, width)
+        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.ReLU(inplace=True),
+                   nn.Conv2d(c, c, 3, padding=1, bias=False), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        c_in = c
+    side = image_size // 2**pairs
+    if side < 1:
+        raise ConfigError(f"conv{2 * pairs} needs images of at least {2**pairs} pixels, got {image_size}")
+    hidden = _scaled(256, width)
+    layers += [Flatten(), nn.Linear(c_in * side * side, hidden, bias=False), nn.ReLU(inplace=True),
+               nn.Linear(hidden, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes, bias=False)]
+    return nn.Sequential(*layers)
+
+
+def mlp(sizes: tuple[int, ...], *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: float = 1.0) -> nn.Sequential:
+    """A fully-connected ReLU network over flattened images (LeNet-300-100 is sizes (300, 100))."""
+    layers: list[nn.Module] = [Flatten()]
+    n_in = in_channels * image_size * image_size
+    for n in sizes:
+        n = _scaled(n, width)
+        layers += [nn.Linear(n_in, n, bias=False), nn.ReLU(inplace=True)]
+        n_in = n
+    layers.append(nn.Linear(n_in, num_classes, bias=False))
+    return nn.Sequential(*layers)
+
+
+def small_conv(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, width: float = 1.0) -> nn.Sequential:
+    """A small conv net for the embedded 8x8 digits: two 3x3 convs, a max-pool, then FC 256-num_classes."""
+    c = _scaled(64, width)
+    side = image_size // 2
+    hidden = _scaled(256, width)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 3, padding=1, bias=False), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        Flatten(), nn.Linear(c * side * side, hidden, bias=False), nn.ReLU(inplace=True),
+        nn.Linear(hidden, num_classes, bias=False),
+    )
+
+
+class StridedPointwise(nn.Conv2d):
+    """A strided 1x1 convolution (a ResNet shortcut), computed as a stride-1 one on the subsampled input: the same
+    sums, and it steers clear of a heap corruption in oneDNN's channels-last weight gradient of strided 1x1
+    convolutions on one thread (torch 2.13, seen at 4 -> 8 channels: ResNet-18 width 1/16 in a sweep worker)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return nn.functional.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias, 1, 0, self.dilation, self.groups)
+
+
+def _norm(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, affine=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c, 3, stride, 1, bias=False)
+        self.bn1 = _norm(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = _norm(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c:
+            self.shortcut = nn.Sequential(StridedPointwise(c_in, c, 1, stride, bias=False), _norm(c))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, c: int, stride: int = 1):
+        super().__init__()
+        c_out = c * self.expansion
+        self.conv1 = nn.Conv2d(c_in, c, 1, bias=False)
+        self.bn1 = _norm(c)
+        self.conv2 = nn.Conv2d(c, c, 3, stride, 1, bias=False)
+        self.bn2 = _norm(c)
+        self.conv3 = nn.Conv2d(c, c_out, 1, bias=False)
+        self.bn3 = _norm(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(StridedPointwise(c_in, c_out, 1, stride, bias=False), _norm(c_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet with a CIFAR stem (3x3 conv, no max-pool) or an ImageNet stem (7x7 stride 2 + max-pool)."""
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...], *, num_classes: int,
+                 in_channels: int, width: float, imagenet_stem: bool):
+        super().__init__()
+        c = _scaled(64, width)
+        if imagenet_stem:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 7, 2, 3, bias=False), _norm(c), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, 2, 1))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), _norm(c), nn.ReLU(inplace=True))
+        stages = []
+        c_in = c
+        for i, depth in enumerate(depths):
+            c_stage = _scaled(64 * 2**i, width)
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(c_in, c_stage, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = c_stage * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes, bias=False)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def resnet18(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> ResNet:
+    """CIFAR ResNet-18 (3x3 stem, no max-pool)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, width=width, imagenet_stem=False)
+
+
+def resnet50(*, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, width: float = 1.0) -> ResNet:
+    """ResNet-50 for 224-pixel inputs (ImageNet stem)."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, width=width, imagenet_stem=True)
+
+
+def _layer_norm(d: int) -> nn.LayerNorm:
+    # Non-affine, like the ResNets' BatchNorm: a mask search trains only scores, and dense training gets the
+    # same architecture.
+    return nn.LayerNorm(d, elementwise_affine=False)
+
+
+def _encoder(d: int, heads: int, mlp: int, depth: int) -> nn.TransformerEncoder:
+    """`depth` pre-norm blocks (x + attn(LN(x)), x + MLP(LN(x)), GELU, no dropout, no biases), then a final LN."""
+    block = nn.TransformerEncoderLayer(d, heads, mlp, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True, bias=False)
+    block.norm1, block.norm2 = _layer_norm(d), _layer_norm(d)
+    # Pre-norm blocks never take PyTorch's nested-tensor path (it would only warn about it).
+    return nn.TransformerEncoder(block, depth, norm=_layer_norm(d), enable_nested_tensor=False)
+
+
+def _transformer_dim(base: int, width: float, heads: int) -> int:
+    """int(base * width) rounded to a multiple of the head count (at least one per head)."""
+    return heads * max(1, round(_scaled(base, width) / heads))
+
+
+def vit_patch_size(image_size: int) -> int:
+    """4 (an 8x8 grid of patches on 32-pixel images); images under 16 pixels use 2 (digits' 8x8: a 4x4 grid)."""
+    patch = 4 if image_size >= 16 else 2
+    if image_size % patch:
+        raise ConfigError(f"vit needs an image side divisible by its patch size {patch}, got {image_size}")
+    return patch
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer: ViT-Lite-7/4 of Hassani et al. 2021 ("Escaping the Big Data Paradigm with
+    Compact Transformers"): patch 4 embedded by a strided Conv2d, learned position embedding (an nn.Embedding
+    with one row per patch), 7 pre-norm blocks of 4 heads, dim 256 * width, MLP 2 * dim, then a final LayerNorm,
+    the mean over patches (instead of their class token) and a Linear head."""
+
+    def __init__(self, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
+                 dim: int = 256, depth: int = 7, heads: int = 4, mlp_ratio: int = 2):
+        super().__init__()
+        patch = vit_patch_size(image_size)
+        d = _transformer_dim(dim, width, heads)
+        self.patch_embed = nn.Conv2d(in_channels, d, patch, stride=patch, bias=False)
+        self.pos_embed = nn.Embedding((image_size // patch) ** 2, d)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)  # ViT's init of the position embedding
+        self.encoder = _encoder(d, heads, mlp_ratio * d, depth)
+        self.head = nn.Linear(d, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, patches, d)
+        x = self.encoder(x + self.pos_embed.weight)
+        return self.head(x.mean(1))
+
+
+class TextTransformer(nn.Module):
+    """A sequence classifier over token ids (0 is padding): token and learned position embeddings (nn.Embedding),
+    pre-norm encoder blocks whose attention ignores padding, the mean over the real tokens and a Linear head.
+    The sizes are the Long Range Arena ListOps model of the Nystromformer code (Xiong et al. 2021,
+    github.com/mlpen/Nystromformer, LRA/code): dim 64 * width, 2 heads, 2 blocks, MLP 2 * dim, mean pooling."""
+
+    def __init__(self, *, num_classes: int, vocab_size: int, max_len: int, width: float = 1.0, dim: int = 64,
+                 depth: int = 2, heads: int = 2, mlp_ratio: int = 2):
+        super().__init__()
+        d = _transformer_dim(dim, width, heads)
+        self.embed = nn.Embedding(vocab_size, d)
+        self.pos_embed = nn.Embedding(max_len, d)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)
+        self.encoder = _encoder(d, heads, mlp_ratio * d, depth)
+        self.head = nn.Linear(d, num_classes, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pad = tokens == 0
+        x = self.embed(tokens) + self.pos_embed.weight[: tokens.shape[1]]
+        x = self.encoder(x, src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        return self.head((x * keep).sum(1) / keep.sum(1).clamp_min(1))
+
+
+def text_transformer(*, num_classes: int = 10, in_channels: int = 16, image_size: int = 128,
+                     width: float = 1.0) -> TextTransformer:
+    """TextTransformer for token data, whose Dataset reports the vocabulary size as `in_channels` (a token is a
+    one-hot vector of that many channels) and the sequence length as `image_size`."""
+    return TextTransformer(num_classes=num_classes, vocab_size=in_channels, max_len=image_size, width=width)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "conv2": lambda **kw: conv_net(1, **kw),
+    "conv4": lambda **kw: conv_net(2, **kw),
+    "conv6": lambda **kw: conv_net(3, **kw),
+    "conv8": lambda **kw: conv_net(4, **kw),
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "lenet300": lambda **kw: mlp((300, 100), **kw),
+    "small-conv": small_conv,
+    "vit": ViT,
+    "text-transformer": text_transformer,
+}
+# The architectures that read int64 token ids (N, length), 0 the padding; the others read float images (N, C, H, W).
+TOKEN_MODELS = frozenset({"text-transformer"})
+
+
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:
+    """Build a registered architecture for the given input shape and number of classes."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    if not width > 0:
+        raise ConfigError(f"width {width!r} must be > 0")
+    # PyTorch's default inits draw from the global generator; a fixed seed makes a build the same in any process
+    # state, so that weights `convert` does not redraw (attention's in_proj, embeddings) agree between runs too.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)

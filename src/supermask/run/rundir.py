@@ -1,0 +1,59 @@
+"""A run directory, and the one rule for "the same run".
+
+A run directory holds the run's resolved `config.yaml`, written when it starts. Whether the directory stands for
+a requested config is decided here, once, for every caller: `train --resume`, sweeps and studies reusing finished
+runs, and groups trained together resuming their runs. Two configs make the same run when they differ only in
+keys that change no result (`RESULT_FREE_KEYS`); any other difference is refused in one line naming every
+differing key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supermask.errors import ConfigError
+from supermask.run.config import Config, recorded_config
+
+CONFIG_FILE = "config.yaml"
+# Keys that say where a run is or how it executes, never what it computes: where its files go, the trackers it
+# reports to, how many processes decode its batches, how often it checkpoints inside an epoch.
+RESULT_FREE_KEYS = ("out_dir", "logger", "num_workers", "checkpoint_every_steps")
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CONFIG_FILE).is_file()
+
+
+def recorded(run_dir: str | Path) -> Config:
+    """The config a run directory recorded (keys added since take the value its supermask used)."""
+    return recorded_config(str(Path(run_dir) / CONFIG_FILE))
+
+
+def _same(key: str, requested, saved) -> bool:
+    if requested == saved:
+        return True
+    if key == "augment":  # resolved from the dataset when a run starts, so an unset one accepts the run's value
+        return requested is None
+    if key in ("dataset", "data_dir") and requested and saved:  # a run stores relative data paths resolved
+        return Path(str(requested)).expanduser().resolve() == Path(str(saved)).expanduser().resolve()
+    return False
+
+
+def differing_keys(requested: Config, run_dir: str | Path) -> list[str]:
+    """The keys, in config order, whose requested value would make another run than the one in `run_dir`."""
+    saved = recorded(run_dir).to_dict()
+    return [k for k, v in requested.to_dict().items() if k not in RESULT_FREE_KEYS and not _same(k, v, saved[k])]
+
+
+def describe_difference(requested: Config, run_dir: str | Path, keys: list[str]) -> str:
+    """'k=<run's value> there, k=<requested value> now' for every key."""
+    saved = recorded(run_dir)
+    return ", ".join(f"{k}={getattr(saved, k)!r} there, {k}={getattr(requested, k)!r} now" for k in keys)
+
+
+def check_same_run(requested: Config, run_dir: str | Path, doing: str = "resume") -> None:
+    """Refuse, naming every differing key at once, when `run_dir` holds a run of another config."""
+    keys = differing_keys(requested, run_dir)
+    if keys:
+        raise ConfigError(f"cannot {doing} {run_dir}: it was trained with another config: "
+                          f"{describe_difference(requested, run_dir, keys)}")

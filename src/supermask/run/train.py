@@ -1,0 +1,671 @@
+"""The training loop: a mask search (or dense training) with per-epoch evaluation, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from supermask import data as data_lib
+from supermask.core.convert import Report, convert, masks, weight_tensors
+from supermask.core.labels import layer_labels
+from supermask.core.methods import get_method
+from supermask.errors import ConfigError, SupermaskError
+from supermask.models import MODELS, TOKEN_MODELS, build_model
+from supermask.run import distributed
+from supermask.run.checkpoint import (atomic_write_text, load_checkpoint, read_json, save_checkpoint, save_tensors,
+                                      write_json)
+from supermask.run.config import Config, dump_yaml, recorded_config
+from supermask.run.lock import run_dir_is_empty, run_lock
+from supermask.run.progress import StepLines, is_live, log_line
+from supermask.run.rundir import check_same_run
+from supermask.run.schedule import after_step, end_of_epoch, fired_steps, never_fires, step_fires
+from supermask.run.trackers import Trackers, check_available, open_trackers
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class TrainingError(SupermaskError):
+    """Training cannot go on (for example the loss became NaN)."""
+
+
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """The learning rate for `epoch` (0-based), stepped once per epoch as in the papers' code: a linear warm-up to
+    cfg.peak_lr, then constant or cosine."""
+    peak = cfg.peak_lr
+    if epoch < cfg.warmup_epochs:
+        return peak * (epoch + 1) / cfg.warmup_epochs
+    if cfg.lr_schedule == "constant":
+        return peak
+    t = epoch - cfg.warmup_epochs
+    return 0.5 * peak * (1 + math.cos(math.pi * t / (cfg.epochs - cfg.warmup_epochs)))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} requested but MPS (an Apple GPU) is not available; use device=cpu")
+    return device
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's CPU thread count, at most the machine's cores: beyond them threads only wait for each other
+    (200 threads ran a digits epoch 45x slower on 2 cores), and OpenBLAS crashes at tens of thousands."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise ConfigError(f"threads={threads} is more than the {cores} CPU cores of this machine: choose at most {cores}")
+    torch.set_num_threads(threads)  # masks are bit-identical only between runs on the same thread count
+
+
+def check_model_fits_data(model: str, ds: data_lib.Dataset) -> None:
+    """Refuse a model that cannot read the dataset's input (token ids or images) before anything is made."""
+    if ds.tokens and model not in TOKEN_MODELS:
+        raise ConfigError(f"model={model} reads images, and dataset {ds.name} is token sequences: use model="
+                          f"{' or model='.join(sorted(TOKEN_MODELS))}")
+    if not ds.tokens and model in TOKEN_MODELS:
+        images = [m for m in MODELS if m not in TOKEN_MODELS]
+        raise ConfigError(f"model={model} reads token sequences, and dataset {ds.name} is images: use an image model "
+                          f"({', '.join(images)})")
+
+
+def check_same_input(run_dir: Path, ds: data_lib.Dataset, prefix: str = "") -> None:
+    """Refuse data of another shape (channels, image size or sequence length, classes) than the run in `run_dir`
+    trained on, as its summary.json records, before its checkpoint meets a model it cannot fit."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return
+    recorded = read_json(summary)
+    differ = [f"{key} {recorded[key]} there, {getattr(ds, key)} in {ds.name}"
+              for key in ("in_channels", "image_size", "num_classes")
+              if isinstance(recorded.get(key), int) and recorded[key] != getattr(ds, key)]
+    if differ:
+        raise ConfigError(f"{prefix}{run_dir} was trained on data of another shape ({'; '.join(differ)})")
+
+
+# float32 values a run holds per parameter at least: the weight, its score (or nothing, dense), the gradient and
+# the optimizer's state (SGD's momentum; Adam holds two).
+TRAINING_COPIES = 4
+
+
+def memory_of(device: torch.device) -> int | None:
+    """Bytes of memory on `device`: the GPU's, else the machine's RAM (None where the system does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_size(cfg: Config, ds: data_lib.Dataset, device: torch.device, runs: int = 1) -> None:
+    """Refuse a model (`runs` of them) whose training state would not fit in the device's memory, counting its
+    parameters on the meta device, where nothing is allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                                   image_size=ds.image_size, width=cfg.width)
+        params = sum(p.numel() for p in skeleton.parameters())
+    except (RuntimeError, OverflowError, TypeError, ValueError):  # a size beyond int64, or a tensor beyond torch
+        raise ConfigError(f"width={cfg.width:g} makes model={cfg.model} too large for torch to describe: choose a "
+                          f"smaller width") from None
+    available = memory_of(device)
+    need = TRAINING_COPIES * 4 * params * runs
+    if available is not None and need > available:
+        of = f"{runs} runs of " if runs > 1 else ""
+        raise ConfigError(f"{of}model={cfg.model} at width={cfg.width:g} has {params:,} parameters "
+                          f"({4 * params / 2**30:,.3g} GiB as float32); training holds about {TRAINING_COPIES} copies "
+                          f"({need / 2**30:,.3g} GiB), more than the {available / 2**30:,.3g} GiB of {device}: choose "
+                          f"a smaller width")
+
+
+def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
+    """The model of `cfg` for the dataset's shape, converted for the configured method."""
+    check_model_fits_data(cfg.model, ds)
+    if cfg.init_from:
+        check_same_input(Path(cfg.init_from), ds, "init_from: ")
+    model = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                        image_size=ds.image_size, width=cfg.width)
+    if cfg.init_from:
+        # Search masks over a dense run's trained weights instead of random ones (weight_init is "keep").
+        load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
+    return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
+                   weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
+                   include=cfg.include_params, scale_fan_by=cfg.scale_fan_by,
+                   options=get_method(cfg.method).options_from(cfg) if cfg.masked else None)
+
+
+def place(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """Move `model` to `device`, channels-last when configured: a conv given a channels-last weight computes in
+    that layout (about 1.8x faster on a 2-core CPU for Conv-4) and keeps its activations so; masks do not
+    depend on the layout, as they are computed on the scores' logical order."""
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"skip_layers={cfg.skip_layers} leaves every layer dense: nothing is left to search")
+    return optimizer_for(cfg, params)
+
+
+def optimizer_for(cfg: Config, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(weights supermask can mask, how many of them the subnetwork keeps)."""
+    total = sum(w.numel() for w in weight_tensors(model).values())
+    pruned = sum(int((~m).sum()) for m in masks(model).values())
+    return total, total - pruned
+
+
+def kept_fractions(model: nn.Module) -> dict[str, float]:
+    """Each masked layer's kept fraction, as tracker scalars tagged with the layer's readable label."""
+    labels = layer_labels(model)
+    return {f"kept_fraction/{labels.get(name, name)}": m.float().mean().item() for name, m in masks(model).items()}
+
+
+def new_state() -> dict[str, Any]:
+    """A run's progress before its first epoch (what its checkpoint's metadata holds)."""
+    return {"epoch": 0, "step": 0, "history": [], "schedule": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
+
+
+def record_epoch(state: dict[str, Any], lr: float, train: tuple[float, float], test: tuple[float, float],
+                 seconds: float, speed: dict[str, float] | None = None) -> None:
+    """Add one finished epoch (train and test (loss, accuracy), and the training pass's `speed`) to a run's state."""
+    epoch = state["epoch"] + 1
+    state["history"].append({"epoch": epoch, "lr": lr, "train_loss": train[0], "train_acc": train[1],
+                             "test_loss": test[0], "test_acc": test[1], "seconds": round(seconds, 3), **(speed or {})})
+    state["epoch"] = epoch
+    state["seconds"] += seconds
+    if test[1] > state["best_test_acc"]:
+        state["best_test_acc"], state["best_epoch"] = test[1], epoch
+
+
+def write_logs(out_dir: Path, state: dict[str, Any]) -> None:
+    """metrics.jsonl (and schedule.jsonl), rewritten whole from the state after its checkpoint: a kill between
+    the writes cannot duplicate or lose a line."""
+    atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+    if state["schedule"]:
+        atomic_write_text(out_dir / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
+
+
+def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An image batch in the layout the model computes in."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def autocast(amp: bool, device: torch.device):
+    """Mixed precision where configured: float16 on GPUs, bfloat16 elsewhere. Masks are computed from the float32
+    scores either way, so they do not depend on it."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp)
+
+
+def grad_scaler(amp: bool, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for float16 (GPUs); a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: torch.device,
+             group: distributed.Group = distributed.Group(), amp: bool = False,
+             replaced: data_lib.ReplacedCount | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test split (split across the processes of a data-parallel run); the samples of
+    a streamed set replaced because their image could not be read, summed over the processes, go to `replaced`."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, replaced samples
+    tally = data_lib.ReplacedCount()
+    for x, y in data_lib.eval_batches(ds, batch_size, device=device, shard=(group.rank, group.world), replaced=tally):
+        with autocast(amp, device):
+            logits = model(x).float()
+        sums[0] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
+    sums[2] += tally.count
+    model.train(was_training)
+    loss_sum, correct, bad = distributed.all_sum(sums, group).tolist()
+    if replaced is not None:
+        replaced.count += int(bad)
+    n = len(ds.test_y)
+    return loss_sum / n, correct / n
+
+
+def _nonfinite_parameter(model: nn.Module) -> str | None:
+    """The name of the first trainable parameter holding a NaN or inf, or None (one host sync).
+
+    In a mask search the loss can stay finite while the scores overflow (a NaN score is never kept, so the
+    masks silently empty), hence this check next to the loss check.
+    """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        return None
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).tolist()
+    return next((name for (name, _), ok in zip(params, finite) if not ok), None)
+
+
+def _check_finite(model: nn.Module, loss: float, where: str, lr: float,
+                  group: distributed.Group = distributed.Group()) -> None:
+    bad = _nonfinite_parameter(model)
+    # Every process must take the same branch, or the others would wait for it forever.
+    if not distributed.any_true(not math.isfinite(loss) or bad is not None, group, next(model.parameters()).device):
+        return
+    if not math.isfinite(loss):
+        raise TrainingError(f"loss became {loss} in {where} (lr {lr:g}); lower lr= or check the data")
+    where_else = " (on this or another process)" if group.active else ""
+    raise TrainingError(f"training diverged in {where}: {bad or 'a parameter'} became non-finite{where_else} "
+                        f"(loss {loss:g}, lr {lr:g}); lower lr= or check the data")
+
+
+class WaitClock:
+    """An iterator that times how long its consumer is blocked in next(): the data-loading share of an epoch."""
+
+    def __init__(self, items: Iterable, waited: float = 0.0):
+        self.items, self.waited = iter(items), waited
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.waited += time.perf_counter() - start
+
+
+def speed(images: float, seconds: float, waited: float) -> dict[str, float]:
+    """A training pass's images per second and the fraction of its wall time spent waiting for data."""
+    seconds = max(seconds, 1e-9)
+    return {"images_per_s": round(images / seconds, 1), "data_wait": round(min(waited / seconds, 1.0), 4)}
+
+
+def _forward(net: nn.Module, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+    try:
+        return net(x).float()
+    except ValueError as e:  # BatchNorm's check, raised where a batch slice meets a 1x1 feature map
+        if "more than 1 value per channel" not in str(e):
+            raise
+        raise ConfigError(f"epoch {epoch + 1} step {step + 1}: BatchNorm got one value per channel ({len(x)} image(s) "
+                          "in this process's slice of the batch, on a 1x1 feature map); choose a batch_size that "
+                          "leaves no single-image slice, fewer processes, or a larger image_size") from None
+
+
+def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
+                group: distributed.Group = distributed.Group(), net: nn.Module | None = None,
+                scaler: torch.amp.GradScaler | None = None, trackers: Trackers = Trackers(),
+                checkpoint: Callable[[dict[str, Any]], None] | None = None) -> tuple[float, float, dict[str, float]]:
+    """One pass over the training set; returns (mean loss, accuracy, `speed`). Counts steps and logs IteRand in
+    `state`. `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run, or the
+    compiled model). Every `cfg.checkpoint_every_steps` steps inside the epoch, `checkpoint` gets what continuing
+    at the next batch needs (`state["partial"]` when a run resumes there). From a streamed set, `speed` also holds
+    `train_images_replaced`, the samples whose unreadable image another replaced."""
+    net = net or model
+    scaler = scaler or grad_scaler(False, device)
+    net.train()
+    # One process: the batch's mean loss. Several: each slice's summed loss over the global batch's size (times
+    # the processes, whose gradients DDP averages), so every sample weighs the same however the batch is split
+    # and an empty slice adds zero.
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if group.active else "mean")
+    n = len(ds.train_y)
+    steps = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, world=group.world)
+    # Resuming inside the epoch: the saved sums are the global ones (summed over the processes when saved), so
+    # rank 0 carries them and the others start from zero.
+    partial = state.pop("partial", None) or {"batch": 0, "sums": [0.0] * 3, "seconds": 0.0, "waited": 0.0}
+    # loss, correct, seen
+    sums = torch.tensor(partial["sums"] if group.main else [0.0] * 3, device=device, dtype=torch.float64)
+    first, start = partial["batch"], time.perf_counter() - partial["seconds"]
+    replaced = data_lib.ReplacedCount(int(partial.get("replaced", 0)) if group.main else 0)  # global, as the sums
+    batches = WaitClock(data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch,
+                                               augment=cfg.augment, device=device, shard=(group.rank, group.world),
+                                               start_batch=first, replaced=replaced), partial["waited"])
+    for step, (x, y) in enumerate(batches, start=first):
+        x = input_layout(x, cfg.channels_last)
+        with autocast(cfg.amp, device):
+            logits = _forward(net, x, epoch, step)
+            loss = loss_fn(logits, y)
+            per_sample = min(cfg.batch_size, n - step * cfg.batch_size) / group.world if group.active else len(y)
+            if group.active:
+                loss = loss / per_sample
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state["step"] += 1
+        trackers.step_loss(state["step"], loss, optimizer.param_groups[0]["lr"])
+        events = after_step(model, cfg, epoch, state["step"])
+        if events:
+            state["schedule"] += events
+            trackers.schedule(events)
+            distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
+        sums[0] += loss.detach() * per_sample
+        sums[1] += (logits.detach().argmax(1) == y).sum()
+        sums[2] += len(y)
+        bar.update(1)
+        if step % 20 == 0:  # a host sync only every few steps
+            value = loss.item()
+            _check_finite(model, value, f"epoch {epoch + 1} step {step + 1}", optimizer.param_groups[0]["lr"], group)
+            now = speed(min(n, (step + 1) * cfg.batch_size), time.perf_counter() - start, batches.waited)
+            bar.set_postfix({"loss": f"{value:.3f}", "img/s": f"{now['images_per_s']:.0f}",
+                             "data wait": f"{now['data_wait']:.0%}"}, refresh=False)
+            trackers.flush()  # the host has synchronized anyway
+        if checkpoint and step + 1 < steps and step_fires(state["step"], cfg.checkpoint_every_steps):
+            trackers.flush()
+            *so_far, bad = distributed.all_sum(torch.cat([sums, sums.new_tensor([replaced.count])]), group).tolist()
+            checkpoint({"batch": step + 1, "sums": so_far, "replaced": int(bad),
+                        "seconds": time.perf_counter() - start, "waited": batches.waited})
+    loss_sum, correct, seen, bad = distributed.all_sum(torch.cat([sums, sums.new_tensor([replaced.count])]),
+                                                       group).tolist()
+    _check_finite(model, loss_sum / seen, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"], group)
+    pace = speed(seen, time.perf_counter() - start, batches.waited)
+    if data_lib.is_streamed(ds):
+        pace["train_images_replaced"] = int(bad)
+    return loss_sum / seen, correct / seen, pace
+
+
+def default_out_dir(cfg: Config) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model}-{cfg.method}-p{cfg.prune_rate:g}-{stamp}"
+
+
+def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset | data_lib.ShardDataset:
+    """The run's data, held in memory or streamed as cfg.data_mode says."""
+    return data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
+                                 num_workers=cfg.num_workers)
+
+
+def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
+    """Absolute paths in place of relative ones in `cfg`, so that the saved config.yaml re-runs and evaluates from
+    any directory (summary.json records the data by file name and checksum instead)."""
+    if cfg.dataset.strip().lower() not in data_lib.DATASET_NAMES:
+        cfg.dataset = ds.source  # an image folder or archive, found and resolved by load_dataset
+    if cfg.data_dir:
+        cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+
+
+def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
+    with contextlib.ExitStack() as held:  # the run directory's lock, for the run's life
+        return _run(cfg, resume, progress, held)
+
+
+def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) -> dict[str, Any]:
+    if resume and not cfg.out_dir:
+        raise ConfigError("--resume needs the run's out_dir=DIR")
+    if distributed.launched() and not cfg.out_dir:
+        raise ConfigError("a data-parallel run needs out_dir=DIR (every process must write to the same run)")
+    check_available(cfg.logger)
+    set_threads(cfg.threads)
+    device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
+    ds = load_data(cfg)
+    resolve_data_paths(cfg, ds)
+    if cfg.augment is None:
+        cfg.augment = ds.augment
+    check_model_fits_data(cfg.model, ds)  # before the run directory is made, like the checks below
+    data_lib.check_augment(ds, cfg.augment)
+    check_model_size(cfg, ds, device)
+    model = place(build(cfg, ds), cfg, device)
+    ds = data_lib.on_device(ds, device)
+    optimizer = make_optimizer(cfg, model)
+    group = distributed.setup(device)
+    warning = never_fires(cfg, data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=group.world))
+    if warning and group.main:
+        print(f"supermask: warning: {warning}", file=sys.stderr)
+
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
+    cfg.out_dir = str(out_dir)
+    ckpt = out_dir / CHECKPOINT
+    state = new_state()
+    # A process that fails alone tells the others at the next check (stop_if_any_failed), so none waits for it.
+    failure, fresh = None, not ckpt.exists()
+    try:
+        if not fresh:
+            if not resume:
+                raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+            if group.main:  # the one writer, for the run's life
+                held.enter_context(run_lock(out_dir))
+            check_same_run(cfg, out_dir)
+            state = load_checkpoint(ckpt, model, optimizer)
+        else:
+            if out_dir.exists() and not out_dir.is_dir():
+                raise ConfigError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir")
+            if out_dir.exists() and not run_dir_is_empty(out_dir) and not resume:
+                raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
+            if group.main:  # the one writer, for the run's life (creates the directory)
+                held.enter_context(run_lock(out_dir))
+    except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
+        failure = e
+    distributed.stop_if_any_failed(failure, group, device)  # also: every process has seen the folder empty
+    if fresh and group.main:
+        try:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
+            atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+        except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
+            failure = e
+    distributed.stop_if_any_failed(failure, group, device)
+
+    trackers = open_trackers(cfg.logger, out_dir, out_dir.name, state["step"]) if group.main else Trackers()
+    try:
+        if not state["history"]:
+            trackers.hparams(cfg.to_dict(), {"epoch/test_acc": 0.0, "epoch/train_acc": 0.0, "epoch/test_loss": 0.0})
+            trackers.scalars(kept_fractions(model), 0)
+        _train(cfg, model, optimizer, ds, device, out_dir, state, progress and group.main, group, trackers)
+        return _finish(cfg, model, ds, out_dir, state, device, group)
+    finally:
+        trackers.close()
+
+
+def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progress: bool,
+           group: distributed.Group = distributed.Group(), trackers: Trackers = Trackers()) -> None:
+    net = distributed.wrap(model, group, device)
+    if cfg.compile:
+        net = torch.compile(net)
+    scaler = grad_scaler(cfg.amp, device)
+    if "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
+    # the bar's length; from shards, an epoch's steps vary a little with its shard order (see data.train_steps)
+    steps_per_epoch = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=group.world)
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        """A checkpoint inside an epoch: `partial` says where in it (see train_epoch)."""
+        if scaler.is_enabled():
+            state["grad_scaler"] = scaler.state_dict()
+        # Saved: the processes' mean BatchNorm statistics, as at the end of an epoch; kept: each its own, so a run
+        # that is never resumed computes exactly as without these checkpoints (the statistics are linear in
+        # their start, so a resumed data-parallel run ends with the same mean within float tolerance).
+        own = [b.clone() for b in model.buffers()] if group.active else []
+        distributed.average_buffers(model, group)
+        if group.main:
+            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, {**state, "partial": partial})
+            write_logs(out_dir, state)
+        for b, saved in zip(model.buffers(), own):
+            b.copy_(saved)
+
+    live = is_live(progress)  # a bar on a terminal, else plain lines: per epoch, and in one (see supermask.run.progress)
+    initial = state["epoch"] * steps_per_epoch + state.get("partial", {}).get("batch", 0)
+    bar = (tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+           if live else StepLines(cfg.epochs * steps_per_epoch, initial, batch_size=cfg.batch_size, enabled=progress))
+    with bar:
+        for epoch in range(state["epoch"], cfg.epochs):
+            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+            lr = learning_rate(cfg, epoch)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+            start = time.perf_counter() - state.get("partial", {}).get("seconds", 0.0)  # trained before a resume
+            train_loss, train_acc, pace = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net,
+                                                      scaler, trackers, checkpoint)
+            distributed.average_buffers(model, group)  # one set of BatchNorm statistics: evaluated and saved
+            # The epoch's IWR or IteRand step comes before the evaluation, so the test accuracy measures the network
+            # saved at the epoch's end: IWR with iwr_rate above the prune rate rewrites kept weights too.
+            events = end_of_epoch(model, cfg, epoch, state["step"])
+            distributed.check_agreement(model, group, f"epoch {epoch + 1}", buffers=True)
+            replaced = data_lib.ReplacedCount()
+            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp, replaced)
+            if data_lib.is_streamed(ds):
+                pace["test_images_replaced"] = replaced.count
+            state["schedule"] += events
+            record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start, pace)
+            trackers.epoch(state["history"][-1], state["step"])
+            trackers.schedule(events)
+            if scaler.is_enabled():
+                state["grad_scaler"] = scaler.state_dict()
+            bar.set_postfix({"train_acc": f"{train_acc:.3f}", "test_acc": f"{test_acc:.3f}",
+                             "img/s": f"{pace['images_per_s']:.0f}", "data wait": f"{pace['data_wait']:.0%}"},
+                            refresh=True)
+            if progress and not live:
+                log_line(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, test loss "
+                         f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s, "
+                         f"{pace['images_per_s']:.0f} img/s, data wait {pace['data_wait']:.0%}")
+            if not group.main:
+                continue
+            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)  # the source of truth
+            write_logs(out_dir, state)
+
+
+def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
+            group: distributed.Group = distributed.Group(), extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    distributed.check_agreement(model, group, "training", buffers=True)
+    total, kept = parameter_counts(model)
+    if group.main:
+        found = masks(model)
+        # safetensors stores tensors sorted by name; the metadata keeps the layers' order in the model and their
+        # readable labels (see supermask.core.labels)
+        save_tensors(out_dir / "masks.safetensors", found, {"model": cfg.model, "width": cfg.width, "method": cfg.method,
+                                                            "prune_rate": cfg.prune_rate, "layers": list(found),
+                                                            "labels": layer_labels(model)})
+    final = state["history"][-1]
+    streamed = data_lib.is_streamed(ds)
+    summary = {
+        "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
+        "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": ds.name,
+        "data_mode": "stream" if streamed else "memory", "dataset_source": Path(ds.source).name,
+        # a streamed set's checksums read all its files, once, in the process that writes the summary
+        **(data_checksums(ds) if group.main or not streamed else {}),
+        # the last epoch's: a streamed folder's every training image and a set's every evaluation image are read
+        # each epoch, so these count the unreadable ones (a warning named each)
+        **({"images_replaced": {"train": final.get("train_images_replaced", 0),
+                                "test": final.get("test_images_replaced", 0)}} if streamed else {}),
+        "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
+        "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
+        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "lr_scaling": cfg.lr_scaling,
+        # the schedule's peak, which a run shorter than its warm-up never reaches, and the highest rate it used
+        # (summaries before these two recorded the scheduled peak as "peak_lr")
+        "scheduled_peak_lr": cfg.peak_lr, "max_lr_used": max(row["lr"] for row in state["history"]),
+        "test_acc": final["test_acc"],
+        "best_test_acc": state["best_test_acc"], "best_epoch": state["best_epoch"],
+        "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
+        "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
+        "out_dir": str(out_dir), "processes": group.world, "preprocessing": data_lib.preprocessing(ds),
+        **{f"{kind}_steps": n for kind, n in fired_steps(state["schedule"]).items()}, **(extra or {}),
+    }
+    if isinstance(getattr(model, "supermask_report", None), Report):  # what convert masked, froze or trained
+        summary["convert"] = model.supermask_report.to_dict()
+    if group.main:
+        write_json(out_dir / "summary.json", summary)
+    distributed.barrier(group)  # the run's files are complete when any process returns
+    return summary
+
+
+def load_run_model(run_dir: str | Path, *, device: str = "auto",
+                   data: dict[str, Any] | None = None) -> tuple[Config, data_lib.Dataset, nn.Module, dict]:
+    """(config, dataset, model with the run's last checkpoint, checkpoint metadata) of a run directory; `data`
+    may override where the dataset is found (`dataset`, `data_dir`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = recorded_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
+    ds = load_data(cfg)
+    check_model_fits_data(cfg.model, ds)  # the clearer reason first
+    check_same_input(run_dir, ds)
+    model = place(build(cfg, ds), cfg, pick_device(cfg.device))
+    meta = load_checkpoint(run_dir / CHECKPOINT, model)
+    return cfg, ds, model, meta
+
+
+def data_checksums(ds: data_lib.Dataset) -> dict[str, str]:
+    """What summary.json records of the data: `dataset_sha256` (both splits: decoded images and labels of a set in
+    memory; file names, labels and file bytes of a streamed one) and, streamed, `eval_split_sha256` (the evaluation
+    split alone, which is all `eval` reads)."""
+    if not data_lib.is_streamed(ds):
+        return {"dataset_sha256": data_lib.content_sha256(ds)}
+    return {"dataset_sha256": data_lib.content_sha256(ds), "eval_split_sha256": data_lib.split_sha256(ds, "test")}
+
+
+def data_check(ds: data_lib.Dataset, recorded: dict[str, Any], replaced: data_lib.ReplacedCount) -> dict[str, Any]:
+    """The data's name and checksum, and whether it is the data the run `recorded` (None when it recorded none).
+    A streamed set is compared by its evaluation split (a run before `eval_split_sha256` recorded only its listing,
+    so it gives None)."""
+    if data_lib.is_streamed(ds):
+        sha, key = data_lib.split_sha256(ds, "test"), "eval_split_sha256"
+        more = {"images_replaced": replaced.count}
+    else:
+        sha, key, more = data_lib.content_sha256(ds), "dataset_sha256", {}
+    saved = recorded.get(key)
+    return {"dataset_source": Path(ds.source).name, key: sha,
+            "same_data_as_run": sha == saved if isinstance(saved, str) else None, **more}
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
+    """Rebuild a finished run from its config and checkpoint and measure its test accuracy again (on `dataset` /
+    in `data_dir` when given, e.g. a copy of the data on another machine)."""
+    data = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v is not None}
+    cfg, ds, model, meta = load_run_model(run_dir, device=device, data=data)
+    replaced = data_lib.ReplacedCount()
+    loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device), amp=cfg.amp, replaced=replaced)
+    total, kept = parameter_counts(model)
+    summary_file = Path(run_dir) / "summary.json"
+    recorded = read_json(summary_file) if summary_file.is_file() else {}
+    return {"run": str(run_dir), **checkpoint_position(meta), "test_loss": loss, "test_acc": acc,
+            "params_total": total, "params_kept": kept, **data_check(ds, recorded, replaced)}
+
+
+def checkpoint_position(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where in its run a checkpoint was saved (epochs finished, batches into the next one) and the test accuracy
+    recorded for the network it holds: only a checkpoint at an epoch's end has one (each epoch's test accuracy is
+    measured on the network saved at its end); one inside an epoch holds a network no evaluation has seen."""
+    epoch, batch = meta["epoch"], (meta.get("partial") or {}).get("batch", 0)
+    last = meta["history"][-1]["test_acc"] if meta["history"] else None
+    position = {"epoch": epoch, "batch": batch,
+                "position": f"{batch} batches into epoch {epoch + 1}" if batch else f"end of epoch {epoch}"}
+    if not batch:
+        return {**position, "recorded_test_acc": last}
+    measured = f" (the last recorded, {last:.4f}, is that of the network at the end of epoch {epoch})" if last is not None else ""
+    return {**position, "recorded_test_acc": None,
+            "note": f"the checkpoint is {batch} batches into epoch {epoch + 1}: no test accuracy was recorded for its "
+                    f"network{measured}"}
