@@ -13,37 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from supermask.compat import Flatten, StridedPointwise
 from supermask.errors import ConfigError
-
-
-class _ContiguousKeepGradLayout(torch.autograd.Function):
-    """x.contiguous(), whose gradient goes back in x's own layout. Flattening a channels-last activation otherwise
-    hands the max-pool before it a channels-first gradient, and its CPU backward then converts every 4-D tensor
-    it touches (measured: 2 copies of 8M floats per Conv-2 step, 10% of the step)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ARG004
-        x = inputs[0]
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
-
-
-class Flatten(nn.Flatten):
-    """nn.Flatten that keeps a channels-last network's gradients channels-last (see above)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
-            x = _ContiguousKeepGradLayout.apply(x)
-        return super().forward(x)
 
 
 def _scaled(n: int, width: float) -> int:
@@ -92,16 +63,6 @@ def small_conv(*, num_classes: int = 10, in_channels: int = 1, image_size: int =
         Flatten(), nn.Linear(c * side * side, hidden, bias=False), nn.ReLU(inplace=True),
         nn.Linear(hidden, num_classes, bias=False),
     )
-
-
-class StridedPointwise(nn.Conv2d):
-    """A strided 1x1 convolution (a ResNet shortcut), computed as a stride-1 one on the subsampled input: the same
-    sums, and it steers clear of a heap corruption in oneDNN's channels-last weight gradient of strided 1x1
-    convolutions on one thread (torch 2.13, seen at 4 -> 8 channels: ResNet-18 width 1/16 in a sweep worker)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sh, sw = self.stride
-        return nn.functional.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias, 1, 0, self.dilation, self.groups)
 
 
 def _norm(c: int) -> nn.BatchNorm2d:
