@@ -229,11 +229,9 @@ class TextTransformer(nn.Module):
         return self.head((x * keep).sum(1) / keep.sum(1).clamp_min(1))
 
 
-def text_transformer(*, num_classes: int = 10, in_channels: int = 16, image_size: int = 128,
+def text_transformer(*, num_classes: int = 10, vocab_size: int = 16, seq_len: int = 128,
                      width: float = 1.0) -> TextTransformer:
-    """TextTransformer for token data, whose Dataset reports the vocabulary size as `in_channels` (a token is a
-    one-hot vector of that many channels) and the sequence length as `image_size`."""
-    return TextTransformer(num_classes=num_classes, vocab_size=in_channels, max_len=image_size, width=width)
+    return TextTransformer(num_classes=num_classes, vocab_size=vocab_size, max_len=seq_len, width=width)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -252,8 +250,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 TOKEN_MODELS = frozenset({"text-transformer"})
 
 
-def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:
-    """Build a registered architecture for the given input shape and number of classes."""
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                vocab_size: int | None = None, seq_len: int | None = None, width: float = 1.0) -> nn.Module:
+    """Build a registered architecture for the given number of classes and input: images of `in_channels` and
+    `image_size` pixels, or, for the token models (TOKEN_MODELS), sequences of `seq_len` ids below `vocab_size`
+    (`supermask.data.model_inputs(ds)` gives the ones a dataset holds)."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     if not width > 0:
@@ -262,4 +263,8 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
     # state, so that weights `convert` does not redraw (attention's in_proj, embeddings) agree between runs too.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
+        if name in TOKEN_MODELS:
+            if vocab_size is None or seq_len is None:
+                raise ConfigError(f"model {name} reads token sequences: build it with vocab_size= and seq_len=")
+            return MODELS[name](num_classes=num_classes, vocab_size=vocab_size, seq_len=seq_len, width=width)
         return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)
