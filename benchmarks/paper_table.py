@@ -31,7 +31,7 @@ Biprop, 0.41 dense) at batch 128 on 2 threads: 391 steps and a test pass per epo
 2 threads) an epoch took about 2 minutes and a cell 20 (1172 s for Biprop+IWR at 90%), the table about 3 hours;
 two at a time (--workers 2, a thread each) an epoch took 5 minutes and a cell 50, so one at a time is faster here.
 The papers publish no transformer figures, and no IWR recipe for one: vit takes
-`config.paper_schedule`'s default, the recipe the paper gives every model but Conv-6 and ResNet-18 (EP+IWR F 3,
+`recipes.paper_schedule`'s default, the recipe the paper gives every model but Conv-6 and ResNet-18 (EP+IWR F 3,
 r 0.1; Biprop+IWR has one recipe, F 10, r 0.2). The paper states no rule behind the exception (Conv-8, larger than
 Conv-6, keeps the default), so the default it is: the recipe of the cpu profile's Conv-4 at width 0.25, a network
 of about vit's size at width 0.25 (0.15 M weights against 0.24 M), so the two tables compare like with like.
@@ -52,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, portable_path  # noqa: E402
 
 from supermask.run.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
-from supermask.run.config import make_config, paper_epochs, paper_schedule, recorded_config  # noqa: E402
+from supermask.run.config import make_config, recorded_config  # noqa: E402
+from supermask.run.recipes import PAPER_EPOCHS, paper_epochs, paper_schedule  # noqa: E402
 from supermask.errors import ConfigError, SupermaskError  # noqa: E402
 from supermask.multi.reuse import check_reuse  # noqa: E402
 from supermask.multi.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text, paired_differences,  # noqa: E402
@@ -60,7 +61,6 @@ from supermask.multi.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimat
 
 METHODS = ("edge-popup", "biprop", "iterand", "edge-popup+iwr", "biprop+iwr", "dense")
 AXES = ["model", "width", "prune_rate", "epochs"]  # a row of the table; methods are its columns
-PAPER_EPOCHS = 250
 
 # Published CIFAR-10 test accuracy (%), 250 epochs, official binaries: {(model, width, prune rate): {method: acc}}.
 PUBLISHED: dict[tuple[str, float, float], dict[str, float]] = {

@@ -36,7 +36,7 @@ from common import machine  # noqa: E402
 from peer import peer_loader, peer_model  # noqa: E402
 
 import supermask  # noqa: E402
-from supermask.run.compat import keep_freed_memory  # noqa: E402
+from supermask.compat import keep_freed_memory  # noqa: E402
 from supermask import data as data_lib  # noqa: E402
 from supermask.run.config import make_config  # noqa: E402
 from supermask.multi.together import Together, group_batches, per_run_losses, to_layout  # noqa: E402

@@ -23,7 +23,7 @@ from common import machine  # noqa: E402
 from speed import CONTENDERS, bench_steps  # noqa: E402
 
 from supermask import build_model  # noqa: E402
-from supermask.run.compat import keep_freed_memory  # noqa: E402
+from supermask.compat import keep_freed_memory  # noqa: E402
 
 
 def main(argv=None) -> dict:

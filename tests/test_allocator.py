@@ -7,7 +7,7 @@ import pytest
 
 PROBE = """
 import sys, torch
-from supermask.run.compat import keep_freed_memory
+from supermask.compat import keep_freed_memory
 def rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

@@ -311,3 +311,20 @@ def test_scale_fan_by_is_a_choice_and_refuses_a_zero_fan():
         make_config(None, {"scale_fan_by": "removed"})
     with pytest.raises(ConfigError, match="prune_rate=0"):
         make_config(None, {"method": "biprop", "scale_fan_by": "pruned", "prune_rate": 0.0})
+
+
+def test_the_recipes_are_the_papers_settings_per_model():
+    from supermask.run.recipes import paper_epochs, paper_schedule
+
+    # paper-notes: EP+IWR F 3, r 0.1 (Conv-6 and ResNet-18: F 10, r 0.2); Biprop+IWR F 10, r 0.2, ResNet-18 warm-up 50
+    # and 200 epochs, ResNet-50 warm-up 40 and 150; IteRand every 300 iterations (1000 on ImageNet), r 0.1
+    assert paper_schedule("edge-popup+iwr", "conv4") == {"method": "edge-popup", "iwr_every": 3, "iwr_rate": 0.1}
+    assert paper_schedule("edge-popup+iwr", "conv6")["iwr_every"] == 10 == paper_schedule("edge-popup+iwr", "resnet18")["iwr_every"]
+    assert paper_schedule("biprop+iwr", "resnet18") == {"method": "biprop", "iwr_every": 10, "iwr_rate": 0.2,
+                                                        "iwr_warmup": 50, "epochs": 200}
+    assert paper_schedule("biprop+iwr", "resnet50")["epochs"] == 150
+    assert paper_schedule("iterand", "vit")["iterand_every_steps"] == 300
+    assert paper_schedule("iterand", "resnet50")["iterand_every_steps"] == 1000
+    assert (paper_epochs("conv4"), paper_epochs("conv4", masked=False), paper_epochs("resnet50")) == (250, 100, 100)
+    paper_schedule("edge-popup+iwr", "conv6")["iwr_every"] = 1  # a copy: the table stays as published
+    assert paper_schedule("edge-popup+iwr", "conv6")["iwr_every"] == 10

@@ -11,7 +11,7 @@ import supermask
 
 ROOT = Path(supermask.__file__).parent
 # Lowest first: a module may import from its own layer and those before it (supermask/__init__.py says why).
-LAYERS = ["errors", "core", "models", "data", "run", "export", "analysis", "multi", "cli"]
+LAYERS = ["errors", "compat", "core", "models", "data", "run", "export", "analysis", "multi", "cli"]
 OUTSIDE = {"__init__", "__main__", "_moved"}  # the package's entry points, above every layer
 
 

@@ -74,17 +74,17 @@ def test_vit_is_pre_norm_with_a_residual_path():
 
 
 def test_text_transformer_parameter_count_by_hand():
-    model = build_model("text-transformer", in_channels=16, image_size=64)  # vocabulary 16, length 64
+    model = build_model("text-transformer", vocab_size=16, seq_len=64)
     d = 64
     assert n_params(model) == 16 * d + 64 * d + 2 * 8 * d * d + d * 10
     assert all(p.dim() >= 2 for p in model.parameters())
-    half = build_model("text-transformer", in_channels=16, image_size=64, width=0.5)
+    half = build_model("text-transformer", vocab_size=16, seq_len=64, width=0.5)
     assert half.embed.embedding_dim == 32
 
 
 def test_text_transformer_ignores_padding():
     """Attention and pooling skip the padding, so padding a sequence further changes nothing."""
-    model = build_model("text-transformer", in_channels=16, image_size=64).eval()
+    model = build_model("text-transformer", vocab_size=16, seq_len=64).eval()
     seq = torch.tensor([11, 3, 5, 12, 2, 9, 15, 15])
     short = torch.zeros(1, 20, dtype=torch.long)
     long = torch.zeros(1, 50, dtype=torch.long)
@@ -241,3 +241,10 @@ def test_listops_config_learns_in_one_epoch(tmp_path, monkeypatch, method):
     assert (summary["in_channels"], summary["image_size"]) == (len(LISTOPS_TOKENS), 64)
     majority = torch.bincount(small.train_y).max().item() / len(small.train_y)
     assert summary["train_acc"] > majority + 0.05  # measured: 0.24 for both methods, majority 0.12
+
+
+def test_a_token_model_is_built_from_its_vocabulary_and_length_by_name():
+    with pytest.raises(ConfigError, match="vocab_size= and seq_len="):
+        build_model("text-transformer", in_channels=16, image_size=64)  # image fields do not stand in for tokens
+    model = build_model("text-transformer", vocab_size=20, seq_len=48)
+    assert model.embed.num_embeddings == 20 and model.pos_embed.num_embeddings == 48

@@ -201,7 +201,7 @@ def test_a_run_killed_inside_an_epoch_resumes_to_the_same_result(tmp_path, one_t
     assert [e["step"] for e in meta["schedule"]][-1] == 35  # the IteRand step of step 35 is in it
     assert len(metrics(tmp_path / "r")) == 1 and not (tmp_path / "r" / "summary.json").exists()
 
-    # the same process path as the command line's (which only adds an allocator setting, see supermask.run.compat)
+    # the same process path as the command line's (which only adds an allocator setting, see supermask.compat)
     run(config(tmp_path / "r", **keys), resume=True, progress=False)
     assert_same_run(tmp_path / "whole", tmp_path / "r")
     assert [m["epoch"] for m in metrics(tmp_path / "r")] == [1, 2, 3]

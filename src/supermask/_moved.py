@@ -13,7 +13,7 @@ MOVED = {
     "iterand": "core.iterand", "labels": "core.labels",
     "config": "run.config", "train": "run.train", "checkpoint": "run.checkpoint", "distributed": "run.distributed",
     "trackers": "run.trackers", "lock": "run.lock", "rundir": "run.rundir", "schedule": "run.schedule",
-    "progress": "run.progress", "allocator": "run.compat", "configs": "run.configs",
+    "progress": "run.progress", "allocator": "compat", "configs": "run.configs",
     "codec": "export.codec", "landscape": "analysis.landscape", "plots": "analysis.plots",
     "together": "multi.together", "study": "multi.study", "sweep": "multi.sweep", "stats": "multi.stats",
     "reuse": "multi.reuse",

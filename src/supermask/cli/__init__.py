@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as the program, not called from Python: this process is ours to tune
         from supermask.multi.worker import die_with_parent
-        from supermask.run.compat import keep_freed_memory
+        from supermask.compat import keep_freed_memory
 
         keep_freed_memory()
         die_with_parent()  # a sweep's worker ends with its sweep

@@ -396,7 +396,7 @@ def score_parameters(model: nn.Module) -> list[nn.Parameter]:
 def random_weight(layer: nn.Module, p: ScoredWeight | str | None = None) -> Tensor:
     """The frozen random tensor underneath a masked weight: the layer's `weight`, or the parameter that `p` (a
     parametrization from `masked_layers`, or a parameter name) computes."""
-    name = "weight" if p is None else p if isinstance(p, str) else getattr(p, "param_name", "weight")
+    name = "weight" if p is None else p if isinstance(p, str) else p.param_name
     return layer.parametrizations[name].original
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from supermask.core.convert import masked_layers, random_weight
-from supermask.core.init import RELU_GAIN, draw_weight, generator
+from supermask.core.init import draw_weight, generator
 from supermask.errors import ConfigError
 
 
@@ -31,7 +31,7 @@ def rerandomize_(model: nn.Module, rate: float, seed: int) -> dict[str, int]:
         if p.weight_init is None:
             raise ConfigError(f"layer {name} kept its own weights (weight_init=keep): IteRand has no init to redraw from")
         kind, keep_fraction = p.weight_init
-        fan, gain = getattr(p, "init_fan", (None, RELU_GAIN))  # the layer's own fan-in (see convert)
+        fan, gain = p.init_fan  # the layer's own fan-in (see convert)
         weight = random_weight(layer, p)
         coin = torch.rand(weight.shape, generator=generator(seed, f"iterand-coin/{name}")) < rate
         redraw = (coin.to(weight.device) & ~p.mask())

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from supermask.core import mask as mask_lib
-from supermask.core.init import draw_scores
+from supermask.core.init import RELU_GAIN, draw_scores
 from supermask.errors import ConfigError
 
 DENSE = "dense"  # the weight-trained baseline: no parametrization, so no entry in the registry
@@ -43,7 +43,12 @@ class ScoredWeight(nn.Module):
         super().__init__()
         self.scores = nn.Parameter(scores)
         self.prune_rate = float(prune_rate)
-        self.weight_init: tuple[str, float] | None = None  # (kind, keep fraction of the fan), set by convert
+        # Set by convert: the parameter it computes (a layer's `weight`, attention's `in_proj_weight`, ...), how its
+        # random values were drawn (kind, fan scale; None: given, not drawn) and its (fan_in, gain), which IteRand
+        # redraws from.
+        self.param_name = "weight"
+        self.weight_init: tuple[str, float] | None = None
+        self.init_fan: tuple[float | None, float] = (None, RELU_GAIN)
         self._mask: Tensor | None = None
         self._mask_of: tuple[Tensor, float] | None = None  # (a copy of the scores, the prune rate) it was made from
         self._weight: Tensor | None = None

@@ -20,7 +20,8 @@ and augmentation, `load` for `load_dataset`; this package re-exports the public 
 """
 
 from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir, split_sha256
-from .batches import (ReplacedCount, augment_batch, check_augment, eval_batches, is_streamed, normalize, on_device,
+from .batches import (ReplacedCount, augment_batch, check_augment, eval_batches, is_streamed, model_inputs, normalize,
+                      on_device,
                       preprocessing, train_batches, train_steps)
 from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
 from .download import download_file
@@ -51,6 +52,7 @@ __all__ = [
     "generate_listops",
     "listops_value",
     "load_dataset",
+    "model_inputs",
     "normalize",
     "on_device",
     "parse_idx",

@@ -70,6 +70,11 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.train_x.shape[1 if self.tokens else 2])
 
+    @property
+    def seq_len(self) -> int:
+        """The length of a token sequence (token data only)."""
+        return int(self.train_x.shape[1])
+
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "

@@ -38,6 +38,14 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x.to(torch.float32) / 255.0 - m) / s
 
 
+def model_inputs(ds: Dataset | StreamDataset | ShardDataset) -> dict[str, int]:
+    """What a model is built from for this data (`supermask.models.build_model`): the classes, and the images'
+    channels and size, or the tokens' vocabulary and sequence length."""
+    if ds.tokens:
+        return {"num_classes": ds.num_classes, "vocab_size": ds.vocab_size, "seq_len": ds.seq_len}
+    return {"num_classes": ds.num_classes, "in_channels": ds.in_channels, "image_size": ds.image_size}
+
+
 def preprocessing(ds: Dataset | StreamDataset | ShardDataset) -> dict[str, Any]:
     """What turns a picture into the model's input, as a deployment must repeat it: channel order, the size and how
     an image is brought to it (the whole image resized to it, as sets held in memory are read; or streamed sets'

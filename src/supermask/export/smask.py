@@ -120,8 +120,10 @@ def _brief(value: Any) -> str:
 
 
 def _architecture(header: dict) -> nn.Module:
-    return build_model(header["model"], num_classes=header["num_classes"], in_channels=header["in_channels"],
-                       image_size=header["image_size"], width=header["width"])
+    # The file records a token model's vocabulary size and sequence length in in_channels and image_size.
+    shape = ({"vocab_size": header["in_channels"], "seq_len": header["image_size"]} if header["model"] in TOKEN_MODELS
+             else {"in_channels": header["in_channels"], "image_size": header["image_size"]})
+    return build_model(header["model"], num_classes=header["num_classes"], width=header["width"], **shape)
 
 
 def _skeleton(header: dict) -> nn.Module:

@@ -13,37 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from supermask.compat import Flatten, StridedPointwise
 from supermask.errors import ConfigError
-
-
-class _ContiguousKeepGradLayout(torch.autograd.Function):
-    """x.contiguous(), whose gradient goes back in x's own layout. Flattening a channels-last activation otherwise
-    hands the max-pool before it a channels-first gradient, and its CPU backward then converts every 4-D tensor
-    it touches (measured: 2 copies of 8M floats per Conv-2 step, 10% of the step)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ARG004
-        x = inputs[0]
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
-
-
-class Flatten(nn.Flatten):
-    """nn.Flatten that keeps a channels-last network's gradients channels-last (see above)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
-            x = _ContiguousKeepGradLayout.apply(x)
-        return super().forward(x)
 
 
 def _scaled(n: int, width: float) -> int:
@@ -92,16 +63,6 @@ def small_conv(*, num_classes: int = 10, in_channels: int = 1, image_size: int =
         Flatten(), nn.Linear(c * side * side, hidden, bias=False), nn.ReLU(inplace=True),
         nn.Linear(hidden, num_classes, bias=False),
     )
-
-
-class StridedPointwise(nn.Conv2d):
-    """A strided 1x1 convolution (a ResNet shortcut), computed as a stride-1 one on the subsampled input: the same
-    sums, and it steers clear of a heap corruption in oneDNN's channels-last weight gradient of strided 1x1
-    convolutions on one thread (torch 2.13, seen at 4 -> 8 channels: ResNet-18 width 1/16 in a sweep worker)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sh, sw = self.stride
-        return nn.functional.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias, 1, 0, self.dilation, self.groups)
 
 
 def _norm(c: int) -> nn.BatchNorm2d:
@@ -268,11 +229,9 @@ class TextTransformer(nn.Module):
         return self.head((x * keep).sum(1) / keep.sum(1).clamp_min(1))
 
 
-def text_transformer(*, num_classes: int = 10, in_channels: int = 16, image_size: int = 128,
+def text_transformer(*, num_classes: int = 10, vocab_size: int = 16, seq_len: int = 128,
                      width: float = 1.0) -> TextTransformer:
-    """TextTransformer for token data, whose Dataset reports the vocabulary size as `in_channels` (a token is a
-    one-hot vector of that many channels) and the sequence length as `image_size`."""
-    return TextTransformer(num_classes=num_classes, vocab_size=in_channels, max_len=image_size, width=width)
+    return TextTransformer(num_classes=num_classes, vocab_size=vocab_size, max_len=seq_len, width=width)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -291,8 +250,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 TOKEN_MODELS = frozenset({"text-transformer"})
 
 
-def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:
-    """Build a registered architecture for the given input shape and number of classes."""
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                vocab_size: int | None = None, seq_len: int | None = None, width: float = 1.0) -> nn.Module:
+    """Build a registered architecture for the given number of classes and input: images of `in_channels` and
+    `image_size` pixels, or, for the token models (TOKEN_MODELS), sequences of `seq_len` ids below `vocab_size`
+    (`supermask.data.model_inputs(ds)` gives the ones a dataset holds)."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     if not width > 0:
@@ -301,4 +263,8 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
     # state, so that weights `convert` does not redraw (attention's in_proj, embeddings) agree between runs too.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
+        if name in TOKEN_MODELS:
+            if vocab_size is None or seq_len is None:
+                raise ConfigError(f"model {name} reads token sequences: build it with vocab_size= and seq_len=")
+            return MODELS[name](num_classes=num_classes, vocab_size=vocab_size, seq_len=seq_len, width=width)
         return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)

@@ -265,8 +265,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     check_model_fits_data(first.model, ds)
     check_model_size(first, ds, device, runs=len(cfgs))
     models = [place(build(cfg, ds), cfg, device) for cfg in cfgs]
-    template = place(build_model(first.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                                 image_size=ds.image_size, width=first.width), first, device)
+    template = place(build_model(first.model, width=first.width, **data_lib.model_inputs(ds)), first, device)
     template.requires_grad_(False)
     ds = data_lib.on_device(ds, device)
     group = Together(models, template, first.method, pick_forward(forward, device, template))

@@ -23,6 +23,7 @@ from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
 from supermask.data.base import looks_like_path
 from supermask.errors import ConfigError
 from supermask.run.configs import builtin_configs
+from supermask.run.recipes import paper_epochs, paper_schedule
 from supermask.models import MODELS
 from supermask.run.trackers import TRACKERS
 
@@ -266,41 +267,6 @@ def _int_range_error(name: str, value: Any) -> str:
 def _choice(name: str, value: str, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
-
-
-# The run length each method shorthand's paper settings were tuned for: CIFAR-10's, and ImageNet's (ResNet-50).
-PAPER_EPOCHS = 250
-IMAGENET_EPOCHS = 100
-
-
-def paper_epochs(model: str, masked: bool = True) -> int:
-    """The papers' run length (what epochs: null means): ResNet-50 is their ImageNet model, trained 100 epochs;
-    CIFAR mask searches 250 and dense baselines 100."""
-    return IMAGENET_EPOCHS if model == "resnet50" or not masked else PAPER_EPOCHS
-
-
-def paper_schedule(alias: str, model: str) -> dict[str, Any]:
-    """The schedule settings the IWR paper used for `alias` on `model` (CIFAR-10, 250 epochs; ResNet-50: ImageNet,
-    EP+IWR 100 epochs, Biprop+IWR 150)."""
-    imagenet = model == "resnet50"
-    if alias == "edge-popup+iwr":
-        # The paper gives no ImageNet EP+IWR period: ResNet-50 takes its wider nets' F 10, r 0.2 (Conv-6, ResNet-18),
-        # which are also its ImageNet Biprop+IWR settings.
-        wide = model in ("conv6", "resnet18", "resnet50")
-        out: dict[str, Any] = {"method": "edge-popup", "iwr_every": 10 if wide else 3, "iwr_rate": 0.2 if wide else 0.1}
-        if imagenet:
-            out.update(epochs=IMAGENET_EPOCHS)
-        return out
-    if alias == "biprop+iwr":
-        out = {"method": "biprop", "iwr_every": 10, "iwr_rate": 0.2}
-        if model == "resnet18":
-            out.update(iwr_warmup=50, epochs=200)
-        if imagenet:
-            out.update(iwr_warmup=40, epochs=150)
-        return out
-    if alias == "iterand":
-        return {"method": "edge-popup", "iterand_every_steps": 1000 if imagenet else 300, "iterand_rate": 0.1}
-    raise AssertionError(alias)
 
 
 def _apply_preset(cfg: Config, alias: str, explicit: set[str]) -> None:

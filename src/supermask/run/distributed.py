@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from supermask.core.convert import masked_layers, random_weight
+from supermask.compat import unambiguous_strides
 from supermask.errors import SupermaskError
 
 
@@ -148,21 +149,6 @@ def stop_if_any_failed(error: BaseException | None, group: Group, device: torch.
         if g[0].item():
             message = bytes(g[1:].tolist()).rstrip(b"\0").decode(errors="replace")
             raise SupermaskError(f"process {rank} failed during set-up: {message}")
-
-
-def unambiguous_strides(model: nn.Module) -> None:
-    """Give every parameter and buffer that is contiguous its canonical row-major strides, in place.
-
-    A channels-last tensor with a dimension of size 1 (a 1x1 kernel, a 1-channel input layer) is also
-    contiguous, but keeps strides such as (16, 1, 16, 16) where the row-major ones are (16, 1, 1, 1). The
-    gradients of such a layer come back row-major, so DDP warned ("Grad strides do not match bucket view
-    strides") and copied them every step, and the gloo CPU reducer corrupted the heap on these strides (a
-    channels-last ResNet-18 aborted in its first backward with torch 2.13). Both layouts are the same memory
-    order, so nothing else changes: the layers still compute channels-last.
-    """
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.is_contiguous() and t.stride() != torch.empty(t.shape, device="meta").stride():
-            t.data = t.data.clone(memory_format=torch.contiguous_format)
 
 
 def wrap(model: nn.Module, group: Group, device: torch.device) -> nn.Module:

@@ -128,8 +128,7 @@ def check_model_size(cfg: Config, ds: data_lib.Dataset, device: torch.device, ru
     parameters on the meta device, where nothing is allocated."""
     try:
         with torch.device("meta"):
-            skeleton = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                                   image_size=ds.image_size, width=cfg.width)
+            skeleton = build_model(cfg.model, width=cfg.width, **data_lib.model_inputs(ds))
         params = sum(p.numel() for p in skeleton.parameters())
     except (RuntimeError, OverflowError, TypeError, ValueError):  # a size beyond int64, or a tensor beyond torch
         raise ConfigError(f"width={cfg.width:g} makes model={cfg.model} too large for torch to describe: choose a "
@@ -149,8 +148,7 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
     check_model_fits_data(cfg.model, ds)
     if cfg.init_from:
         check_same_input(Path(cfg.init_from), ds, "init_from: ")
-    model = build_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                        image_size=ds.image_size, width=cfg.width)
+    model = build_model(cfg.model, width=cfg.width, **data_lib.model_inputs(ds))
     if cfg.init_from:
         # Search masks over a dense run's trained weights instead of random ones (weight_init is "keep").
         load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
@@ -314,8 +312,10 @@ def speed(images: float, seconds: float, waited: float) -> dict[str, float]:
 def _forward(net: nn.Module, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
     try:
         return net(x).float()
-    except ValueError as e:  # BatchNorm's check, raised where a batch slice meets a 1x1 feature map
-        if "more than 1 value per channel" not in str(e):
+    except ValueError:
+        # A one-image slice through training BatchNorm fails where a feature map is 1x1 (BatchNorm's own check);
+        # told by its cause, not by the error's wording.
+        if len(x) != 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules()):
             raise
         raise ConfigError(f"epoch {epoch + 1} step {step + 1}: BatchNorm got one value per channel ({len(x)} image(s) "
                           "in this process's slice of the batch, on a 1x1 feature map); choose a batch_size that "
