@@ -50,12 +50,9 @@ def assert_same_tensors(a, b):
 # resume
 
 
-@pytest.mark.parametrize("method", ["edge-popup", "biprop", "dense"])
-def test_resume_after_a_kill_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
-    a, b = tmp_path / "a", tmp_path / "b"
-    summary_a = run(config(a, method=method), progress=False)
-
-    # Kill B in the middle of epoch 2 (0-based epoch 1), after some optimizer steps changed the model in memory.
+def kill_in_epoch_2(monkeypatch) -> None:
+    """Make training raise KeyboardInterrupt 5 batches into epoch 2 (0-based epoch 1), as a kill there would stop
+    it, after some optimizer steps changed the model in memory."""
     real_batches = supermask.data.train_batches
 
     def killed_in_epoch_2(*args, **kwargs):
@@ -65,6 +62,14 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(method, tmp_path, monke
             yield batch
 
     monkeypatch.setattr(supermask.data, "train_batches", killed_in_epoch_2)
+
+
+@pytest.mark.parametrize("method", ["edge-popup", "biprop", "dense"])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    summary_a = run(config(a, method=method), progress=False)
+
+    kill_in_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(config(b, method=method), progress=False)
     monkeypatch.undo()
@@ -274,15 +279,7 @@ def test_an_epochs_accuracy_measures_the_network_saved_after_its_recycling(tmp_p
 def test_eval_of_a_run_killed_inside_an_epoch_states_where_and_compares_nothing(tmp_path, monkeypatch):
     """A checkpoint 5 batches into epoch 2 holds a network no evaluation measured: eval says where it is and gives no
     recorded accuracy to compare with (epoch 1's measured another network); at an epoch's end it gives that epoch's."""
-    real_batches = supermask.data.train_batches
-
-    def killed_in_epoch_2(*args, **kwargs):
-        for step, batch in enumerate(real_batches(*args, **kwargs)):
-            if kwargs["epoch"] == 1 and step == 5:
-                raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(supermask.data, "train_batches", killed_in_epoch_2)
+    kill_in_epoch_2(monkeypatch)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):  # 23 steps an epoch: steps 24, 26, 28 checkpoint, the last after 5 batches
         run(config(out, checkpoint_every_steps=2), progress=False)

@@ -94,3 +94,12 @@ class _StraightThrough(torch.autograd.Function):
 def straight_through(magnitudes: Tensor, mask: Tensor) -> Tensor:
     """`mask` as a float tensor whose gradient flows unchanged into `magnitudes` (the STE of Edge-Popup)."""
     return _StraightThrough.apply(magnitudes, mask)
+
+
+def scored_mask(scores: Tensor, prune_rate: float, members: bool = False) -> Tensor:
+    """The top-k mask of |scores| as a float tensor; with autograd on, its gradient reaches the scores through |.|
+    (straight-through: dL/dS = dL/dM * sign(S)). With `members`, `scores` is a stack (N, *shape) of N runs' layers,
+    each masked on its own. Every method's layer and every stack of runs trained together computes its mask here."""
+    magnitudes = scores.abs()
+    hard = (topk_masks if members else topk_mask)(magnitudes.detach(), prune_rate)
+    return straight_through(magnitudes, hard) if torch.is_grad_enabled() else hard.to(scores.dtype)

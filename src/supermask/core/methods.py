@@ -68,9 +68,7 @@ class ScoredWeight(nn.Module):
         if torch.is_grad_enabled():
             # Training: the scores change at every step, so nothing is cached (and a compiled step has no
             # Python state to guard on). One |S| serves the mask and the gradient path.
-            magnitudes = self.scores.abs()
-            mask = mask_lib.topk_mask(magnitudes.detach(), self.prune_rate)
-            return self.effective_weight(weight, mask_lib.straight_through(magnitudes, mask))
+            return self.effective_weight(weight, mask_lib.scored_mask(self.scores, self.prune_rate))
         if torch.compiler.is_compiling():
             # A compiled forward cannot keep Python-side caches without guarding (and recompiling) on them: it
             # computes the mask every call, as training does.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 from supermask import data as data_lib
 from supermask.core.convert import masked_layers, random_weight
-from supermask.core.mask import straight_through, topk_masks
+from supermask.core.mask import scored_mask
 from supermask.errors import ConfigError
 from supermask.multi import FORWARDS
 from supermask.models import build_model
@@ -104,9 +103,7 @@ class Together:
         call its model makes alone, so reductions (Biprop's alpha) run in the same order and agree bit for bit."""
         out = []
         for scores, weights, rate in zip(self.scores, self.weights, self.prune_rates):
-            magnitudes = scores.abs()
-            masks = topk_masks(magnitudes.detach(), rate)
-            mask = straight_through(magnitudes, masks) if torch.is_grad_enabled() else masks.to(weights.dtype)
+            mask = scored_mask(scores, rate, members=True)  # as each run's layer computes its own
             if self.forward_kind == "vmap":
                 out.append(self.combine(weights, mask, members=True))
             else:
@@ -319,7 +316,7 @@ def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, 
     first = cfgs[0]
     n = len(cfgs)
     epoch0, step = states[0]["epoch"], states[0]["step"]
-    steps_per_epoch = math.ceil(len(ds.train_y) / first.batch_size)
+    steps_per_epoch = data_lib.train_steps(ds, first.batch_size)  # one rule for every loop (held in memory here)
     live = is_live(progress)  # a bar on a terminal, else a plain line per epoch (see supermask.run.progress)
     bar = tqdm(total=first.epochs * steps_per_epoch, initial=epoch0 * steps_per_epoch, disable=not live,
                unit="step", dynamic_ncols=True, leave=False)
