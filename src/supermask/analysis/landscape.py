@@ -24,6 +24,7 @@ import torch
 from supermask.core.labels import labels_from_shapes
 from supermask.errors import ConfigError
 from supermask.run.checkpoint import load_tensors, read_json
+from supermask.run.files import MASKS, SUMMARY
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 TOTAL = "total"
@@ -138,7 +139,7 @@ class Run:
 
 def check_finished(path: str | Path) -> None:
     """compare, path and norms read finished runs only: those with a summary.json, which a run writes last."""
-    if not (Path(path) / "summary.json").is_file():
+    if not (Path(path) / SUMMARY).is_file():
         raise ConfigError(f"{path} is not a finished run (no summary.json); finish it first "
                           f"(supermask train ... out_dir={path} --resume)")
 
@@ -146,14 +147,14 @@ def check_finished(path: str | Path) -> None:
 def load_run(path: str | Path) -> Run:
     path = Path(path)
     check_finished(path)
-    masks_file = path / "masks.safetensors"
+    masks_file = path / MASKS
     if not masks_file.is_file():
         raise ConfigError(f"{path} has no masks.safetensors; is it a finished supermask run?")
     tensors, meta = load_tensors(masks_file)
     if not tensors:
         raise ConfigError(f"{path} holds no masks (a dense run?); only mask searches can be compared")
     tensors = {name: tensors[name] for name in layer_order(tensors, meta)}
-    summary_file = path / "summary.json"
+    summary_file = path / SUMMARY
     summary = read_json(summary_file) if summary_file.is_file() else {}
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     return Run(path.name, path, pack(tensors), shapes, summary, recorded_labels(shapes, meta))
@@ -284,10 +285,10 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path, *, plots: 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "pairs.csv", rows, ["run_a", "run_b", "layer", "label", "matching", "jaccard",
                                             "chance_matching", "chance_jaccard"])
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / SUMMARY, summary)
     if plots:
         from supermask.analysis import plots as plots_lib
 
         summary["plots"] = plots_lib.draw_landscape(runs, rows, summary, out_dir)
-        write_json(out_dir / "summary.json", summary)
+        write_json(out_dir / SUMMARY, summary)
     return summary

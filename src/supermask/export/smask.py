@@ -38,6 +38,7 @@ from supermask.export import codec
 from supermask.models import MODELS, TOKEN_MODELS, build_model
 from supermask.run.checkpoint import atomic_write_bytes, load_checkpoint, read_json
 from supermask.run.config import FIELDS, make_config, recorded_config
+from supermask.run.files import CHECKPOINT, CONFIG_FILE, SUMMARY
 
 MAGIC = b"SMASK\x00\r\n"
 VERSION = 2  # 2 added `preprocessing` and `amp`
@@ -145,11 +146,11 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     """Write the finished run in `run_dir` as a `.smask` file; returns a size report."""
     run_dir = Path(run_dir)
     check_output(path, "the .smask file")
-    summary_file = run_dir / "summary.json"
+    summary_file = run_dir / SUMMARY
     if not summary_file.is_file():
         raise ConfigError(f"{run_dir} is not a finished run (no summary.json)")
     summary = read_json(summary_file)
-    cfg = recorded_config(str(run_dir / "config.yaml"))
+    cfg = recorded_config(str(run_dir / CONFIG_FILE))
     if not cfg.masked:
         raise ConfigError(f"{run_dir} is a dense run: there is no mask to export")
     if cfg.weight_init == "keep":
@@ -179,7 +180,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         header.update(num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size,
                       preprocessing=preprocessing(ds))
     trained = _skeleton(header)
-    load_checkpoint(run_dir / "checkpoint.safetensors", trained)
+    load_checkpoint(run_dir / CHECKPOINT, trained)
     seeded = _skeleton(header)
     seeded_weights = {name: random_weight(layer, p) for name, layer, p in masked_layers(seeded)}
 

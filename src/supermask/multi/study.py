@@ -9,6 +9,7 @@ from typing import Any
 from supermask.errors import ConfigError
 from supermask.multi.reuse import check_reuse, drop_groups
 from supermask.run.config import INT64_MAX, Config, make_config
+from supermask.run.files import CHECKPOINT, SUMMARY
 
 
 def study_configs(base: Config, score_seeds: int, weight_seeds: int = 1) -> list[Config]:
@@ -55,12 +56,12 @@ def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int
     if deleted:
         drop_groups([Path(base.out_dir) / "together"], deleted)
     # Decided before anything trains: afterwards every run has a summary, and all would read as reused.
-    happened = {c.out_dir: _before(c, train.CHECKPOINT) for c in configs}
+    happened = {c.out_dir: _before(c, CHECKPOINT) for c in configs}
     if together:
         happened.update(_train_together(configs, Path(base.out_dir) / "together", forward, progress, log))
     for i, cfg in enumerate(configs, 1):
-        if (Path(cfg.out_dir) / "summary.json").is_file():
-            summary = read_json(Path(cfg.out_dir) / "summary.json")
+        if (Path(cfg.out_dir) / SUMMARY).is_file():
+            summary = read_json(Path(cfg.out_dir) / SUMMARY)
         else:
             summary = train.run(cfg, resume=True, progress=progress)
         log(f"[{i}/{len(configs)}] {cfg.out_dir}: {happened[cfg.out_dir]}, "
@@ -71,7 +72,7 @@ def run_study(source: str | None, overrides: dict[str, Any], *, score_seeds: int
 def _before(cfg: Config, checkpoint: str) -> str:
     """What the study will do with a run, from what its directory holds now."""
     out = Path(cfg.out_dir)
-    if (out / "summary.json").is_file():
+    if (out / SUMMARY).is_file():
         return "reused (finished before)"
     return "resumed from its checkpoint" if (out / checkpoint).is_file() else "trained"
 
@@ -90,7 +91,7 @@ def _train_together(configs: list[Config], group_dir: Path, forward: str, progre
                               "delete it to start over")
         pending = [by_dir[d] for d in started]
     else:
-        pending = [c for c in configs if not (Path(c.out_dir) / "summary.json").is_file()]
+        pending = [c for c in configs if not (Path(c.out_dir) / SUMMARY).is_file()]
     if not pending:
         return {}
     summaries = train_together(pending, group_dir, forward=forward, progress=progress)

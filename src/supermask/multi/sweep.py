@@ -54,6 +54,7 @@ from supermask.run.checkpoint import atomic_write_text, write_csv, write_json
 from supermask.run.config import FIELDS, Config, _coerce, make_config
 from supermask.run.lock import run_lock
 from supermask.run.progress import is_live, log_line
+from supermask.run.files import SUMMARY
 
 SPEC_KEYS = ("base", "set", "grid", "out_dir", "workers", "gpus_per_cell", "retries", "together")
 SEED_KEYS = ("weight_seed", "score_seed", "data_seed")
@@ -79,7 +80,7 @@ class Cell:
 
     @property
     def finished(self) -> bool:
-        return (self.out_dir / "summary.json").is_file()
+        return (self.out_dir / SUMMARY).is_file()
 
 
 @dataclass
@@ -466,7 +467,7 @@ def aggregate(sweep: Sweep) -> dict[str, Any]:
     rows, warnings = [], []
     for cell in sweep.cells:
         if cell.finished:
-            s = json.loads((cell.out_dir / "summary.json").read_text())
+            s = json.loads((cell.out_dir / SUMMARY).read_text())
             row = {"cell": cell.name, **{k: s[k] for k in ROW_KEYS}, **{k: s.get(k) for k in STEP_KEYS}}
             row.update({k: _column(cell.overrides.get(k)) for k in extra})
             idle = idle_schedules(cell_config(sweep, cell), s)

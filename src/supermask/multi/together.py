@@ -40,6 +40,7 @@ from supermask.run import distributed
 from supermask.run.checkpoint import (atomic_write_text, load_optimizer_tensors, load_tensors, optimizer_tensors,
                                       save_checkpoint, save_tensors, write_json)
 from supermask.run.config import Config, dump_yaml, make_config
+from supermask.run.files import CHECKPOINT, CONFIG_FILE
 from supermask.run.lock import LOCK_FILE, run_lock
 from supermask.run.progress import is_live, log_line
 from supermask.run.rundir import check_same_run
@@ -283,7 +284,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
                 if out.exists() and not out.is_dir():
                     raise ConfigError(f"out_dir {out} exists and is not a directory; choose another out_dir")
                 found = {p.name for p in out.iterdir()} - {LOCK_FILE} if out.exists() else set()
-                if found == {"config.yaml"}:  # a group killed before its first checkpoint: start it again
+                if found == {CONFIG_FILE}:  # a group killed before its first checkpoint: start it again
                     check_same_run(cfg, out)
                 elif found:
                     raise ConfigError(f"out_dir {out} already holds a run; finish it alone (supermask train --resume) "
@@ -292,7 +293,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
             states = [new_state() for _ in cfgs]
             try:
                 for cfg in cfgs:
-                    atomic_write_text(Path(cfg.out_dir) / "config.yaml", dump_yaml(cfg))
+                    atomic_write_text(Path(cfg.out_dir) / CONFIG_FILE, dump_yaml(cfg))
             except OSError as e:
                 raise ConfigError(f"cannot create the run directories ({e.strerror or e})") from None
 
@@ -300,7 +301,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
         summaries = []
         for i, (cfg, model, state) in enumerate(zip(cfgs, models, states)):
             out = Path(cfg.out_dir)
-            save_checkpoint(out / "checkpoint.safetensors", model, _member_optimizer(cfg, model, optimizer, group, i), state)
+            save_checkpoint(out / CHECKPOINT, model, _member_optimizer(cfg, model, optimizer, group, i), state)
             summaries.append(_finish(cfg, model, ds, out, state, device, extra={"together": len(cfgs)}))
         ckpt.unlink(missing_ok=True)  # every run's own directory now holds all of it
     return summaries

@@ -26,6 +26,7 @@ from supermask.run.configs import builtin_configs
 from supermask.run.recipes import paper_epochs, paper_schedule
 from supermask.models import MODELS
 from supermask.run.trackers import TRACKERS
+from supermask.run.files import CHECKPOINT, CONFIG_FILE
 
 # Method names of the papers' tables that are a base method plus a schedule, with the paper's settings.
 METHOD_ALIASES = ("edge-popup+iwr", "biprop+iwr", "iterand")
@@ -370,7 +371,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.init_from is not None:
         if not cfg.masked:
             raise ConfigError(f"init_from needs a mask method (edge-popup or biprop), not method={cfg.method}")
-        if not (Path(cfg.init_from) / "checkpoint.safetensors").is_file():
+        if not (Path(cfg.init_from) / CHECKPOINT).is_file():
             raise ConfigError(f"init_from {cfg.init_from!r} is not a run directory with a checkpoint.safetensors")
         _check_init_from(cfg)
         if cfg.weight_init not in (None, "keep"):
@@ -396,7 +397,7 @@ def resolve(cfg: Config) -> Config:
 def _check_init_from(cfg: Config) -> None:
     """init_from takes a dense run's trained weights: refuse a mask-search run (whose checkpoint holds scores, not
     weights) or another architecture by its config.yaml, rather than by the tensor names that would not match."""
-    source = Path(cfg.init_from) / "config.yaml"
+    source = Path(cfg.init_from) / CONFIG_FILE
     if not source.is_file():
         return  # the checkpoint, loaded later, says whether it fits
     raw = read_config_source(str(source))

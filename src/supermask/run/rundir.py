@@ -13,8 +13,8 @@ from pathlib import Path
 
 from supermask.errors import ConfigError
 from supermask.run.config import Config, recorded_config
+from supermask.run.files import CONFIG_FILE
 
-CONFIG_FILE = "config.yaml"
 # Keys that say where a run is or how it executes, never what it computes: where its files go, the trackers it
 # reports to, how many processes decode its batches, how often it checkpoints inside an epoch.
 RESULT_FREE_KEYS = ("out_dir", "logger", "num_workers", "checkpoint_every_steps")

@@ -33,8 +33,8 @@ from supermask.run.progress import StepLines, is_live, log_line
 from supermask.run.rundir import check_same_run
 from supermask.run.schedule import after_step, end_of_epoch, fired_steps, never_fires, step_fires
 from supermask.run.trackers import Trackers, check_available, open_trackers
+from supermask.run.files import CHECKPOINT, CONFIG_FILE, MASKS, METRICS, SCHEDULE, SUMMARY
 
-CHECKPOINT = "checkpoint.safetensors"
 
 
 class TrainingError(SupermaskError):
@@ -97,7 +97,7 @@ def check_model_fits_data(model: str, ds: data_lib.Dataset) -> None:
 def check_same_input(run_dir: Path, ds: data_lib.Dataset, prefix: str = "") -> None:
     """Refuse data of another shape (channels, image size or sequence length, classes) than the run in `run_dir`
     trained on, as its summary.json records, before its checkpoint meets a model it cannot fit."""
-    summary = run_dir / "summary.json"
+    summary = run_dir / SUMMARY
     if not summary.is_file():
         return
     recorded = read_json(summary)
@@ -214,9 +214,9 @@ def record_epoch(state: dict[str, Any], lr: float, train: tuple[float, float], t
 def write_logs(out_dir: Path, state: dict[str, Any]) -> None:
     """metrics.jsonl (and schedule.jsonl), rewritten whole from the state after its checkpoint: a kill between
     the writes cannot duplicate or lose a line."""
-    atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+    atomic_write_text(out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
     if state["schedule"]:
-        atomic_write_text(out_dir / "schedule.jsonl", "".join(json.dumps(r) + "\n" for r in state["schedule"]))
+        atomic_write_text(out_dir / SCHEDULE, "".join(json.dumps(r) + "\n" for r in state["schedule"]))
 
 
 def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -473,7 +473,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
                 out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror or e})") from None
-            atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+            atomic_write_text(out_dir / CONFIG_FILE, dump_yaml(cfg))
         except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
             failure = e
     distributed.stop_if_any_failed(failure, group, device)
@@ -564,7 +564,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         found = masks(model)
         # safetensors stores tensors sorted by name; the metadata keeps the layers' order in the model and their
         # readable labels (see supermask.core.labels)
-        save_tensors(out_dir / "masks.safetensors", found, {"model": cfg.model, "width": cfg.width, "method": cfg.method,
+        save_tensors(out_dir / MASKS, found, {"model": cfg.model, "width": cfg.width, "method": cfg.method,
                                                             "prune_rate": cfg.prune_rate, "layers": list(found),
                                                             "labels": layer_labels(model)})
     final = state["history"][-1]
@@ -596,7 +596,7 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
     if isinstance(getattr(model, "supermask_report", None), Report):  # what convert masked, froze or trained
         summary["convert"] = model.supermask_report.to_dict()
     if group.main:
-        write_json(out_dir / "summary.json", summary)
+        write_json(out_dir / SUMMARY, summary)
     distributed.barrier(group)  # the run's files are complete when any process returns
     return summary
 
@@ -606,9 +606,9 @@ def load_run_model(run_dir: str | Path, *, device: str = "auto",
     """(config, dataset, model with the run's last checkpoint, checkpoint metadata) of a run directory; `data`
     may override where the dataset is found (`dataset`, `data_dir`)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = recorded_config(str(run_dir / "config.yaml"), {"device": device, **(data or {})})
+    cfg = recorded_config(str(run_dir / CONFIG_FILE), {"device": device, **(data or {})})
     ds = load_data(cfg)
     check_model_fits_data(cfg.model, ds)  # the clearer reason first
     check_same_input(run_dir, ds)
@@ -649,7 +649,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | No
     replaced = data_lib.ReplacedCount()
     loss, acc = evaluate(model, ds, cfg.eval_batch_size, pick_device(cfg.device), amp=cfg.amp, replaced=replaced)
     total, kept = parameter_counts(model)
-    summary_file = Path(run_dir) / "summary.json"
+    summary_file = Path(run_dir) / SUMMARY
     recorded = read_json(summary_file) if summary_file.is_file() else {}
     return {"run": str(run_dir), **checkpoint_position(meta), "test_loss": loss, "test_acc": acc,
             "params_total": total, "params_kept": kept, **data_check(ds, recorded, replaced)}

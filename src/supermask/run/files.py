@@ -1,0 +1,8 @@
+"""The files of a run directory, by name: where `supermask train` writes and everything else reads them."""
+
+CONFIG_FILE = "config.yaml"  # the resolved config, written when the run starts
+CHECKPOINT = "checkpoint.safetensors"  # the source of truth: model, optimizer and the run's state
+METRICS = "metrics.jsonl"  # one line per epoch
+SCHEDULE = "schedule.jsonl"  # one line per layer changed by an IWR or IteRand step
+MASKS = "masks.safetensors"  # the final masks, written when the run ends
+SUMMARY = "summary.json"  # the final result, written last: a run is finished when it exists
