@@ -31,6 +31,8 @@ VARIANTS = {
     "skip-first": {"method": "biprop", "prune_rate": 0.5, "skip_layers": ["first"], "channels_last": False},
     # the published builders' fan (fan_in * p) and the ablation gradient: the file rebuilds the weights it used
     "published-fan": {"method": "biprop", "prune_rate": 0.9, "scale_fan_by": "pruned", "biprop_grad": "alpha"},
+    # every masked weight from 100 random values: the file stores N, and rebuilds the weights from it
+    "shared-source": {"method": "edge-popup", "prune_rate": 0.5, "weight_source": "shared:100"},
 }
 
 
@@ -66,6 +68,7 @@ def test_rebuild_is_exact(runs, tmp_path, name):
     if name in ("edge-popup+iwr", "biprop+iwr", "iterand"):
         assert any("changed" in e for e in header["layers"])  # what the seed no longer gives back is stored
     assert header.get("scale_fan_by") == ("pruned" if name == "published-fan" else None)  # written only when not the default
+    assert header.get("weight_source") == ("shared:100" if name == "shared-source" else None)
     if name == "edge-popup":
         assert not any("changed" in e for e in header["layers"])
         # plain EP: masks within 1.1x their entropy bound, plus a fixed header of a few hundred bytes per file

@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from supermask.core.init import RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_uniform, draw_weight, fan_scale, generator
+from supermask.core.init import (RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_uniform, draw_weight, fan_scale,
+                                 generator, shared_source, source_size)
 from supermask.core.mask import num_pruned
 from supermask.core.methods import DENSE, ScoredWeight, default_init, get_method, method_names
 from supermask.errors import ConfigError
@@ -254,6 +255,7 @@ def convert(
     include: str | Iterable[str] = (),
     strict: bool = False,
     scale_fan_by: str = "kept",
+    weight_source: str = "full",
     options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
@@ -270,7 +272,8 @@ def convert(
     the report and in a warning; `strict=True` refuses it instead. The report: `report(model)`.
 
     `scale_fan_by` is what the scaled fan multiplies fan_in by: "kept" (1 - p) or "pruned" (p, as the published
-    builders compute it). `options` go to the method's parametrization, e.g. Biprop's score gradient
+    builders compute it). `weight_source="shared:N"` draws every masked weight from one vector of N random values
+    (`supermask.core.init.shared_source`) instead of fresh draws. `options` go to the method's parametrization, e.g. Biprop's score gradient
     `{"grad": "alpha"}` (default "weight", the published code's; see `supermask.core.methods`).
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
@@ -307,6 +310,11 @@ def convert(
     keep_fraction = fan_scale(prune_rate, scale_fan_by) if (scale_fan and masked) else 1.0
     if keep_fraction <= 0:
         raise ConfigError("scale_fan_by=pruned with prune_rate=0 would scale the fan by 0")
+    size = source_size(weight_source)
+    if size is not None and (not masked or weight_init == "keep"):
+        raise ConfigError(f"weight_source={weight_source} draws the random weights of a mask search; method={method}, "
+                          f"weight_init={weight_init} draws none")
+    source = shared_source(weight_seed, size) if size is not None else None
     report = Report(method, float(prune_rate), weight_init, unsupported=unsupported)
 
     if masked:
@@ -322,7 +330,8 @@ def convert(
             if s.fan is not None:
                 fan, gain = s.fan
                 lk = keep_fraction if s.qualname in chosen else 1.0
-                fresh = draw_weight(w.shape, weight_init, seed=weight_seed, name=s.key, keep_fraction=lk, fan=fan, gain=gain)
+                fresh = draw_weight(w.shape, weight_init, seed=weight_seed, name=s.key, keep_fraction=lk, fan=fan, gain=gain,
+                                    source=source if s.qualname in chosen else None)
                 pad = getattr(s.module, "padding_idx", None)
                 if pad is not None:
                     fresh[pad] = 0  # nn.Embedding's padding vector is zero

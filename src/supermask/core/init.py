@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import torch
 from torch import Tensor
+
+from supermask.errors import ConfigError
 
 WEIGHT_INITS = ("signed-constant", "kaiming-normal", "kaiming-uniform")
 # The scaled fan multiplies fan_in by the kept fraction (the papers' text) or by the pruned one (the published
@@ -51,9 +54,12 @@ def weight_std(shape, keep_fraction: float = 1.0, fan: float | None = None, gain
 
 
 def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float = 1.0, fan: float | None = None,
-                gain: float = RELU_GAIN) -> Tensor:
-    """A float32 CPU tensor of random weights of the given kind."""
+                gain: float = RELU_GAIN, source: Tensor | None = None) -> Tensor:
+    """A float32 CPU tensor of random weights of the given kind; with `source` (see `shared_source`), made from its
+    values instead of fresh draws."""
     std = weight_std(shape, keep_fraction, fan, gain)
+    if source is not None:
+        return _from_source(shared_values(source, shape, seed=seed, name=name), kind, std)
     gen = generator(seed, f"weight/{name}")
     if kind == "signed-constant":
         return torch.randn(shape, generator=gen).sign_().mul_(std)
@@ -62,6 +68,48 @@ def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float 
     if kind == "kaiming-uniform":
         bound = math.sqrt(3.0) * std
         return torch.rand(shape, generator=gen).mul_(2 * bound).sub_(bound)
+    raise ValueError(f"unknown weight_init {kind!r}: expected one of {', '.join(WEIGHT_INITS)}")
+
+
+# A random source smaller than the model (PEMN's "random prototype", Bai et al. 2022): weight_source=shared:N draws
+# every masked tensor from one vector of N standard-normal values. Each tensor tiles the vector to its size, takes
+# its own random permutation of that, and scales it to its init. PEMN instead takes one permuted tiling of the
+# largest layer's own weights and gives every layer a prefix of it, at that layer's scale (docs/fidelity.md).
+WEIGHT_SOURCES = "full or shared:N"
+
+
+def source_size(weight_source: str) -> int | None:
+    """N of weight_source=shared:N, None for full; a bad value is refused naming what is allowed."""
+    if weight_source == "full":
+        return None
+    match = re.fullmatch(r"shared:([0-9]+)", weight_source)
+    if not match or int(match[1]) < 1:
+        raise ConfigError(f"weight_source={weight_source!r} is not {WEIGHT_SOURCES} (N an integer >= 1)")
+    return int(match[1])
+
+
+def shared_source(seed: int, size: int) -> Tensor:
+    """The N standard-normal values every masked tensor is drawn from, from the weight seed."""
+    return torch.randn(size, generator=generator(seed, "weight/shared-source"))
+
+
+def shared_values(source: Tensor, shape, *, seed: int, name: str) -> Tensor:
+    """The source tiled to the tensor's size (each value ceil(n / N) or floor(n / N) times), in the tensor's own
+    random order."""
+    n = math.prod(shape)
+    tiled = source.repeat(-(-n // source.numel()))[:n]
+    order = torch.randperm(n, generator=generator(seed, f"weight/{name}/shared-order"))
+    return tiled[order].reshape(shape)
+
+
+def _from_source(values: Tensor, kind: str, std: float) -> Tensor:
+    if kind == "signed-constant":
+        return values.sign().mul_(std)
+    if kind == "kaiming-normal":
+        return values.mul(std)
+    if kind == "kaiming-uniform":  # each normal value through its CDF: uniform on (0, 1), then on (-bound, bound)
+        bound = math.sqrt(3.0) * std
+        return torch.special.ndtr(values).mul_(2 * bound).sub_(bound)
     raise ValueError(f"unknown weight_init {kind!r}: expected one of {', '.join(WEIGHT_INITS)}")
 
 

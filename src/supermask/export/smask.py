@@ -51,7 +51,7 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 
 # The config keys that, with the input shape, rebuild a run's network from its seed.
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
-OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by")  # absent from files written before they existed
+OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source")  # absent from files written before they existed
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ IMAGE_FIELDS = ("channel_order", "image_size", "resize", "scale", "mean", "std")
 HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num_classes": COUNT,
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
-          "include_params?": NAMES, "scale_fan_by?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
+          "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
           "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
           "tensors": [TENSOR],
@@ -133,7 +133,7 @@ def _skeleton(header: dict) -> nn.Module:
     model = convert(_architecture(header), header["method"], header["prune_rate"], weight_init=header["weight_init"],
                     scale_fan=header["scale_fan"], weight_seed=header["weight_seed"],
                     skip=header["skip_layers"] + header.get("skip_params", []), include=header.get("include_params", []),
-                    scale_fan_by=header.get("scale_fan_by", "kept"))
+                    scale_fan_by=header.get("scale_fan_by", "kept"), weight_source=header.get("weight_source", "full"))
     return model.to(memory_format=torch.channels_last) if header.get("channels_last") else model
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS
+from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
 from supermask.core.methods import BIPROP_GRADS, default_init, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
 from supermask.data.base import looks_like_path
@@ -49,6 +49,9 @@ class Config:
     scale_fan_by: str = _opt("kept", "what the scaled fan multiplies fan_in by: kept (the keep fraction 1 - p, as the "
                                      "papers write it) or pruned (p, what the published builders compute, their "
                                      "prune_rate being the kept fraction); the two agree at p = 0.5")
+    weight_source: str = _opt("full", "where a mask search's random weights come from: full (a fresh draw per weight) "
+                                      "or shared:N (every masked tensor tiled from one vector of N random values, "
+                                      "each in its own order, scaled to its init)")
     biprop_grad: str | None = _opt(None, "biprop's score gradient: weight (the published code's, dL/dW_eff * W * sign(S)) "
                                          "or alpha (dL/dW_eff * alpha * sign(W) * sign(S), an ablation) [default: weight "
                                          "for biprop; only biprop takes it]")
@@ -377,6 +380,10 @@ def resolve(cfg: Config) -> Config:
         if cfg.weight_init not in (None, "keep"):
             raise ConfigError(f"init_from keeps the dense run's weights; weight_init={cfg.weight_init!r} contradicts it")
         cfg.weight_init = "keep"
+    if source_size(cfg.weight_source) is not None and (not cfg.masked or cfg.weight_init == "keep"):
+        has = "init_from's trained weights" if cfg.weight_init == "keep" else f"method={cfg.method}"
+        raise ConfigError(f"weight_source={cfg.weight_source} draws the random weights of a mask search; {has} "
+                          "draws none")
     weight_init, scale_fan = default_init(cfg.method)  # declared once, by the method
     if cfg.weight_init is None:
         cfg.weight_init = weight_init

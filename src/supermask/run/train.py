@@ -154,7 +154,7 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
         load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
     return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
-                   include=cfg.include_params, scale_fan_by=cfg.scale_fan_by,
+                   include=cfg.include_params, scale_fan_by=cfg.scale_fan_by, weight_source=cfg.weight_source,
                    options=get_method(cfg.method).options_from(cfg) if cfg.masked else None)
 
 
