@@ -74,7 +74,7 @@ def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float 
 # A random source smaller than the model (PEMN's "random prototype", Bai et al. 2022): weight_source=shared:N draws
 # every masked tensor from one vector of N standard-normal values. Each tensor tiles the vector to its size, takes
 # its own random permutation of that, and scales it to its init. PEMN instead takes one permuted tiling of the
-# largest layer's own weights and gives every layer a prefix of it, at that layer's scale (docs/fidelity.md).
+# largest layer's own weights and gives every layer a prefix of it, at that largest layer's scale (README).
 WEIGHT_SOURCES = "full or shared:N"
 
 
