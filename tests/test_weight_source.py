@@ -18,9 +18,13 @@ def test_a_tensor_holds_each_source_value_as_often_as_its_size_allows():
     source = torch.tensor([0.5, -1.0, 2.0, -0.25])
     values = shared_values(source, (3, 4), seed=0, name="a")  # 12 = 3 x 4: each value exactly 3 times
     assert Counter(values.flatten().tolist()) == {0.5: 3, -1.0: 3, 2.0: 3, -0.25: 3}
-    ten = shared_values(source, (10,), seed=0, name="b")  # 10 = 2 x 4 + 2: the first two values once more
-    assert Counter(ten.tolist()) == {0.5: 3, -1.0: 3, 2.0: 2, -0.25: 2}
+    ten = Counter(shared_values(source, (10,), seed=0, name="b").tolist())  # 10 = 2 x 4 + 2: two values once more
+    assert set(ten) == set(source.tolist()) and sorted(ten.values()) == [2, 2, 3, 3]
     assert not torch.equal(values.flatten()[:10], shared_values(source, (3, 4), seed=0, name="c").flatten()[:10])
+    # a tensor smaller than the source takes n distinct values, its own: two such tensors do not share them all
+    wide = torch.arange(100.0)
+    a, b = (set(shared_values(wide, (10,), seed=0, name=k).tolist()) for k in ("a", "b"))
+    assert len(a) == len(b) == 10 and a != b
 
 
 @pytest.mark.parametrize("kind", ["signed-constant", "kaiming-normal", "kaiming-uniform"])

@@ -72,8 +72,8 @@ def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float 
 
 
 # A random source smaller than the model (PEMN's "random prototype", Bai et al. 2022): weight_source=shared:N draws
-# every masked tensor from one vector of N standard-normal values. Each tensor tiles the vector to its size, takes
-# its own random permutation of that, and scales it to its init. PEMN instead takes one permuted tiling of the
+# every masked tensor from one vector of N standard-normal values. Each tensor tiles the vector, in an order of its
+# own, to its size, puts the values in its own random positions, and scales them to its init. PEMN instead takes one permuted tiling of the
 # largest layer's own weights and gives every layer a prefix of it, at that largest layer's scale (README).
 WEIGHT_SOURCES = "full or shared:N"
 
@@ -94,12 +94,14 @@ def shared_source(seed: int, size: int) -> Tensor:
 
 
 def shared_values(source: Tensor, shape, *, seed: int, name: str) -> Tensor:
-    """The source tiled to the tensor's size (each value ceil(n / N) or floor(n / N) times), in the tensor's own
-    random order."""
-    n = math.prod(shape)
-    tiled = source.repeat(-(-n // source.numel()))[:n]
-    order = torch.randperm(n, generator=generator(seed, f"weight/{name}/shared-order"))
-    return tiled[order].reshape(shape)
+    """The source tiled to the tensor's n values in the tensor's own random order: each value ceil(n / N) or
+    floor(n / N) times (which ones get the extra copy, or for n < N which n values it takes, is the tensor's own
+    random draw, so layers smaller than the source do not all take the same values)."""
+    gen = generator(seed, f"weight/{name}/shared-order")
+    n, size = math.prod(shape), source.numel()
+    picked = source[torch.randperm(size, generator=gen)]
+    tiled = picked.repeat(-(-n // size))[:n]
+    return tiled[torch.randperm(n, generator=gen)].reshape(shape)
 
 
 def _from_source(values: Tensor, kind: str, std: float) -> Tensor:
