@@ -197,3 +197,16 @@ def test_a_biprop_row_recorded_before_biprop_grad_is_not_todays_biprop():
     del old["biprop_grad"]  # a row written before the published gradient became the default
     assert paper_table.difference({"config": old}, cfg) == "biprop_grad='alpha' there, biprop_grad='weight' now"
     assert paper_table.difference({"config": {**old, "biprop_grad": "weight"}}, cfg) is None
+
+
+def test_the_shared_source_table_pairs_each_n_with_full_by_seed():
+    shared_source = _benchmark("shared_source")
+    rows = [{"method": "edge-popup", "weight_source": src, "seed": seed, "test_acc": acc}
+            for src, accs in (("shared:10", (0.50, 0.52)), ("full", (0.60, 0.61)), ("shared:1000", (0.59, 0.62)))
+            for seed, acc in zip((0, 1), accs)]
+    assert shared_source.source_order(rows) == ["full", "shared:1000", "shared:10"]
+    table = shared_source.markdown(rows, total=2000)
+    assert "| shared:1000 | 0.5 | 60.50 ±" in table
+    # paired by seed: (50 - 60, 52 - 61) = (-10, -9), mean -9.5
+    assert "| edge-popup | shared:10 - full | -9.50 ± " in table
+    assert "| edge-popup | shared:1000 - full | +0.00 ± " in table  # (59 - 60, 62 - 61)
