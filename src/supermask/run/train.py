@@ -368,7 +368,7 @@ def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, stat
         if events:
             state["schedule"] += events
             trackers.schedule(events)
-            distributed.check_agreement(model, group, f"the IteRand step at step {state['step']}")
+            distributed.check_agreement(model, group, f"the schedule after step {state['step']}")
         sums[0] += loss.detach() * per_sample
         sums[1] += (logits.detach().argmax(1) == y).sum()
         sums[2] += len(y)
