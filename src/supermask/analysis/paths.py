@@ -38,6 +38,9 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
     check_finished(run_b)
     cfg_a, ds, model, _ = load_run_model(run_a, device=device)
     cfg_b, _, model_b, _ = load_run_model(run_b, device=device)
+    if "global" in (cfg_a.prune_scope, cfg_b.prune_scope):
+        raise ConfigError("a mask path keeps floor(p n) of each layer's interpolated scores; a prune_scope=global run "
+                          "keeps them over all layers at once, which the path does not follow")
     same = ("model", "width", "method", "prune_rate", "dataset", "skip_layers", "skip_params", "include_params")
     diff = [k for k in same if getattr(cfg_a, k) != getattr(cfg_b, k)]
     if diff:

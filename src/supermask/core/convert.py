@@ -45,10 +45,12 @@ from torch.nn.utils import parametrize
 from supermask.core.init import (RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_uniform, draw_weight, fan_scale,
                                  generator, shared_source, source_size)
 from supermask.core.mask import num_pruned
-from supermask.core.methods import DENSE, ScoredWeight, default_init, get_method, method_names
+from supermask.core.methods import DENSE, GlobalScope, ScoredWeight, default_init, get_method, method_names
 from supermask.errors import ConfigError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+PRUNE_SCOPES = ("layer", "global")  # where prune_rate applies: each masked tensor, or all of them together
 
 
 def _is_hf_conv1d(m: nn.Module) -> bool:
@@ -202,6 +204,7 @@ class Report:
     weight_init: str
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
+    prune_scope: str = "layer"  # global: the kept counts are those at the initial scores
 
     def totals(self) -> dict[str, int]:
         rows = self.parameters.values()
@@ -212,7 +215,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "prune_rate": self.prune_rate, "weight_init": self.weight_init,
-                "totals": self.totals(), "unsupported": self.unsupported, "parameters": self.parameters}
+                "prune_scope": self.prune_scope, "totals": self.totals(), "unsupported": self.unsupported, "parameters": self.parameters}
 
     def __str__(self) -> str:
         """An aligned table, one row per parameter (kept and pruned counts of the masked ones), then the totals."""
@@ -237,7 +240,8 @@ class Report:
             return f"{cells}  {row[7]}" if row[7] else cells.rstrip()
 
         rule = "-" * (sum(widths) + len(widths) - 1)
-        rate = f", prune rate p = {self.prune_rate:g} (pruned = floor(p n) per tensor)" if t["masked"] else ""
+        where = "per tensor" if self.prune_scope == "layer" else "over all masked tensors together, at the initial scores"
+        rate = f", prune rate p = {self.prune_rate:g} (pruned = floor(p n) {where})" if t["masked"] else ""
         title = f"{self.method}{rate}, weight_init {self.weight_init}"
         return "\n".join([title, line(head), rule, *map(line, rows), rule, *map(line, totals)])
 
@@ -256,6 +260,7 @@ def convert(
     strict: bool = False,
     scale_fan_by: str = "kept",
     weight_source: str = "full",
+    prune_scope: str = "layer",
     options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
@@ -273,7 +278,9 @@ def convert(
 
     `scale_fan_by` is what the scaled fan multiplies fan_in by: "kept" (1 - p) or "pruned" (p, as the published
     builders compute it). `weight_source="shared:N"` draws every masked weight from one vector of N random values
-    (`supermask.core.init.shared_source`) instead of fresh draws. `options` go to the method's parametrization, e.g. Biprop's score gradient
+    (`supermask.core.init.shared_source`) instead of fresh draws. `prune_scope="global"` keeps the top (1 - p) of
+    |S| over all masked weights together instead of in each tensor (exactly n - floor(p n) of their n weights, each
+    tensor's share following its scores). `options` go to the method's parametrization, e.g. Biprop's score gradient
     `{"grad": "alpha"}` (default "weight", the published code's; see `supermask.core.methods`).
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
@@ -310,6 +317,8 @@ def convert(
     keep_fraction = fan_scale(prune_rate, scale_fan_by) if (scale_fan and masked) else 1.0
     if keep_fraction <= 0:
         raise ConfigError("scale_fan_by=pruned with prune_rate=0 would scale the fan by 0")
+    if prune_scope not in PRUNE_SCOPES:
+        raise ConfigError(f"unknown prune_scope {prune_scope!r}: expected one of {', '.join(PRUNE_SCOPES)}")
     size = source_size(weight_source)
     if size is not None and (not masked or weight_init == "keep"):
         raise ConfigError(f"weight_source={weight_source} draws the random weights of a mask search; method={method}, "
@@ -319,6 +328,7 @@ def convert(
 
     if masked:
         model.requires_grad_(False)
+    scored_layers: list[ScoredWeight] = []
     for s in slots:
         w = s.tensor
         row: dict[str, Any] = {"shape": list(w.shape), "numel": w.numel(), "status": "trained" if not masked else "frozen",
@@ -355,11 +365,20 @@ def convert(
         # IteRand redraws pruned weights from the layer's own init distribution.
         scored.weight_init = None if weight_init == "keep" else (weight_init, keep_fraction)
         scored.init_fan = s.fan
+        scored_layers.append(scored)
         for owner in (s.qualname,) + s.aliases:  # a shared tensor: one mask, every owner computes from it
             module_name, _, pname = owner.rpartition(".")
             parametrize.register_parametrization(model.get_submodule(module_name), pname, scored)
         s.module.parametrizations[s.name].original.requires_grad_(False)
         row.update(status="masked", kept=w.numel() - num_pruned(w.numel(), prune_rate))
+    if prune_scope == "global" and scored_layers:
+        scope = GlobalScope(scored_layers)
+        for scored in scored_layers:
+            scored.scope = scope
+        report.prune_scope = "global"
+        for (qualname, row), mask in zip(((q, r) for q, r in report.parameters.items() if r["status"] == "masked"),
+                                         scope.mask_of_all()):
+            row["kept"] = int(mask.sum())  # at the initial scores; each tensor's share changes as its scores train
     if weight_init != "keep":
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:

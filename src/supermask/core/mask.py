@@ -103,3 +103,11 @@ def scored_mask(scores: Tensor, prune_rate: float, members: bool = False) -> Ten
     magnitudes = scores.abs()
     hard = (topk_masks if members else topk_mask)(magnitudes.detach(), prune_rate)
     return straight_through(magnitudes, hard) if torch.is_grad_enabled() else hard.to(scores.dtype)
+
+
+def global_topk_masks(magnitudes: list[Tensor], prune_rate: float) -> list[Tensor]:
+    """Masks of several tensors that keep, together, the largest entries of all of them: of their n entries in
+    all, exactly n - floor(p n), whatever each tensor's share (ties: the earlier tensor, then the lower flat index)."""
+    flat = torch.cat([m.detach().reshape(-1) for m in magnitudes])
+    keep = topk_mask(flat, prune_rate)
+    return [part.view(m.shape) for part, m in zip(keep.split([m.numel() for m in magnitudes]), magnitudes)]

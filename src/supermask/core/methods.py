@@ -49,6 +49,7 @@ class ScoredWeight(nn.Module):
         self.param_name = "weight"
         self.weight_init: tuple[str, float] | None = None
         self.init_fan: tuple[float | None, float] = (None, RELU_GAIN)
+        self.scope: GlobalScope | None = None  # prune_scope=global: the masks are chosen with the other layers'
         self._mask: Tensor | None = None
         self._mask_of: tuple[Tensor, float] | None = None  # (a copy of the scores, the prune rate) it was made from
         self._weight: Tensor | None = None
@@ -58,6 +59,8 @@ class ScoredWeight(nn.Module):
     # bumps no counter. Comparing costs one pass over the scores (and the weight), far less than a selection.
     def mask(self) -> Tensor:
         """The current boolean mask, recomputed only when the scores' values or the prune rate changed."""
+        if self.scope is not None:
+            return self.scope.mask_of(self)
         scores = self.scores.detach()
         if self._mask_of is None or self._mask_of[1] != self.prune_rate or not _same(self._mask_of[0], scores):
             self._mask = mask_lib.topk_mask(scores.abs(), self.prune_rate)
@@ -68,6 +71,9 @@ class ScoredWeight(nn.Module):
         if torch.is_grad_enabled():
             # Training: the scores change at every step, so nothing is cached (and a compiled step has no
             # Python state to guard on). One |S| serves the mask and the gradient path.
+            if self.scope is not None:
+                hard = self.scope.step_mask_of(self)
+                return self.effective_weight(weight, mask_lib.straight_through(self.scores.abs(), hard))
             return self.effective_weight(weight, mask_lib.scored_mask(self.scores, self.prune_rate))
         if torch.compiler.is_compiling():
             # A compiled forward cannot keep Python-side caches without guarding (and recompiling) on them: it
@@ -130,6 +136,41 @@ class Biprop(ScoredWeight):
 
     def extra_repr(self) -> str:
         return f"prune_rate={self.prune_rate}, grad={self.grad}"
+
+
+class GlobalScope:
+    """The masked layers of one model pruned together (prune_scope=global): they keep the top (1 - p) of |S| over
+    all their weights at once, so each layer's density follows its scores. Their masks are selected once for each
+    set of score values: in training, once per step (keyed on the scores' version counters, which every optimizer
+    step bumps); outside autograd, when the scores' values changed (as a layer's own mask is)."""
+
+    def __init__(self, layers: list[ScoredWeight]):
+        if len({p.prune_rate for p in layers}) != 1:
+            raise ConfigError("layers pruned together share one prune rate")
+        self.layers = layers
+        self._step_key: tuple | None = None
+        self._step_masks: list[Tensor] = []
+        self._of: list[Tensor] | None = None  # copies of the scores the cached masks were selected from
+        self._masks: list[Tensor] = []
+
+    def _select(self) -> list[Tensor]:
+        return mask_lib.global_topk_masks([p.scores.detach().abs() for p in self.layers], self.layers[0].prune_rate)
+
+    def step_mask_of(self, layer: ScoredWeight) -> Tensor:
+        key = tuple((p.scores._version, p.scores.data_ptr()) for p in self.layers)
+        if key != self._step_key:
+            self._step_masks, self._step_key = self._select(), key
+        return self._step_masks[self.layers.index(layer)]
+
+    def mask_of_all(self) -> list[Tensor]:
+        self.mask_of(self.layers[0])
+        return self._masks
+
+    def mask_of(self, layer: ScoredWeight) -> Tensor:
+        scores = [p.scores.detach() for p in self.layers]
+        if self._of is None or not all(_same(c, s) for c, s in zip(self._of, scores)):
+            self._masks, self._of = self._select(), [s.clone() for s in scores]
+        return self._masks[self.layers.index(layer)]
 
 
 def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:

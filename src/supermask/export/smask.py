@@ -51,7 +51,7 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 
 # The config keys that, with the input shape, rebuild a run's network from its seed.
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
-OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source")  # absent from files written before they existed
+OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source", "prune_scope")  # absent from files written before they existed
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ IMAGE_FIELDS = ("channel_order", "image_size", "resize", "scale", "mean", "std")
 HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num_classes": COUNT,
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
-          "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
+          "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
           "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
           "tensors": [TENSOR],
@@ -133,7 +133,8 @@ def _skeleton(header: dict) -> nn.Module:
     model = convert(_architecture(header), header["method"], header["prune_rate"], weight_init=header["weight_init"],
                     scale_fan=header["scale_fan"], weight_seed=header["weight_seed"],
                     skip=header["skip_layers"] + header.get("skip_params", []), include=header.get("include_params", []),
-                    scale_fan_by=header.get("scale_fan_by", "kept"), weight_source=header.get("weight_source", "full"))
+                    scale_fan_by=header.get("scale_fan_by", "kept"), weight_source=header.get("weight_source", "full"),
+                    prune_scope=header.get("prune_scope", "layer"))
     return model.to(memory_format=torch.channels_last) if header.get("channels_last") else model
 
 
@@ -349,19 +350,28 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
     _same_names([e["name"] for e in header["layers"]], layers, "masked layers", where)
     _same_names([t["key"] for t in header["tensors"]], tensors, "stored tensors", where)
     spans = []
+    global_scope = header.get("prune_scope") == "global"
+    totals = [0, 0]  # weights and kept, over the masked layers
     for e in header["layers"]:
         layer, p = layers[e["name"]]
         shape, what = list(random_weight(layer, p).shape), f"{where}: layer {e['name']}"
         if e["shape"] != shape:
             raise ConfigError(f"{what} has shape {e['shape']}, the architecture {shape}")
         n = random_weight(layer, p).numel()
-        if e["kept"] != n - num_pruned(n, p.prune_rate):  # every masked layer prunes exactly floor(p n)
+        if not global_scope and e["kept"] != n - num_pruned(n, p.prune_rate):  # each layer prunes floor(p n)
             raise ConfigError(f"{what} keeps {e['kept']} weights; prune_rate {header['prune_rate']} keeps "
                               f"{n - num_pruned(n, p.prune_rate)} of {n}")
+        if not 0 <= e["kept"] <= n:
+            raise ConfigError(f"{what} keeps {e['kept']} of its {n} weights")
+        totals[0] += n
+        totals[1] += e["kept"]
         extras = set(e) - {"name", "shape", "kept", "mask", "changed", "changed_values"}
         if ("changed" in e) != ("changed_values" in e) or extras != set(get_method(header["method"]).smask_fields):
             raise ConfigError(f"{what} has an inconsistent set of fields {sorted(e)}")
         spans += [(what, e[k]) for k in ("mask", "changed", "changed_values") if k in e]
+    if global_scope and totals[1] != totals[0] - num_pruned(totals[0], header["prune_rate"]):  # floor(p n) in all
+        raise ConfigError(f"{where}: its masks keep {totals[1]} of {totals[0]} weights; prune_rate "
+                          f"{header['prune_rate']} over all of them keeps {totals[0] - num_pruned(totals[0], header['prune_rate'])}")
     for t in header["tensors"]:
         own, what = tensors[t["key"]], f"{where}: tensor {t['key']}"
         if t["shape"] != list(own.shape) or t["dtype"] != str(own.dtype).replace("torch.", ""):

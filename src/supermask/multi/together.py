@@ -163,6 +163,9 @@ def check_group(cfgs: list[Config]) -> None:
     first = cfgs[0]
     if not first.masked:
         raise ConfigError(f"training together needs a mask method (edge-popup or biprop), not method={first.method}")
+    if first.prune_scope == "global":
+        raise ConfigError("training together selects each layer's masks for all its runs at once, layer by layer; "
+                          "prune_scope=global needs every layer's scores of a run at once: train these runs alone")
     base = {k: v for k, v in first.to_dict().items() if k not in SEED_KEYS}
     for cfg in cfgs[1:]:
         for k, v in cfg.to_dict().items():

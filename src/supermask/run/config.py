@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from supermask.core.convert import PRUNE_SCOPES
 from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
 from supermask.core.methods import BIPROP_GRADS, default_init, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
@@ -49,6 +50,8 @@ class Config:
     scale_fan_by: str = _opt("kept", "what the scaled fan multiplies fan_in by: kept (the keep fraction 1 - p, as the "
                                      "papers write it) or pruned (p, what the published builders compute, their "
                                      "prune_rate being the kept fraction); the two agree at p = 0.5")
+    prune_scope: str = _opt("layer", "where prune_rate applies: layer (each masked tensor prunes floor(p n) of its n) "
+                                     "or global (the top 1 - p of |scores| over all masked weights together)")
     weight_source: str = _opt("full", "where a mask search's random weights come from: full (a fresh draw per weight) "
                                       "or shared:N (every masked tensor tiled from one vector of N random values, "
                                       "each in its own order, scaled to its init)")
@@ -390,6 +393,12 @@ def resolve(cfg: Config) -> Config:
     if cfg.scale_fan is None:
         cfg.scale_fan = scale_fan
     _choice("scale_fan_by", cfg.scale_fan_by, SCALE_FAN_BY)
+    _choice("prune_scope", cfg.prune_scope, PRUNE_SCOPES)
+    if cfg.prune_scope == "global" and not cfg.masked:
+        raise ConfigError(f"prune_scope=global chooses masks; method={cfg.method} has none")
+    if cfg.prune_scope == "global" and cfg.compile:
+        raise ConfigError("prune_scope=global selects every layer's mask at once, in Python, which compile=true "
+                          "cannot trace: train it without compile")
     if cfg.scale_fan and cfg.masked and cfg.scale_fan_by == "pruned" and cfg.prune_rate == 0:
         raise ConfigError("scale_fan_by=pruned multiplies fan_in by the prune rate, and prune_rate=0 would make it 0; "
                           "use scale_fan_by=kept or scale_fan=false")

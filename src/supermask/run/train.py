@@ -155,6 +155,7 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
     return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
                    include=cfg.include_params, scale_fan_by=cfg.scale_fan_by, weight_source=cfg.weight_source,
+                   prune_scope=cfg.prune_scope,
                    options=get_method(cfg.method).options_from(cfg) if cfg.masked else None)
 
 
@@ -587,7 +588,9 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
         "scheduled_peak_lr": cfg.peak_lr, "max_lr_used": max(row["lr"] for row in state["history"]),
         "test_acc": final["test_acc"],
         "best_test_acc": state["best_test_acc"], "best_epoch": state["best_epoch"],
-        "train_acc": final["train_acc"], "params_total": total, "params_kept": kept,
+        "train_acc": final["train_acc"], "params_total": total, "params_kept": kept, "prune_scope": cfg.prune_scope,
+        # each masked tensor's kept fraction (under prune_scope=global, what its scores won of the total)
+        "layer_density": {name: round(m.float().mean().item(), 6) for name, m in masks(model).items()},
         "seconds": round(state["seconds"], 3), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
         "out_dir": str(out_dir), "processes": group.world, "preprocessing": data_lib.preprocessing(ds),
