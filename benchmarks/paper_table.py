@@ -310,8 +310,13 @@ def main(argv=None) -> None:
                 rows.append(reused[c.name])
         ours = {c.name for c in cells}
         rows += [r for n, r in recorded.items() if n not in ours]
-        dense = [{**r, "prune_rate": p} for r in rows if r["method"] == "dense" and r["cell"] in ours
-                 for p in prof["prune_rates"] if p != r["prune_rate"]]
+        # every row of the table shows its dense runs, also when this command ran only other methods
+        def rates_of(r: dict) -> set[float]:  # the grid's prune rates, and any other the table holds for this model
+            return set(prof["prune_rates"]) | {o["prune_rate"] for o in rows
+                                               if (o["model"], o["width"], o["epochs"]) == (r["model"], r["width"], r["epochs"])}
+
+        dense = [{**r, "prune_rate": p} for r in rows if r["method"] == "dense" for p in sorted(rates_of(r))
+                 if p != r["prune_rate"]]
         estimates, differences = seed_estimates(rows + dense, AXES), paired_differences(rows, AXES)
         write_json(results, {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows,
                              "cells": estimates, "differences": differences, "machine": machine()})

@@ -30,7 +30,7 @@ def _blob(n: int, quotients: list[int], remainders: list[int], b: int, minority:
 
 def test_hand_written_blob_decodes_to_its_positions():
     # gaps 2 and 0 with b=1: 2 = (1 << 1) + 0, 0 = (0 << 1) + 0 -> positions 2 and 3 of 6
-    bits = codec.decode(_blob(6, [1, 0], [0, 0], 1), 6)
+    bits = codec.decode(_blob(6, [1, 0], [0, 0], 1), 6, "wide")
     assert bits.tolist() == [False, False, True, True, False, False]
 
 
@@ -38,7 +38,8 @@ def test_hand_written_blob_decodes_to_its_positions():
 def test_round_trip(n, keep):
     rng = np.random.default_rng(n)
     mask = rng.random(n) < keep
-    assert np.array_equal(codec.decode(codec.encode(mask), n), mask)
+    for head in codec.HEADS:
+        assert np.array_equal(codec.decode(codec.encode(mask, head), n, head), mask)
 
 
 def test_gaps_that_overflow_int64_are_refused():
@@ -48,14 +49,14 @@ def test_gaps_that_overflow_int64_are_refused():
     blob = _blob(n, [(1 << 25) - 1, 0], [(1 << 39) - 10, 20], 39)
     assert len(blob) > 4_000_000
     with pytest.raises(ConfigError):
-        codec.decode(blob, n)
+        codec.decode(blob, n, "wide")
 
 
 @pytest.mark.parametrize("blob", [
     _blob(10, [0, 0], [3, 1], 2),          # gaps 3 then 1: positions 3, 5 ... valid, used as a control below
 ])
 def test_control_blob_is_valid(blob):
-    assert np.flatnonzero(codec.decode(blob, 10)).tolist() == [3, 5]
+    assert np.flatnonzero(codec.decode(blob, 10, "wide")).tolist() == [3, 5]
 
 
 @pytest.mark.parametrize("blob", [
@@ -69,23 +70,23 @@ def test_control_blob_is_valid(blob):
 ])
 def test_inconsistent_blobs_are_refused(blob):
     with pytest.raises(ConfigError):
-        codec.decode(blob, 10)
+        codec.decode(blob, 10, "wide")
 
 
 def test_padding_bits_must_be_zero():
     good = bytearray(_blob(10, [1], [1], 1))  # unary "10", remainder "1": gap 3
-    assert np.flatnonzero(codec.decode(bytes(good), 10)).tolist() == [3]
+    assert np.flatnonzero(codec.decode(bytes(good), 10, "wide")).tolist() == [3]
     for index, value in [(26, 0b10100000), (27, 0b11000000)]:  # a stray 1 after the last quotient / remainder
         bad = bytearray(good)
         bad[index] = value
         with pytest.raises(ConfigError):
-            codec.decode(bytes(bad), 10)
+            codec.decode(bytes(bad), 10, "wide")
 
 
 def test_random_blobs_decode_consistently_or_are_refused():
     """Fuzz: flipped bits, random headers. Whatever is accepted holds exactly `count` minority bits."""
     rng = np.random.default_rng(0)
-    seeds = [codec.encode(rng.random(n) < k) for n, k in [(50, 0.2), (300, 0.5), (1000, 0.95)]]
+    seeds = [codec.encode(rng.random(n) < k, "wide") for n, k in [(50, 0.2), (300, 0.5), (1000, 0.95)]]
     for _ in range(600):
         blob = bytearray(seeds[rng.integers(len(seeds))])
         for _ in range(rng.integers(1, 4)):
@@ -93,7 +94,7 @@ def test_random_blobs_decode_consistently_or_are_refused():
             blob[i] ^= 1 << rng.integers(8)
         n, count, _, minority, _ = struct.unpack_from("<QQBBQ", blob)
         try:
-            bits = codec.decode(bytes(blob), n if n <= 1000 else 1000)
+            bits = codec.decode(bytes(blob), n if n <= 1000 else 1000, "wide")
         except ConfigError:
             continue
         assert bits.size == n and int(np.count_nonzero(bits == bool(minority))) == count
@@ -264,3 +265,37 @@ def test_exporting_a_run_that_keeps_every_weight(tmp_path, capsys):
     assert "None" not in out and "every weight kept" in out
     assert all(e["kept"] == np.prod(e["shape"]) for e in read(tmp_path / "x.smask")[0]["layers"])
     load(tmp_path / "x.smask")
+
+
+def test_a_compact_head_is_written_by_hand_and_refused_when_damaged():
+    # gaps 2 and 0 with b=1 in 6 bits: count 2 (varint 0x02), b << 1 | minority = 0b11, one quotient-stream byte
+    # (unary "10" then "0": 0b10000000), then the remainders "0", "0" (0b00000000)
+    blob = bytes([0x02, 0b11, 0x01, 0b10000000, 0b00000000])
+    assert codec.decode(blob, 6).tolist() == [False, False, True, True, False, False]
+    # the encoder picks b=0 here (2 + 0 quotient bits and 2 stops, against 2 + 2 for b=1): unary "110" "0"
+    best = bytes([0x02, 0b01, 0x01, 0b11000000])
+    assert codec.encode(np.array([False, False, True, True, False, False])) == best
+    assert codec.decode(best, 6).tolist() == [False, False, True, True, False, False]
+    assert codec.head_bytes(blob, 6) == 3 == codec.head_bytes(best, 6)
+    for bad in (blob[:2],                          # truncated head
+                bytes([0x82, 0x00]) + blob[1:],    # count 2 in a longer form than it needs: two readings
+                bytes([0x07]) + blob[1:],          # 7 minority bits in 6
+                blob + b"\0"):                      # trailing byte
+        with pytest.raises(ConfigError):
+            codec.decode(bad, 6)
+
+
+def test_random_compact_blobs_decode_consistently_or_are_refused():
+    rng = np.random.default_rng(1)
+    masks = [rng.random(n) < k for n, k in [(50, 0.2), (300, 0.5), (1000, 0.95)]]
+    for _ in range(600):
+        mask = masks[rng.integers(len(masks))]
+        blob = bytearray(codec.encode(mask))
+        for _ in range(rng.integers(1, 4)):
+            i = rng.integers(len(blob))
+            blob[i] ^= 1 << rng.integers(8)
+        try:
+            bits = codec.decode(bytes(blob), mask.size)
+        except ConfigError:
+            continue
+        assert bits.size == mask.size

@@ -97,7 +97,6 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from supermask.export import codec
     from supermask.export import smask as export
 
     for what, path in (("-o", args.output), ("--safetensors", args.safetensors), ("--onnx", args.onnx)):
@@ -105,8 +104,8 @@ def _export(args: argparse.Namespace) -> int:
             export.check_output(path, what)
     report = export.export_run(args.run_dir, args.output)
     masks = (f"{report['mask_vs_entropy']}x their entropy bound of {report['entropy_bytes']:,.0f} bytes (the codes "
-             f"{report['codes_vs_entropy']:.4f}x, plus a {codec.HEAD_BYTES}-byte head in each of {report['mask_layers']} "
-             f"layers)" if report["mask_vs_entropy"] is not None
+             f"{report['codes_vs_entropy']:.4f}x, plus {report['mask_head_bytes']} bytes of heads over "
+             f"{report['mask_layers']} layers)" if report["mask_vs_entropy"] is not None
              else "every weight kept, so the entropy bound is 0 bytes")
     print(f"{report['file']}: {report['bytes']:,} bytes ({report['compression']}x smaller than the "
           f"{report['dense_float32_bytes']:,} bytes of dense float32 weights); masks {report['mask_bytes']:,} bytes, "

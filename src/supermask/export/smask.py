@@ -41,7 +41,7 @@ from supermask.run.config import FIELDS, make_config, recorded_config
 from supermask.run.files import CHECKPOINT, CONFIG_FILE, SUMMARY
 
 MAGIC = b"SMASK\x00\r\n"
-VERSION = 2  # 2 added `preprocessing` and `amp`
+VERSION = 2  # 2 added `preprocessing` and `amp`, and the masks' compact blob heads (see codec)
 READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
@@ -191,13 +191,14 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         payload.extend(data)
         return [len(payload) - len(data), len(data)]
 
-    layers, mask_bytes, entropy = [], 0, 0.0
+    layers, mask_bytes, entropy, heads = [], 0, 0.0, 0
     spec = get_method(cfg.method)
     for name, layer, p in masked_layers(trained):
         mask = p.mask().cpu()
         weight = random_weight(layer, p).detach().cpu()
         changed = mask & (weight != seeded_weights[name])
         blob = codec.encode(mask.numpy())
+        heads += codec.head_bytes(blob, mask.numel())
         entry = {"name": name, "shape": list(weight.shape), "kept": int(mask.sum()), "mask": put(blob)}
         mask_bytes += len(blob)
         entropy += codec.entropy_bits(mask.numel(), int(mask.sum())) / 8
@@ -218,7 +219,6 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     data = body + hashlib.sha256(body).digest()
     atomic_write_bytes(path, data)
     dense_bytes = 4 * sum(w.numel() for w in weight_tensors(trained).values())
-    heads = codec.HEAD_BYTES * len(layers)  # the codes alone come within ~1.5% of the bound; each blob adds its head
     return {"file": str(path), "bytes": len(data), "mask_bytes": mask_bytes, "entropy_bytes": round(entropy, 1),
             "mask_vs_entropy": round(mask_bytes / entropy, 4) if entropy else None, "mask_layers": len(layers),
             "mask_head_bytes": heads, "codes_vs_entropy": round((mask_bytes - heads) / entropy, 4) if entropy else None,
@@ -395,17 +395,18 @@ def load(path: str | Path) -> nn.Module:
     _validate(header, payload, model, where)
     layers = {name: (layer, p) for name, layer, p in masked_layers(model)}
     spec = get_method(header["method"])
+    head = "wide" if header["version"] == 1 else "compact"  # how the file's mask blobs begin (see codec)
     plain: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
     with torch.no_grad():
         for e in header["layers"]:
             layer, p = layers[e["name"]]
             weight = random_weight(layer, p)
             n = weight.numel()
-            mask = _bits_like(weight, codec.decode(_blob(payload, e["mask"]), n))
+            mask = _bits_like(weight, codec.decode(_blob(payload, e["mask"]), n, head))
             if int(mask.sum()) != e["kept"]:
                 raise ConfigError(f"{where}: layer {e['name']}'s mask keeps {int(mask.sum())} weights, its header {e['kept']}")
             if "changed" in e:
-                changed = _bits_like(weight, codec.decode(_blob(payload, e["changed"]), n))
+                changed = _bits_like(weight, codec.decode(_blob(payload, e["changed"]), n, head))
                 raw = _blob(payload, e["changed_values"])
                 if len(raw) != 4 * int(changed.sum()) or (changed & ~mask).any():
                     raise ConfigError(f"{where}: layer {e['name']} has inconsistent changed weights")
