@@ -90,3 +90,11 @@ def test_old_module_paths_still_import():
             "import supermask.run.train as old\nassert old is new\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_command_lines_help_imports_no_torch():
+    code = ("import sys\nfrom supermask.cli import main\nsys.argv = ['supermask', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stderr.strip().splitlines()[-1] == "False", out.stderr
+    assert "usage: supermask" in out.stdout
