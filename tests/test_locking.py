@@ -121,3 +121,19 @@ def test_a_locked_run_directory_refuses_train_and_together_and_is_free_again_aft
     assert not (out / "config.yaml").exists()  # refused before writing anything
     assert main(args) == 0  # released: the directory holds only its lock file, which does not count as a run
     assert main(args + ["--resume"]) == 0  # and each run releases its lock when it ends
+
+
+def test_a_resumed_run_removes_the_temporary_files_of_writes_a_kill_cut_off(tmp_path):
+    from supermask.run.checkpoint import remove_orphan_temps
+    from supermask.run.config import make_config
+    from supermask.run.train import run
+
+    out = tmp_path / "run"
+    run(make_config("digits", {"epochs": 1, "width": 0.25, "out_dir": str(out)}), progress=False)
+    orphan = out / ".checkpoint.safetensors.0123456789ab.tmp"  # as atomic_write_bytes names one
+    orphan.write_bytes(b"half a checkpoint")
+    keep = out / "notes.tmp"  # not a name the writer makes: left alone
+    keep.write_text("mine")
+    run(make_config("digits", {"epochs": 1, "width": 0.25, "out_dir": str(out)}), resume=True, progress=False)
+    assert not orphan.exists() and keep.read_text() == "mine"
+    assert remove_orphan_temps(tmp_path / "missing") == []

@@ -38,7 +38,7 @@ from supermask.multi import FORWARDS
 from supermask.models import build_model
 from supermask.run import distributed
 from supermask.run.checkpoint import (atomic_write_text, load_optimizer_tensors, load_tensors, optimizer_tensors,
-                                      save_checkpoint, save_tensors, write_json)
+                                      remove_orphan_temps, save_checkpoint, save_tensors, write_json)
 from supermask.run.config import Config, dump_yaml, make_config
 from supermask.run.files import CHECKPOINT, CONFIG_FILE
 from supermask.run.lock import LOCK_FILE, run_lock
@@ -311,9 +311,11 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
 
 
 def _lock_all(held: contextlib.ExitStack, dirs: list) -> None:
-    """Hold the lock of every directory the group writes (see supermask.run.lock) until `held` closes."""
+    """Hold the lock of every directory the group writes (see supermask.run.lock) until `held` closes, and clear
+    the temporary files of writes a kill cut off."""
     for d in dirs:
         held.enter_context(run_lock(d))
+        remove_orphan_temps(Path(d))
 
 
 def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, states: list[dict], progress: bool) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
             continue
+
+
+def remove_orphan_temps(folder: Path) -> list[str]:
+    """Delete the temporary files of writes a kill cut off (`.<name>.<hex>.tmp`, never renamed into place); only
+    the folder's one writer, holding its lock, may call this. Returns their names."""
+    pattern = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+    orphans = [p for p in folder.iterdir() if pattern.fullmatch(p.name)] if folder.is_dir() else []
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return [p.name for p in orphans]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

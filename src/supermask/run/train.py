@@ -25,8 +25,8 @@ from supermask.core.methods import get_method
 from supermask.errors import ConfigError, SupermaskError
 from supermask.models import MODELS, TOKEN_MODELS, build_model
 from supermask.run import distributed
-from supermask.run.checkpoint import (atomic_write_text, load_checkpoint, read_json, save_checkpoint, save_tensors,
-                                      write_json)
+from supermask.run.checkpoint import (atomic_write_text, load_checkpoint, read_json, remove_orphan_temps,
+                                      save_checkpoint, save_tensors, write_json)
 from supermask.run.config import Config, dump_yaml, recorded_config
 from supermask.run.lock import run_dir_is_empty, run_lock
 from supermask.run.progress import StepLines, is_live, log_line
@@ -456,6 +456,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
                 raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
             if group.main:  # the one writer, for the run's life
                 held.enter_context(run_lock(out_dir))
+                remove_orphan_temps(out_dir)  # writes a kill cut off: the files they would have replaced stand
             check_same_run(cfg, out_dir)
             state = load_checkpoint(ckpt, model, optimizer)
         else:
@@ -465,6 +466,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
                 raise ConfigError(f"out_dir {out_dir} exists and is not empty; choose another out_dir")
             if group.main:  # the one writer, for the run's life (creates the directory)
                 held.enter_context(run_lock(out_dir))
+                remove_orphan_temps(out_dir)
     except Exception as e:  # noqa: BLE001 - raised by stop_if_any_failed
         failure = e
     distributed.stop_if_any_failed(failure, group, device)  # also: every process has seen the folder empty
