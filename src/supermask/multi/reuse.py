@@ -8,7 +8,7 @@ from pathlib import Path
 
 from supermask.errors import ConfigError
 from supermask.run.config import Config
-from supermask.run.rundir import describe_difference, differing_keys, holds_run
+from supermask.run.rundir import difference, holds_run
 
 
 def check_reuse(configs: list[Config], *, retrain: bool) -> list[str]:
@@ -17,12 +17,11 @@ def check_reuse(configs: list[Config], *, retrain: bool) -> list[str]:
     stale = []
     for cfg in configs:
         if holds_run(cfg.out_dir):
-            keys = differing_keys(cfg, cfg.out_dir)
-            if keys:
-                stale.append((cfg, keys))
+            diff = difference(cfg, cfg.out_dir)
+            if diff:
+                stale.append((cfg, diff))
     if stale and not retrain:
-        cfg, keys = stale[0]
-        diff = describe_difference(cfg, cfg.out_dir, keys)
+        cfg, diff = stale[0]
         more = f" (and {len(stale) - 1} more runs)" if len(stale) > 1 else ""
         raise ConfigError(f"{cfg.out_dir}{more} was trained with another config: {diff}; pass --retrain to train "
                           "again over it, or choose another out_dir")

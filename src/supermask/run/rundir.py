@@ -39,21 +39,26 @@ def _same(key: str, requested, saved) -> bool:
     return False
 
 
+def _differing(requested: Config, saved: Config) -> list[str]:
+    then = saved.to_dict()
+    return [k for k, v in requested.to_dict().items() if k not in RESULT_FREE_KEYS and not _same(k, v, then[k])]
+
+
 def differing_keys(requested: Config, run_dir: str | Path) -> list[str]:
     """The keys, in config order, whose requested value would make another run than the one in `run_dir`."""
-    saved = recorded(run_dir).to_dict()
-    return [k for k, v in requested.to_dict().items() if k not in RESULT_FREE_KEYS and not _same(k, v, saved[k])]
+    return _differing(requested, recorded(run_dir))
 
 
-def describe_difference(requested: Config, run_dir: str | Path, keys: list[str]) -> str:
-    """'k=<run's value> there, k=<requested value> now' for every key."""
+def difference(requested: Config, run_dir: str | Path) -> str | None:
+    """'k=<run's value> there, k=<requested value> now' for every differing key (config.yaml read once), or None
+    when `run_dir` holds the same run."""
     saved = recorded(run_dir)
-    return ", ".join(f"{k}={getattr(saved, k)!r} there, {k}={getattr(requested, k)!r} now" for k in keys)
+    keys = _differing(requested, saved)
+    return ", ".join(f"{k}={getattr(saved, k)!r} there, {k}={getattr(requested, k)!r} now" for k in keys) or None
 
 
 def check_same_run(requested: Config, run_dir: str | Path, doing: str = "resume") -> None:
     """Refuse, naming every differing key at once, when `run_dir` holds a run of another config."""
-    keys = differing_keys(requested, run_dir)
-    if keys:
-        raise ConfigError(f"cannot {doing} {run_dir}: it was trained with another config: "
-                          f"{describe_difference(requested, run_dir, keys)}")
+    diff = difference(requested, run_dir)
+    if diff:
+        raise ConfigError(f"cannot {doing} {run_dir}: it was trained with another config: {diff}")
