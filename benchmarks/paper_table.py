@@ -134,11 +134,14 @@ def test_curve(run_dir: Path) -> list[float]:
     return [json.loads(line)["test_acc"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def markdown(cells: list[dict], differences: list[dict], methods: list[str]) -> str:
-    """The measured table (mean ± 95% interval, n seeds) beside the published figures, then the paired differences."""
+def markdown(cells: list[dict], differences: list[dict], methods: list[str], papers_budget: bool = False) -> str:
+    """The measured table (mean ± 95% interval, n seeds) beside the published figures, then the paired differences.
+    With `papers_budget` (each method trained for the papers' own length), dense runs (100 epochs) are shown in the
+    row of the mask searches (250), as the papers' tables show them."""
     by_row: dict[tuple, dict[str, dict]] = {}
     for c in cells:
-        by_row.setdefault(tuple(c[k] for k in AXES), {})[c["method"]] = c
+        epochs = paper_epochs(c["model"]) if papers_budget and c["method"] == "dense" else c["epochs"]
+        by_row.setdefault((c["model"], c["width"], c["prune_rate"], epochs), {})[c["method"]] = c
     lines = ["| model, width, % pruned, epochs | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for (model, width, p, epochs), by_method in by_row.items():
         published = PUBLISHED.get((model, width, p), {})
@@ -158,6 +161,9 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str]) -> 
         lines[-1] += " The papers publish no figures for these settings."
     if "dense" in methods and len({p for _, _, p, _ in by_row}) > 1:
         lines[-1] += " Dense prunes nothing: each row shows the same dense runs."
+    if papers_budget and any(c["method"] == "dense" for c in cells):
+        lines[-1] += (" Each method ran the papers' own budget: the mask searches the row's epochs, dense "
+                      f"{paper_epochs(cells[0]['model'], masked=False)} epochs (shown in the same row).")
     if differences:
         lines += ["", "| model, width, % pruned, epochs | method - base | difference | verdict |", "|---|---|---|---|"]
         for d in differences:
@@ -322,7 +328,7 @@ def main(argv=None) -> None:
                              "cells": estimates, "differences": differences, "machine": machine()})
         if rows:
             shown = [m for m in METHODS if m in methods or any(r["method"] == m for r in rows)]
-            atomic_write_text(out / f"{name}.md", markdown(estimates, differences, shown))
+            atomic_write_text(out / f"{name}.md", markdown(estimates, differences, shown, prof["epochs"] is None))
             try:
                 if len({(c["model"], c["width"], c["prune_rate"]) for c in estimates}) == 1:
                     column_plot(estimates, rows, shown, out / f"{name}.png")

@@ -14,6 +14,7 @@ import pytest
 
 import supermask.data
 import supermask.multi.sweep
+import supermask.run.loop
 import supermask.run.train
 from supermask.cli import main
 from supermask.run.config import FIELDS
@@ -34,7 +35,7 @@ EPOCHS = [0]  # epochs of the current call, reset by `call`
 
 @pytest.fixture(autouse=True)
 def short_training(monkeypatch):
-    real_batches, real_end = supermask.data.train_batches, supermask.run.train.end_of_epoch
+    real_batches, real_end = supermask.data.train_batches, supermask.run.loop.end_of_epoch
     monkeypatch.setattr(supermask.data, "train_batches", lambda *a, **k: itertools.islice(real_batches(*a, **k), 3))
     def end_of_epoch(*a, **k):
         EPOCHS[0] += 1
@@ -42,7 +43,7 @@ def short_training(monkeypatch):
             raise Stop
         return real_end(*a, **k)
 
-    monkeypatch.setattr(supermask.run.train, "end_of_epoch", end_of_epoch)
+    monkeypatch.setattr(supermask.run.loop, "end_of_epoch", end_of_epoch)
     monkeypatch.setattr(supermask.multi.sweep, "run_sweep", lambda sweep, **k: {"finished": 0, "cells": len(sweep.cells)})
 
 

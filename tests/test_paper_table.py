@@ -210,3 +210,15 @@ def test_the_shared_source_table_pairs_each_n_with_full_by_seed():
     # paired by seed: (50 - 60, 52 - 61) = (-10, -9), mean -9.5
     assert "| edge-popup | shared:10 - full | -9.50 ± " in table
     assert "| edge-popup | shared:1000 - full | +0.00 ± " in table  # (59 - 60, 62 - 61)
+
+
+def test_at_the_papers_budget_dense_shares_the_row_of_the_mask_searches():
+    # width01: the mask searches train 250 epochs and dense 100, as in the papers' tables; one row shows both
+    rows = [{**_row("edge-popup", 0.5, 0, 0.52), "width": 0.1, "epochs": 250},
+            {**_row("dense", 0.5, 0, 0.63), "width": 0.1, "epochs": 100}]
+    cells = paper_table.seed_estimates(rows, paper_table.AXES)
+    md = paper_table.markdown(cells, [], ["edge-popup", "dense"], papers_budget=True)
+    assert "| conv4, 0.1, 50, 250 | 52.00 (1 seed) (50.73) | 63.00 (1 seed) (67.26) |" in md
+    assert "dense 100 epochs (shown in the same row)" in md and "| conv4, 0.1, 50, 100 |" not in md
+    # a fixed budget for all (the cpu profile) keeps each epoch count in its own row
+    assert "| conv4, 0.1, 50, 100 |" in paper_table.markdown(cells, [], ["edge-popup", "dense"])

@@ -197,9 +197,9 @@ def test_resume_across_schedule_steps_equals_an_uninterrupted_run(tmp_path, monk
         int(torch.numel(m)) - int(m.sum()) for m in supermask.masks(supermask.convert(
             supermask.build_model("small-conv", in_channels=1, image_size=8, width=0.25), "edge-popup", 0.5)).values())
 
-    import supermask.run.train as train_mod
+    import supermask.run.loop as loop
 
-    real = train_mod.end_of_epoch
+    real = loop.end_of_epoch
     calls = {"n": 0}
 
     def killed_after_two_epochs(*args, **kwargs):
@@ -208,10 +208,10 @@ def test_resume_across_schedule_steps_equals_an_uninterrupted_run(tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "end_of_epoch", killed_after_two_epochs)
+    monkeypatch.setattr(loop, "end_of_epoch", killed_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
         run(_digits(tmp_path, "resumed", **schedule), progress=False)
-    monkeypatch.setattr(train_mod, "end_of_epoch", real)
+    monkeypatch.setattr(loop, "end_of_epoch", real)
     resumed = run(_digits(tmp_path, "resumed", **schedule), resume=True, progress=False)
     assert resumed["test_acc"] == full["test_acc"]
     assert (tmp_path / "full" / "masks.safetensors").read_bytes() == (tmp_path / "resumed" / "masks.safetensors").read_bytes()

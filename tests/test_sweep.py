@@ -239,18 +239,16 @@ def test_a_changed_config_is_never_reused_silently(tmp_path, monkeypatch, capsys
 
 
 def test_cells_that_cannot_train_together_run_alone(tmp_path, monkeypatch):
-    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "dense"], "amp": [False, True],
-                                             "score_seed": [0, 1]}, together=True))
+    sweep = load_sweep(_spec(tmp_path, grid={"method": ["edge-popup", "gem-miner", "dense"], "score_seed": [0, 1]},
+                             together=True))
     groups = sweep_mod.tasks(sweep, sweep.cells)
     grouped = [g for g in groups if len(g) > 1]
-    assert [[c.name for c in g] for g in grouped] == [["amp=False-method=edge-popup-score_seed=0",
-                                                      "amp=False-method=edge-popup-score_seed=1"]]
-    # amp cells each alone; dense uses no score seed, so it runs once per amp value, alone
-    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 2]
-    commands = {g[0].overrides["method"] + str(g[0].overrides["amp"]) + str(len(g)): sweep_mod._command(sweep, g)[3]
-                for g in groups}
-    assert commands == {"edge-popupFalse2": "together", "edge-popupTrue1": "train", "denseFalse1": "train",
-                        "denseTrue1": "train"}
+    assert [[c.name for c in g] for g in grouped] == [["method=edge-popup-score_seed=0",
+                                                      "method=edge-popup-score_seed=1"]]
+    # gem-miner's thresholded masks cannot be stacked: each cell alone; dense uses no score seed, so it runs once
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 2]
+    commands = {g[0].overrides["method"] + str(len(g)): sweep_mod._command(sweep, g)[3] for g in groups}
+    assert commands == {"edge-popup2": "together", "gem-miner1": "train", "dense1": "train"}
 
 
 def _one_fails(sweep, monkeypatch):

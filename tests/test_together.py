@@ -294,10 +294,11 @@ def test_progress_is_a_plain_line_per_epoch_when_stderr_is_not_a_terminal(tmp_pa
     metrics = [[json.loads(x) for x in (tmp_path / f"r{i}" / "metrics.jsonl").read_text().splitlines()] for i in (0, 1)]
     for epoch, line in enumerate(lines):
         assert f"test acc {metrics[0][epoch]['test_acc']:.4f} {metrics[1][epoch]['test_acc']:.4f}, " in line
-        assert re.search(r", \d+\.\d s, \d+ img/s$", line), line
+        assert re.search(r", \d+\.\d s, \d+ img/s, data wait \d+%$", line), line
         # each run records the group's pace, as a run alone records its own
         first, second = metrics[0][epoch], metrics[1][epoch]
-        assert line.endswith(f", {first['images_per_s']:.0f} img/s") and first["images_per_s"] > 0
+        assert f", {first['images_per_s']:.0f} img/s, data wait {first['data_wait']:.0%}" in line
+        assert first["images_per_s"] > 0
         assert (first["images_per_s"], first["data_wait"]) == (second["images_per_s"], second["data_wait"])
         assert 0 <= first["data_wait"] <= 1
 
@@ -309,3 +310,40 @@ def test_progress_is_a_bar_on_a_terminal_and_nothing_when_quiet(tmp_path, capsys
     assert "\r" in err and "2 runs, epoch 1/1" in err and "test acc " not in err  # the bar, no plain line
     train_together(_configs(tmp_path / "b", n=2, epochs=1), tmp_path / "gb", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_group_takes_amp_and_trackers_as_runs_alone_do(tmp_path):
+    # One loop trains a group and a lone run: mixed precision (bfloat16 on a CPU, no loss scaling) gives each run
+    # of a group the masks it finds alone with amp, and each run logs to its own tracker.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = {"epochs": 2, "amp": True, "iwr_every": 1, "logger": "tensorboard"}
+    together = train_together(_configs(tmp_path / "t", n=2, **overrides), tmp_path / "g", progress=False)
+    for i, cfg in enumerate(_configs(tmp_path / "a", n=2, **{**overrides, "logger": []})):
+        alone = run(cfg, progress=False)
+        assert together[i]["test_acc"] == alone["test_acc"]
+        ma, _ = load_tensors(tmp_path / "t" / f"r{i}" / "masks.safetensors")
+        mb, _ = load_tensors(tmp_path / "a" / f"r{i}" / "masks.safetensors")
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+        events = EventAccumulator(str(tmp_path / "t" / f"r{i}" / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        summary = json.loads((tmp_path / "t" / f"r{i}" / "summary.json").read_text())
+        acc = [e.value for e in events.Scalars("epoch/test_acc")]
+        assert acc[-1] == pytest.approx(summary["test_acc"])  # its own run's accuracy, not another's
+        assert len(events.Scalars("train/loss")) == 2 * 23  # every step of the run (digits: 23 batches of 64)
+
+
+def test_a_compiled_group_learns_as_the_group_does(tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = train_together(_configs(tmp_path / "c", n=2, epochs=1, compile=True), tmp_path / "gc", progress=False)
+    eager = train_together(_configs(tmp_path / "e", n=2, epochs=1), tmp_path / "ge", progress=False)
+    for i in range(2):
+        assert compiled[i]["test_acc"] > 0.5  # 10 classes: chance is 0.1
+        assert abs(compiled[i]["test_acc"] - eager[i]["test_acc"]) <= 0.03
+        ma, _ = load_tensors(tmp_path / "c" / f"r{i}" / "masks.safetensors")
+        mb, _ = load_tensors(tmp_path / "e" / f"r{i}" / "masks.safetensors")
+        differ = sum(int((ma[k] != mb[k]).sum()) for k in ma) / sum(m.numel() for m in ma.values())
+        assert differ <= 0.05  # compiled kernels round differently: a few scores cross the threshold

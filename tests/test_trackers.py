@@ -137,21 +137,21 @@ def test_a_failing_tracker_is_reported_once_and_dropped(capsys):
 
 def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
-    import supermask.run.train as train_mod
+    import supermask.run.loop as loop
 
     whole = run(config(tmp_path / "whole", logger="tensorboard"), progress=False)
-    real = train_mod.train_epoch
+    real = loop.train_pass
 
     def killed_after_epoch_2_before_its_checkpoint(*args, **kw):
         result = real(*args, **kw)
-        if args[4] == 1:  # epoch index
+        if args[2] == 1:  # epoch index
             raise KeyboardInterrupt
         return result
 
-    monkeypatch.setattr(train_mod, "train_epoch", killed_after_epoch_2_before_its_checkpoint)
+    monkeypatch.setattr(loop, "train_pass", killed_after_epoch_2_before_its_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run(config(tmp_path / "r", logger="tensorboard"), progress=False)
-    monkeypatch.setattr(train_mod, "train_epoch", real)
+    monkeypatch.setattr(loop, "train_pass", real)
     resumed = run(config(tmp_path / "r", logger="tensorboard"), resume=True, progress=False)
     assert resumed["test_acc"] == whole["test_acc"]
     _, scalars = _tensorboard_scalars(tmp_path / "r" / "tensorboard")

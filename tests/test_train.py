@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import supermask.data
 import supermask.run.progress
+import supermask.run.loop
 import supermask.run.train
 from supermask import build_model, convert
 from supermask.run.checkpoint import load_tensors
@@ -148,8 +149,8 @@ def test_diverging_scores_stop_a_mask_search(method, tmp_path):
 
 
 def test_divergence_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = supermask.run.train.learning_rate
-    monkeypatch.setattr(supermask.run.train, "learning_rate", lambda cfg, epoch: 1e30 if epoch == 1 else real(cfg, epoch))
+    real = supermask.run.loop.learning_rate
+    monkeypatch.setattr(supermask.run.loop, "learning_rate", lambda cfg, epoch: 1e30 if epoch == 1 else real(cfg, epoch))
     with pytest.raises(TrainingError, match="epoch 2"):
         run(config(tmp_path, method="dense"), progress=False)
     assert load_tensors(tmp_path / "checkpoint.safetensors")[1]["epoch"] == 1

@@ -224,6 +224,10 @@ class Method:
       keep fraction or not; `score_init(shape, seed=, name=, fan=)` draws a layer's initial scores;
     - `options`: config keys the parametrization takes, as {its constructor argument: the config key};
     - `after_step`, `end_of_epoch`: hooks run after every optimizer step and at the end of every epoch;
+    - `loss_term(model, cfg)`: a tensor the training loss adds (a regularizer of the scores), or None;
+    - `exact_count`: whether each mask keeps exactly n - floor(p n) of its n weights (a top-k; a `.smask` checks
+      it), or only at most n (a threshold);
+    - `stacks`: whether runs of it can train together, where one top-k selection per layer masks a stack of runs;
     - `smask_fields`, `smask_layer(weight, mask)`: numbers a `.smask` stores per layer (under those keys, which the
       file's layer schema `export.LAYER` must allow) and checks when it rebuilds the layer; the mask itself and
       any kept weight that no longer equals its seed's are always stored.
@@ -237,6 +241,9 @@ class Method:
     options: Mapping[str, str] = field(default_factory=dict)
     after_step: Hook | None = None
     end_of_epoch: Hook | None = None
+    loss_term: Callable[[nn.Module, Any], Tensor] | None = None
+    exact_count: bool = True
+    stacks: bool = True
     smask_fields: tuple[str, ...] = ()
     smask_layer: Callable[[Tensor, Tensor], dict[str, float]] | None = None
     summary: str = ""
@@ -289,3 +296,5 @@ register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fa
 register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True, options={"grad": "biprop_grad"},
                 smask_fields=("alpha",), smask_layer=lambda weight, mask: {"alpha": float(biprop_alpha(weight, mask))},
                 summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))
+
+from supermask.core import gem_miner  # noqa: E402,F401 - registers gem-miner (it builds on the names above)

@@ -350,6 +350,8 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
     _same_names([e["name"] for e in header["layers"]], layers, "masked layers", where)
     _same_names([t["key"] for t in header["tensors"]], tensors, "stored tensors", where)
     spans = []
+    # a top-k keeps floor(p n) out per layer, or in all (global); a threshold (Gem-Miner) at most n
+    exact = get_method(header["method"]).exact_count
     global_scope = header.get("prune_scope") == "global"
     totals = [0, 0]  # weights and kept, over the masked layers
     for e in header["layers"]:
@@ -358,7 +360,7 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
         if e["shape"] != shape:
             raise ConfigError(f"{what} has shape {e['shape']}, the architecture {shape}")
         n = random_weight(layer, p).numel()
-        if not global_scope and e["kept"] != n - num_pruned(n, p.prune_rate):  # each layer prunes floor(p n)
+        if exact and not global_scope and e["kept"] != n - num_pruned(n, p.prune_rate):  # each layer prunes floor(p n)
             raise ConfigError(f"{what} keeps {e['kept']} weights; prune_rate {header['prune_rate']} keeps "
                               f"{n - num_pruned(n, p.prune_rate)} of {n}")
         if not 0 <= e["kept"] <= n:
@@ -369,7 +371,7 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
         if ("changed" in e) != ("changed_values" in e) or extras != set(get_method(header["method"]).smask_fields):
             raise ConfigError(f"{what} has an inconsistent set of fields {sorted(e)}")
         spans += [(what, e[k]) for k in ("mask", "changed", "changed_values") if k in e]
-    if global_scope and totals[1] != totals[0] - num_pruned(totals[0], header["prune_rate"]):  # floor(p n) in all
+    if exact and global_scope and totals[1] != totals[0] - num_pruned(totals[0], header["prune_rate"]):  # floor(p n) in all
         raise ConfigError(f"{where}: its masks keep {totals[1]} of {totals[0]} weights; prune_rate "
                           f"{header['prune_rate']} over all of them keeps {totals[0] - num_pruned(totals[0], header['prune_rate'])}")
     for t in header["tensors"]:

@@ -154,6 +154,56 @@ def resnet50(*, num_classes: int = 1000, in_channels: int = 3, image_size: int =
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, width=width, imagenet_stem=True)
 
 
+class PadShortcut(nn.Module):
+    """He et al. 2016's CIFAR shortcut "option A": no weights; a stride-2 block subsamples x and pads the new
+    channels with zeros, half before and half after (akamaster/pytorch_resnet_cifar10, which Gem-Miner uses)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.stride, self.before, self.after = stride, (c_out - c_in) // 2, c_out - c_in - (c_out - c_in) // 2
+
+    def forward(self, x):
+        return nn.functional.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.before, self.after))
+
+
+class CifarBlock(BasicBlock):
+    """ResNet-20's block: BasicBlock with the weightless option-A shortcut."""
+
+    def __init__(self, c_in: int, c: int, stride: int = 1):
+        super().__init__(c, c)  # no projection shortcut is made
+        self.conv1 = nn.Conv2d(c_in, c, 3, stride, 1, bias=False)
+        if stride != 1 or c_in != c:
+            self.shortcut = PadShortcut(c_in, c, stride)
+
+
+class ResNet20(nn.Module):
+    """He et al. 2016's CIFAR ResNet-20: a 3x3 conv to 16 channels, 3 stages of 3 basic blocks of 16/32/64 channels
+    (strides 1/2/2, option-A shortcuts), global average pooling and a linear head; 268,336 weights at width 1."""
+
+    def __init__(self, *, num_classes: int, in_channels: int, width: float):
+        super().__init__()
+        c = _scaled(16, width)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), _norm(c), nn.ReLU(inplace=True))
+        stages, c_in = [], c
+        for i in range(3):
+            c_stage = _scaled(16 * 2**i, width)
+            stages.append(nn.Sequential(*(CifarBlock(c_in if j == 0 else c_stage, c_stage, 2 if i > 0 and j == 0 else 1)
+                                          for j in range(3))))
+            c_in = c_stage
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes, bias=False)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def resnet20(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> ResNet20:
+    """CIFAR ResNet-20 (He et al. 2016), the network of Gem-Miner's published configs."""
+    return ResNet20(num_classes=num_classes, in_channels=in_channels, width=width)
+
+
 def _layer_norm(d: int) -> nn.LayerNorm:
     # Non-affine, like the ResNets' BatchNorm: a mask search trains only scores, and dense training gets the
     # same architecture.
@@ -240,6 +290,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "conv6": lambda **kw: conv_net(3, **kw),
     "conv8": lambda **kw: conv_net(4, **kw),
     "resnet18": resnet18,
+    "resnet20": resnet20,
     "resnet50": resnet50,
     "lenet300": lambda **kw: mlp((300, 100), **kw),
     "small-conv": small_conv,

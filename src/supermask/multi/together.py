@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
 from supermask import data as data_lib
 from supermask.core.convert import masked_layers, random_weight
 from supermask.core.mask import scored_mask
+from supermask.core.methods import get_method
 from supermask.errors import ConfigError
 from supermask.multi import FORWARDS
 from supermask.models import build_model
@@ -42,12 +41,11 @@ from supermask.run.checkpoint import (atomic_write_text, load_optimizer_tensors,
 from supermask.run.config import Config, dump_yaml, make_config
 from supermask.run.files import CHECKPOINT, CONFIG_FILE
 from supermask.run.lock import LOCK_FILE, run_lock
-from supermask.run.progress import is_live, log_line
+from supermask.run.loop import Member, Step, Trainee, autocast, fit, new_state, write_logs
 from supermask.run.rundir import check_same_run
-from supermask.run.schedule import after_step, end_of_epoch
-from supermask.run.train import (TrainingError, WaitClock, _finish, build, check_model_fits_data, check_model_size,
-                                 input_layout, learning_rate, load_data, new_state, optimizer_for, pick_device, place,
-                                 record_epoch, resolve_data_paths, set_threads, speed, write_logs)
+from supermask.run.trackers import check_available, open_trackers
+from supermask.run.train import (_finish, build, check_model_fits_data, check_model_size, input_layout, kept_fractions,
+                                 load_data, optimizer_for, pick_device, place, resolve_data_paths, set_threads)
 
 GROUP_CHECKPOINT = "together.safetensors"
 SEED_KEYS = ("weight_seed", "score_seed", "data_seed", "out_dir")  # what may differ between the runs of a group
@@ -163,6 +161,9 @@ def check_group(cfgs: list[Config]) -> None:
     first = cfgs[0]
     if not first.masked:
         raise ConfigError(f"training together needs a mask method (edge-popup or biprop), not method={first.method}")
+    if not get_method(first.method).stacks:
+        raise ConfigError(f"training together selects each layer's top-k masks for all its runs at once, and "
+                          f"method={first.method} does not mask by a top-k: train these runs alone")
     if first.prune_scope == "global":
         raise ConfigError("training together selects each layer's masks for all its runs at once, layer by layer; "
                           "prune_scope=global needs every layer's scores of a run at once: train these runs alone")
@@ -172,9 +173,6 @@ def check_group(cfgs: list[Config]) -> None:
             if k not in SEED_KEYS and base[k] != v:
                 raise ConfigError(f"runs trained together may differ only in {', '.join(SEED_KEYS)}; "
                                   f"{k} is {base[k]!r} in one and {v!r} in another")
-    if first.amp or first.compile or first.logger or first.checkpoint_every_steps is not None:
-        raise ConfigError("training together does not support amp=, compile=, logger= or checkpoint_every_steps= yet; "
-                          "train those runs alone")
     if first.data_mode == "stream" or first.dataset.strip().lower() == "imagenet":  # a folder streamed under auto is
         # refused when its data is loaded
         raise ConfigError(f"training together reads data held in memory, and {first.dataset} is streamed: train these"
@@ -195,11 +193,12 @@ def pick_forward(forward: str, device: torch.device, template: nn.Module) -> str
     return "vmap" if device.type == "cuda" and not has_bn else "loop"
 
 
-def group_batches(ds, cfgs: list[Config], epoch: int, device):
-    """Each step's batches: one (x, y) shared by all runs when they share a data seed, else a list per run."""
+def group_batches(ds, cfgs: list[Config], epoch: int, device, start_batch: int = 0):
+    """Each step's batches (from `start_batch` on): one (x, y) shared by all runs when they share a data seed, else
+    a list per run."""
     seeds = sorted({c.data_seed for c in cfgs})
     streams = [data_lib.train_batches(ds, cfgs[0].batch_size, seed=s, epoch=epoch, augment=cfgs[0].augment,
-                                      device=device) for s in seeds]
+                                      device=device, start_batch=start_batch) for s in seeds]
     where = [seeds.index(c.data_seed) for c in cfgs]
     for drawn in zip(*streams):
         if len(seeds) == 1:
@@ -222,13 +221,15 @@ def per_run_losses(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> T
 
 
 @torch.no_grad()
-def evaluate_together(group: Together, ds, batch_size: int, device, channels_last: bool) -> list[tuple[float, float]]:
+def evaluate_together(group: Together, ds, batch_size: int, device, channels_last: bool,
+                      amp: bool = False) -> list[tuple[float, float]]:
     """(mean loss, accuracy) of every run on the test split; effective weights computed once."""
     group.train(False)
     weights = group.effective_weights()
     sums = torch.zeros(len(group), 2, dtype=torch.float64, device=device)
     for x, y in data_lib.eval_batches(ds, batch_size, device=device):
-        logits = group(to_layout(x, channels_last), weights)
+        with autocast(amp, device):
+            logits = group(to_layout(x, channels_last), weights).float()
         sums[:, 0] += nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(len(group)), reduction="none").view(len(group), -1).sum(1)
         sums[:, 1] += (logits.argmax(-1) == y).sum(1)
     group.train(True)
@@ -253,8 +254,13 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     each run's directory as `supermask train` would, and return their summaries."""
     check_group(cfgs)
     first = cfgs[0]
+    check_available(first.logger)
     set_threads(first.threads)  # as `train` does: the same thread count, the same masks
     device = pick_device(first.device)
+    if first.amp and device.type == "cuda":
+        raise ConfigError("amp=true on a GPU scales float16 losses with one scaler, and a group has one optimizer "
+                          "step for all its runs: one run's overflow would skip every run's step, so they would not "
+                          "train as alone; train with amp=false, or the runs alone")
     ds = load_data(first)
     if data_lib.is_streamed(ds):  # the runs share batches drawn from tensors held in memory
         raise ConfigError(f"training together reads data held in memory, and {ds.name} is streamed: train these runs "
@@ -300,7 +306,14 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
             except OSError as e:
                 raise ConfigError(f"cannot create the run directories ({e.strerror or e})") from None
 
-        _train_group(cfgs, group, optimizer, ds, device, group_dir, states, progress)
+        trackers = [held.enter_context(contextlib.closing(open_trackers(cfg.logger, Path(cfg.out_dir),
+                                                                         Path(cfg.out_dir).name, state["step"])))
+                    for cfg, state in zip(cfgs, states)]
+        for cfg, model, state, t in zip(cfgs, models, states, trackers):
+            if not state["history"]:
+                t.hparams(cfg.to_dict(), {"epoch/test_acc": 0.0, "epoch/train_acc": 0.0, "epoch/test_loss": 0.0})
+                t.scalars(kept_fractions(model), 0)
+        fit(Stack(cfgs, group, optimizer, ds, device, group_dir, states, trackers), ds, device, progress)
         summaries = []
         for i, (cfg, model, state) in enumerate(zip(cfgs, models, states)):
             out = Path(cfg.out_dir)
@@ -318,72 +331,48 @@ def _lock_all(held: contextlib.ExitStack, dirs: list) -> None:
         remove_orphan_temps(Path(d))
 
 
-def _train_group(cfgs, group: Together, optimizer, ds, device, group_dir: Path, states: list[dict], progress: bool) -> None:
-    first = cfgs[0]
-    n = len(cfgs)
-    epoch0, step = states[0]["epoch"], states[0]["step"]
-    steps_per_epoch = data_lib.train_steps(ds, first.batch_size)  # one rule for every loop (held in memory here)
-    live = is_live(progress)  # a bar on a terminal, else a plain line per epoch (see supermask.run.progress)
-    bar = tqdm(total=first.epochs * steps_per_epoch, initial=epoch0 * steps_per_epoch, disable=not live,
-               unit="step", dynamic_ncols=True, leave=False)
-    with bar:
-        for epoch in range(epoch0, first.epochs):
-            bar.set_description(f"{n} runs, epoch {epoch + 1}/{first.epochs}")
-            lr = learning_rate(first, epoch)
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = lr
-            start = time.perf_counter()
-            group.train(True)
-            sums = torch.zeros(n, 3, dtype=torch.float64, device=device)  # loss, correct, seen
-            batches = WaitClock(group_batches(ds, cfgs, epoch, device))
-            for x, y in batches:
-                logits = group(to_layout(x, first.channels_last))
-                losses = per_run_losses(logits, y, first.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()  # run i's scores get exactly the gradient of run i's loss
-                optimizer.step()
-                step += 1
-                for cfg, model, state in zip(cfgs, group.models, states):
-                    state["step"] = step
-                    state["schedule"] += after_step(model, cfg, epoch, step)
-                yy = y.expand(n, -1) if y.dim() == 1 else y
-                sums[:, 0] += losses.detach() * yy.shape[1]
-                sums[:, 1] += (logits.detach().argmax(-1) == yy).sum(1)
-                sums[:, 2] += yy.shape[1]
-                bar.update(1)
-                if step % 20 == 0:
-                    _check_finite(cfgs, group, losses, epoch, lr)
-            _check_finite(cfgs, group, sums[:, 0], epoch, lr)
-            # the training pass of all runs: images/s counts every run's images, as a run alone would its own
-            pace = speed(float(sums[:, 2].sum()), time.perf_counter() - start, batches.waited)
-            images_per_s = pace["images_per_s"]
-            for cfg, model, state in zip(cfgs, group.models, states):  # before evaluating, as a run alone does
-                state["schedule"] += end_of_epoch(model, cfg, epoch, step)
-            results = evaluate_together(group, ds, first.eval_batch_size, device, first.channels_last)
-            elapsed = time.perf_counter() - start
-            seconds = elapsed / n  # each run's share of the group's time
-            for i, (cfg, model, state) in enumerate(zip(cfgs, group.models, states)):
-                loss_sum, correct, seen = sums[i].tolist()
-                record_epoch(state, lr, (loss_sum / seen, correct / seen), results[i], seconds, pace)
-            accs = [r[1] for r in results]
-            bar.set_postfix({"test_acc": f"{min(accs):.3f}-{max(accs):.3f}", "img/s": f"{images_per_s:.0f}"},
-                            refresh=True)
-            if progress and not live:
-                log_line(f"{n} runs, epoch {epoch + 1}/{first.epochs}: test acc {' '.join(f'{a:.4f}' for a in accs)}, "
-                         f"{elapsed:.1f} s, {images_per_s:.0f} img/s")
-            _save_group(group_dir / GROUP_CHECKPOINT, cfgs, group, optimizer, states)
-            for cfg, state in zip(cfgs, states):
-                write_logs(Path(cfg.out_dir), state)
+class Stack(Trainee):
+    """The runs of a group as one trainee of the training loop (supermask.run.loop): one forward pass over the
+    stacked weights gives every run's loss, and one optimizer step over the stacks updates every run."""
 
+    def __init__(self, cfgs: list[Config], group: Together, optimizer, ds, device, group_dir: Path,
+                 states: list[dict], trackers: list):
+        self.members = [Member(cfg, model, state, t) for cfg, model, state, t in zip(cfgs, group.models, states, trackers)]
+        self.cfgs, self.stack, self.optimizer, self.ds, self.device, self.group_dir = cfgs, group, optimizer, ds, device, group_dir
+        self.label = f"{len(cfgs)} runs, "
+        # compiled as a lone run's model is: the group's forward, over the stacked weights, for every step
+        self.forward = torch.compile(group.__call__) if cfgs[0].compile else group
 
-def _check_finite(cfgs, group: Together, losses: Tensor, epoch: int, lr: float) -> None:
-    bad = ~torch.isfinite(losses.detach())
-    for scores in group.scores:
-        bad |= ~torch.isfinite(scores.detach()).flatten(1).all(1)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise TrainingError(f"run {cfgs[i].out_dir} diverged in epoch {epoch + 1} (loss or scores non-finite at "
-                            f"lr {lr:g}); lower lr= or check the data")
+    def batches(self, epoch, start_batch, replaced):  # data held in memory: nothing is replaced
+        return group_batches(self.ds, self.cfgs, epoch, self.device, start_batch)
+
+    def step(self, x, y, epoch, index):
+        first = self.cfgs[0]
+        logits = self.forward(to_layout(x, first.channels_last)).float()
+        losses = per_run_losses(logits, y, first.label_smoothing)
+        n = len(self.cfgs)
+        yy = y.expand(n, -1) if y.dim() == 1 else y
+        detached = losses.detach()
+        tally = torch.stack([(detached * yy.shape[1]).double(), (logits.detach().argmax(-1) == yy).sum(1).double(),
+                             torch.full_like(detached, yy.shape[1], dtype=torch.float64)], dim=1)
+        return Step(losses.sum(), detached, tally)  # run i's scores get exactly the gradient of run i's loss
+
+    def trainable(self, i):
+        return [(name, scores[i]) for name, scores in zip(self.stack.names, self.stack.scores)]
+
+    def evaluate(self, replaced):
+        first = self.cfgs[0]
+        return evaluate_together(self.stack, self.ds, first.eval_batch_size, self.device, first.channels_last, first.amp)
+
+    def save(self, partials=None):
+        states = [m.state for m in self.members]
+        saved = states if partials is None else [{**state, "partial": p} for state, p in zip(states, partials)]
+        _save_group(self.group_dir / GROUP_CHECKPOINT, self.cfgs, self.stack, self.optimizer, saved)
+        for cfg, state in zip(self.cfgs, states):
+            write_logs(Path(cfg.out_dir), state)
+
+    def train_mode(self):
+        self.stack.train(True)
 
 
 def _save_group(path: Path, cfgs, group: Together, optimizer, states) -> None:

@@ -58,6 +58,12 @@ class Config:
     biprop_grad: str | None = _opt(None, "biprop's score gradient: weight (the published code's, dL/dW_eff * W * sign(S)) "
                                          "or alpha (dL/dW_eff * alpha * sign(W) * sign(S), an ablation) [default: weight "
                                          "for biprop; only biprop takes it]")
+    gem_period: int | None = _opt(None, "gem-miner: a pruning round every T epochs, after the 0-based epochs T, 2T, ... "
+                                        "[default 5; only gem-miner takes it]")
+    gem_lambda: float | None = _opt(None, "gem-miner: weight of the loss term lambda * sum(scores^2), >= 0 [default 1e-4]")
+    gem_rounding: str | None = _opt(None, "gem-miner: how many a round prunes: exact (the flag lands exactly on the "
+                                          "target density) or published (ceil(r n_active), ties pruned; ends a few "
+                                          "weights below it) [default exact]")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
     skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
     include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
@@ -407,7 +413,32 @@ def resolve(cfg: Config) -> Config:
         cfg.biprop_grad = cfg.biprop_grad or "weight"
     elif cfg.biprop_grad is not None:
         raise ConfigError(f"biprop_grad={cfg.biprop_grad!r} applies only to method=biprop, not method={cfg.method}")
+    _check_gem_miner(cfg)
     return cfg
+
+
+GEM_DEFAULTS = {"gem_period": 5, "gem_lambda": 1e-4, "gem_rounding": "exact"}
+
+
+def _check_gem_miner(cfg: Config) -> None:
+    """Gem-Miner's keys: filled with their defaults for gem-miner, refused for any other method."""
+    if cfg.method != "gem-miner":
+        given = [f"{k}={getattr(cfg, k)!r}" for k in GEM_DEFAULTS if getattr(cfg, k) is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies only to method=gem-miner, not method={cfg.method}")
+        return
+    for key, value in GEM_DEFAULTS.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    from supermask.core.gem_miner import ROUNDINGS
+
+    _choice("gem_rounding", cfg.gem_rounding, ROUNDINGS)
+    if cfg.gem_lambda < 0:
+        raise ConfigError(f"gem_lambda={cfg.gem_lambda!r} must be >= 0")
+    if cfg.prune_scope == "global":
+        raise ConfigError("method=gem-miner prunes over all masked layers together already (its rounds are global); "
+                          "leave prune_scope at layer")
+
 
 
 def _check_init_from(cfg: Config) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from supermask.core.gem_miner import rounds as gem_rounds
 from supermask.core.init import derive_seed
 from supermask.core.iterand import rerandomize_
 from supermask.core.methods import get_method
@@ -62,6 +63,12 @@ def end_of_epoch(model: nn.Module, cfg: Config, epoch: int, step: int) -> list[d
     return events
 
 
+def loss_term(model: nn.Module, cfg: Config):
+    """What the method adds to the training loss (Gem-Miner's regularizer), or None."""
+    term = get_method(cfg.method).loss_term if cfg.masked else None
+    return None if term is None else term(model, cfg)
+
+
 def planned_steps(cfg: Config, steps_per_epoch: int) -> dict[str, int]:
     """How many IWR and IteRand steps a whole run of `cfg` fires (0 for a schedule that is off)."""
     epochs = range(cfg.epochs)
@@ -77,6 +84,9 @@ def never_fires(cfg: Config, steps_per_epoch: int) -> str | None:
     if cfg.iwr_every is not None and planned["iwr"] == 0:
         return (f"iwr_every={cfg.iwr_every} (warm-up {cfg.iwr_warmup}) fires no IWR step in {cfg.epochs} epochs: "
                 "steps come at the end of an epoch t > 0 with t % iwr_every == 0, never the last one")
+    if cfg.method == "gem-miner" and cfg.prune_rate > 0 and gem_rounds(cfg.epochs, cfg.gem_period) == 0:
+        return (f"gem_period={cfg.gem_period} fires no Gem-Miner pruning round in {cfg.epochs} epochs: rounds come "
+                "after the 0-based epochs T, 2T, ... (T = gem_period), so the mask is only 1[scores > 0.5]")
     every = cfg.iterand_every_steps or cfg.iterand_every_epochs
     if every is not None and planned["iterand"] == 0:
         unit = "steps" if cfg.iterand_every_steps is not None else "epochs"

@@ -4,53 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
-import math
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from supermask import data as data_lib
 from supermask.core.convert import Report, convert, masks, weight_tensors
 from supermask.core.labels import layer_labels
 from supermask.core.methods import get_method
-from supermask.errors import ConfigError, SupermaskError
+from supermask.errors import ConfigError
 from supermask.models import MODELS, TOKEN_MODELS, build_model
 from supermask.run import distributed
 from supermask.run.checkpoint import (atomic_write_text, load_checkpoint, read_json, remove_orphan_temps,
                                       save_checkpoint, save_tensors, write_json)
 from supermask.run.config import Config, dump_yaml, recorded_config
+from supermask.run.files import CHECKPOINT, CONFIG_FILE, MASKS, SUMMARY
 from supermask.run.lock import run_dir_is_empty, run_lock
-from supermask.run.progress import StepLines, is_live, log_line
+# the loop's names that callers have long imported from here
+from supermask.run.loop import (Member, Step, Trainee, TrainingError, autocast, fit, learning_rate,  # noqa: F401
+                                new_state, write_logs)
 from supermask.run.rundir import check_same_run
-from supermask.run.schedule import after_step, end_of_epoch, fired_steps, never_fires, step_fires
+from supermask.run.schedule import fired_steps, never_fires
 from supermask.run.trackers import Trackers, check_available, open_trackers
-from supermask.run.files import CHECKPOINT, CONFIG_FILE, MASKS, METRICS, SCHEDULE, SUMMARY
-
-
-
-class TrainingError(SupermaskError):
-    """Training cannot go on (for example the loss became NaN)."""
-
-
-def learning_rate(cfg: Config, epoch: int) -> float:
-    """The learning rate for `epoch` (0-based), stepped once per epoch as in the papers' code: a linear warm-up to
-    cfg.peak_lr, then constant or cosine."""
-    peak = cfg.peak_lr
-    if epoch < cfg.warmup_epochs:
-        return peak * (epoch + 1) / cfg.warmup_epochs
-    if cfg.lr_schedule == "constant":
-        return peak
-    t = epoch - cfg.warmup_epochs
-    return 0.5 * peak * (1 + math.cos(math.pi * t / (cfg.epochs - cfg.warmup_epochs)))
 
 
 def pick_device(name: str) -> torch.device:
@@ -195,46 +175,9 @@ def kept_fractions(model: nn.Module) -> dict[str, float]:
     return {f"kept_fraction/{labels.get(name, name)}": m.float().mean().item() for name, m in masks(model).items()}
 
 
-def new_state() -> dict[str, Any]:
-    """A run's progress before its first epoch (what its checkpoint's metadata holds)."""
-    return {"epoch": 0, "step": 0, "history": [], "schedule": [], "seconds": 0.0, "best_test_acc": -1.0, "best_epoch": -1}
-
-
-def record_epoch(state: dict[str, Any], lr: float, train: tuple[float, float], test: tuple[float, float],
-                 seconds: float, speed: dict[str, float] | None = None) -> None:
-    """Add one finished epoch (train and test (loss, accuracy), and the training pass's `speed`) to a run's state."""
-    epoch = state["epoch"] + 1
-    state["history"].append({"epoch": epoch, "lr": lr, "train_loss": train[0], "train_acc": train[1],
-                             "test_loss": test[0], "test_acc": test[1], "seconds": round(seconds, 3), **(speed or {})})
-    state["epoch"] = epoch
-    state["seconds"] += seconds
-    if test[1] > state["best_test_acc"]:
-        state["best_test_acc"], state["best_epoch"] = test[1], epoch
-
-
-def write_logs(out_dir: Path, state: dict[str, Any]) -> None:
-    """metrics.jsonl (and schedule.jsonl), rewritten whole from the state after its checkpoint: a kill between
-    the writes cannot duplicate or lose a line."""
-    atomic_write_text(out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
-    if state["schedule"]:
-        atomic_write_text(out_dir / SCHEDULE, "".join(json.dumps(r) + "\n" for r in state["schedule"]))
-
-
 def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """An image batch in the layout the model computes in."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-
-def autocast(amp: bool, device: torch.device):
-    """Mixed precision where configured: float16 on GPUs, bfloat16 elsewhere. Masks are computed from the float32
-    scores either way, so they do not depend on it."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp)
-
-
-def grad_scaler(amp: bool, device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for float16 (GPUs); a no-op otherwise."""
-    return torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
 
 @torch.no_grad()
@@ -261,55 +204,6 @@ def evaluate(model: nn.Module, ds: data_lib.Dataset, batch_size: int, device: to
     return loss_sum / n, correct / n
 
 
-def _nonfinite_parameter(model: nn.Module) -> str | None:
-    """The name of the first trainable parameter holding a NaN or inf, or None (one host sync).
-
-    In a mask search the loss can stay finite while the scores overflow (a NaN score is never kept, so the
-    masks silently empty), hence this check next to the loss check.
-    """
-    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not params:
-        return None
-    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).tolist()
-    return next((name for (name, _), ok in zip(params, finite) if not ok), None)
-
-
-def _check_finite(model: nn.Module, loss: float, where: str, lr: float,
-                  group: distributed.Group = distributed.Group()) -> None:
-    bad = _nonfinite_parameter(model)
-    # Every process must take the same branch, or the others would wait for it forever.
-    if not distributed.any_true(not math.isfinite(loss) or bad is not None, group, next(model.parameters()).device):
-        return
-    if not math.isfinite(loss):
-        raise TrainingError(f"loss became {loss} in {where} (lr {lr:g}); lower lr= or check the data")
-    where_else = " (on this or another process)" if group.active else ""
-    raise TrainingError(f"training diverged in {where}: {bad or 'a parameter'} became non-finite{where_else} "
-                        f"(loss {loss:g}, lr {lr:g}); lower lr= or check the data")
-
-
-class WaitClock:
-    """An iterator that times how long its consumer is blocked in next(): the data-loading share of an epoch."""
-
-    def __init__(self, items: Iterable, waited: float = 0.0):
-        self.items, self.waited = iter(items), waited
-
-    def __iter__(self) -> Iterator:
-        return self
-
-    def __next__(self):
-        start = time.perf_counter()
-        try:
-            return next(self.items)
-        finally:
-            self.waited += time.perf_counter() - start
-
-
-def speed(images: float, seconds: float, waited: float) -> dict[str, float]:
-    """A training pass's images per second and the fraction of its wall time spent waiting for data."""
-    seconds = max(seconds, 1e-9)
-    return {"images_per_s": round(images / seconds, 1), "data_wait": round(min(waited / seconds, 1.0), 4)}
-
-
 def _forward(net: nn.Module, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
     try:
         return net(x).float()
@@ -323,76 +217,77 @@ def _forward(net: nn.Module, x: torch.Tensor, epoch: int, step: int) -> torch.Te
                           "leaves no single-image slice, fewer processes, or a larger image_size") from None
 
 
-def train_epoch(model, ds, cfg: Config, optimizer, epoch: int, device, bar, state: dict,
-                group: distributed.Group = distributed.Group(), net: nn.Module | None = None,
-                scaler: torch.amp.GradScaler | None = None, trackers: Trackers = Trackers(),
-                checkpoint: Callable[[dict[str, Any]], None] | None = None) -> tuple[float, float, dict[str, float]]:
-    """One pass over the training set; returns (mean loss, accuracy, `speed`). Counts steps and logs IteRand in
-    `state`. `net` is what runs the forward pass (the DistributedDataParallel wrapper in a data-parallel run, or the
-    compiled model). Every `cfg.checkpoint_every_steps` steps inside the epoch, `checkpoint` gets what continuing
-    at the next batch needs (`state["partial"]` when a run resumes there). From a streamed set, `speed` also holds
-    `train_images_replaced`, the samples whose unreadable image another replaced."""
-    net = net or model
-    scaler = scaler or grad_scaler(False, device)
-    net.train()
-    # One process: the batch's mean loss. Several: each slice's summed loss over the global batch's size (times
-    # the processes, whose gradients DDP averages), so every sample weighs the same however the batch is split
-    # and an empty slice adds zero.
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if group.active else "mean")
-    n = len(ds.train_y)
-    steps = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, world=group.world)
-    # Resuming inside the epoch: the saved sums are the global ones (summed over the processes when saved), so
-    # rank 0 carries them and the others start from zero.
-    partial = state.pop("partial", None) or {"batch": 0, "sums": [0.0] * 3, "seconds": 0.0, "waited": 0.0}
-    # loss, correct, seen
-    sums = torch.tensor(partial["sums"] if group.main else [0.0] * 3, device=device, dtype=torch.float64)
-    first, start = partial["batch"], time.perf_counter() - partial["seconds"]
-    replaced = data_lib.ReplacedCount(int(partial.get("replaced", 0)) if group.main else 0)  # global, as the sums
-    batches = WaitClock(data_lib.train_batches(ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch,
-                                               augment=cfg.augment, device=device, shard=(group.rank, group.world),
-                                               start_batch=first, replaced=replaced), partial["waited"])
-    for step, (x, y) in enumerate(batches, start=first):
-        x = input_layout(x, cfg.channels_last)
-        with autocast(cfg.amp, device):
-            logits = _forward(net, x, epoch, step)
-            loss = loss_fn(logits, y)
-            per_sample = min(cfg.batch_size, n - step * cfg.batch_size) / group.world if group.active else len(y)
-            if group.active:
-                loss = loss / per_sample
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        state["step"] += 1
-        trackers.step_loss(state["step"], loss, optimizer.param_groups[0]["lr"])
-        events = after_step(model, cfg, epoch, state["step"])
-        if events:
-            state["schedule"] += events
-            trackers.schedule(events)
-            distributed.check_agreement(model, group, f"the schedule after step {state['step']}")
-        sums[0] += loss.detach() * per_sample
-        sums[1] += (logits.detach().argmax(1) == y).sum()
-        sums[2] += len(y)
-        bar.update(1)
-        if step % 20 == 0:  # a host sync only every few steps
-            value = loss.item()
-            _check_finite(model, value, f"epoch {epoch + 1} step {step + 1}", optimizer.param_groups[0]["lr"], group)
-            now = speed(min(n, (step + 1) * cfg.batch_size), time.perf_counter() - start, batches.waited)
-            bar.set_postfix({"loss": f"{value:.3f}", "img/s": f"{now['images_per_s']:.0f}",
-                             "data wait": f"{now['data_wait']:.0%}"}, refresh=False)
-            trackers.flush()  # the host has synchronized anyway
-        if checkpoint and step + 1 < steps and step_fires(state["step"], cfg.checkpoint_every_steps):
-            trackers.flush()
-            *so_far, bad = distributed.all_sum(torch.cat([sums, sums.new_tensor([replaced.count])]), group).tolist()
-            checkpoint({"batch": step + 1, "sums": so_far, "replaced": int(bad),
-                        "seconds": time.perf_counter() - start, "waited": batches.waited})
-    loss_sum, correct, seen, bad = distributed.all_sum(torch.cat([sums, sums.new_tensor([replaced.count])]),
-                                                       group).tolist()
-    _check_finite(model, loss_sum / seen, f"epoch {epoch + 1}", optimizer.param_groups[0]["lr"], group)
-    pace = speed(seen, time.perf_counter() - start, batches.waited)
-    if data_lib.is_streamed(ds):
-        pace["train_images_replaced"] = int(bad)
-    return loss_sum / seen, correct / seen, pace
+class Lone(Trainee):
+    """One run: alone in its process, or one process of a data-parallel run (`group`), whose forward pass `net`
+    runs (the DistributedDataParallel wrapper, or the compiled model)."""
+
+    def __init__(self, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, ds: data_lib.Dataset,
+                 device: torch.device, out_dir: Path, state: dict[str, Any], trackers: Trackers,
+                 group: distributed.Group = distributed.Group()):
+        self.members = [Member(cfg, model, state, trackers)]
+        self.cfg, self.model, self.optimizer, self.ds, self.device, self.out_dir = cfg, model, optimizer, ds, device, out_dir
+        self.group = group
+        self.net = distributed.wrap(model, group, device)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        # One process: the batch's mean loss. Several: each slice's summed loss over the global batch's size (times
+        # the processes, whose gradients DDP averages), so every sample weighs the same however the batch is split
+        # and an empty slice adds zero.
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
+                                           reduction="sum" if group.active else "mean")
+
+    def batches(self, epoch, start_batch, replaced):
+        cfg, group = self.cfg, self.group
+        return data_lib.train_batches(self.ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
+                                      device=self.device, shard=(group.rank, group.world), start_batch=start_batch,
+                                      replaced=replaced)
+
+    def step(self, x, y, epoch, index):
+        cfg, group = self.cfg, self.group
+        logits = _forward(self.net, input_layout(x, cfg.channels_last), epoch, index)
+        loss = self.loss_fn(logits, y)
+        per_sample = (min(cfg.batch_size, len(self.ds.train_y) - index * cfg.batch_size) / group.world
+                      if group.active else len(y))
+        if group.active:
+            loss = loss / per_sample
+        detached = loss.detach()
+        tally = torch.stack([(detached * per_sample).double(), (logits.detach().argmax(1) == y).sum().double(),
+                             detached.new_tensor(len(y), dtype=torch.float64)])
+        return Step(loss, detached.reshape(1), tally.unsqueeze(0))
+
+    def trainable(self, i):
+        return [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+
+    def evaluate(self, replaced):
+        cfg = self.cfg
+        return [evaluate(self.model, self.ds, cfg.eval_batch_size, self.device, self.group, cfg.amp, replaced)]
+
+    def save(self, partials=None):
+        state = self.members[0].state
+        if partials is None:
+            if self.group.main:
+                save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.optimizer, state)  # the source of truth
+                write_logs(self.out_dir, state)
+            return
+        # Saved: the processes' mean BatchNorm statistics, as at the end of an epoch; kept: each its own, so a run
+        # that is never resumed computes exactly as without these checkpoints (the statistics are linear in
+        # their start, so a resumed data-parallel run ends with the same mean within float tolerance).
+        own = [b.clone() for b in self.model.buffers()] if self.group.active else []
+        distributed.average_buffers(self.model, self.group)
+        if self.group.main:
+            save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.optimizer, {**state, "partial": partials[0]})
+            write_logs(self.out_dir, state)
+        for b, saved in zip(self.model.buffers(), own):
+            b.copy_(saved)
+
+    def train_mode(self):
+        self.net.train()
+
+    def end_of_pass(self):
+        distributed.average_buffers(self.model, self.group)  # one set of BatchNorm statistics: evaluated and saved
+
+    def agree(self, where, buffers=False):
+        distributed.check_agreement(self.model, self.group, where, buffers=buffers)
 
 
 def default_out_dir(cfg: Config) -> Path:
@@ -486,77 +381,10 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
         if not state["history"]:
             trackers.hparams(cfg.to_dict(), {"epoch/test_acc": 0.0, "epoch/train_acc": 0.0, "epoch/test_loss": 0.0})
             trackers.scalars(kept_fractions(model), 0)
-        _train(cfg, model, optimizer, ds, device, out_dir, state, progress and group.main, group, trackers)
+        fit(Lone(cfg, model, optimizer, ds, device, out_dir, state, trackers, group), ds, device, progress and group.main)
         return _finish(cfg, model, ds, out_dir, state, device, group)
     finally:
         trackers.close()
-
-
-def _train(cfg, model, optimizer, ds, device, out_dir: Path, state: dict, progress: bool,
-           group: distributed.Group = distributed.Group(), trackers: Trackers = Trackers()) -> None:
-    net = distributed.wrap(model, group, device)
-    if cfg.compile:
-        net = torch.compile(net)
-    scaler = grad_scaler(cfg.amp, device)
-    if "grad_scaler" in state:
-        scaler.load_state_dict(state["grad_scaler"])
-    # the bar's length; from shards, an epoch's steps vary a little with its shard order (see data.train_steps)
-    steps_per_epoch = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=group.world)
-
-    def checkpoint(partial: dict[str, Any]) -> None:
-        """A checkpoint inside an epoch: `partial` says where in it (see train_epoch)."""
-        if scaler.is_enabled():
-            state["grad_scaler"] = scaler.state_dict()
-        # Saved: the processes' mean BatchNorm statistics, as at the end of an epoch; kept: each its own, so a run
-        # that is never resumed computes exactly as without these checkpoints (the statistics are linear in
-        # their start, so a resumed data-parallel run ends with the same mean within float tolerance).
-        own = [b.clone() for b in model.buffers()] if group.active else []
-        distributed.average_buffers(model, group)
-        if group.main:
-            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, {**state, "partial": partial})
-            write_logs(out_dir, state)
-        for b, saved in zip(model.buffers(), own):
-            b.copy_(saved)
-
-    live = is_live(progress)  # a bar on a terminal, else plain lines: per epoch, and in one (see supermask.run.progress)
-    initial = state["epoch"] * steps_per_epoch + state.get("partial", {}).get("batch", 0)
-    bar = (tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, unit="step", dynamic_ncols=True, leave=False)
-           if live else StepLines(cfg.epochs * steps_per_epoch, initial, batch_size=cfg.batch_size, enabled=progress))
-    with bar:
-        for epoch in range(state["epoch"], cfg.epochs):
-            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-            lr = learning_rate(cfg, epoch)
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = lr
-            start = time.perf_counter() - state.get("partial", {}).get("seconds", 0.0)  # trained before a resume
-            train_loss, train_acc, pace = train_epoch(model, ds, cfg, optimizer, epoch, device, bar, state, group, net,
-                                                      scaler, trackers, checkpoint)
-            distributed.average_buffers(model, group)  # one set of BatchNorm statistics: evaluated and saved
-            # The epoch's IWR or IteRand step comes before the evaluation, so the test accuracy measures the network
-            # saved at the epoch's end: IWR with iwr_rate above the prune rate rewrites kept weights too.
-            events = end_of_epoch(model, cfg, epoch, state["step"])
-            distributed.check_agreement(model, group, f"epoch {epoch + 1}", buffers=True)
-            replaced = data_lib.ReplacedCount()
-            test_loss, test_acc = evaluate(model, ds, cfg.eval_batch_size, device, group, cfg.amp, replaced)
-            if data_lib.is_streamed(ds):
-                pace["test_images_replaced"] = replaced.count
-            state["schedule"] += events
-            record_epoch(state, lr, (train_loss, train_acc), (test_loss, test_acc), time.perf_counter() - start, pace)
-            trackers.epoch(state["history"][-1], state["step"])
-            trackers.schedule(events)
-            if scaler.is_enabled():
-                state["grad_scaler"] = scaler.state_dict()
-            bar.set_postfix({"train_acc": f"{train_acc:.3f}", "test_acc": f"{test_acc:.3f}",
-                             "img/s": f"{pace['images_per_s']:.0f}", "data wait": f"{pace['data_wait']:.0%}"},
-                            refresh=True)
-            if progress and not live:
-                log_line(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, test loss "
-                         f"{test_loss:.4f} acc {test_acc:.4f}, lr {lr:.4g}, {state['history'][-1]['seconds']:.1f} s, "
-                         f"{pace['images_per_s']:.0f} img/s, data wait {pace['data_wait']:.0%}")
-            if not group.main:
-                continue
-            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, state)  # the source of truth
-            write_logs(out_dir, state)
 
 
 def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
