@@ -228,6 +228,9 @@ class Method:
     - `exact_count`: whether each mask keeps exactly n - floor(p n) of its n weights (a top-k; a `.smask` checks
       it), or only at most n (a threshold);
     - `stacks`: whether runs of it can train together, where one top-k selection per layer masks a stack of runs;
+    - `levels(p)`: a multi-level mask as nested boolean masks, the first `p.mask()`, each further one a subset of
+      the one before; the layer multiplies by their sum. A `.smask` stores each over the previous one's kept
+      weights;
     - `smask_fields`, `smask_layer(weight, mask)`: numbers a `.smask` stores per layer (under those keys, which the
       file's layer schema `export.LAYER` must allow) and checks when it rebuilds the layer; the mask itself and
       any kept weight that no longer equals its seed's are always stored.
@@ -244,6 +247,7 @@ class Method:
     loss_term: Callable[[nn.Module, Any], Tensor] | None = None
     exact_count: bool = True
     stacks: bool = True
+    levels: Callable[[ScoredWeight], list[Tensor]] | None = None
     smask_fields: tuple[str, ...] = ()
     smask_layer: Callable[[Tensor, Tensor], dict[str, float]] | None = None
     summary: str = ""
@@ -297,4 +301,4 @@ register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True, 
                 smask_fields=("alpha",), smask_layer=lambda weight, mask: {"alpha": float(biprop_alpha(weight, mask))},
                 summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))
 
-from supermask.core import gem_miner  # noqa: E402,F401 - registers gem-miner (it builds on the names above)
+from supermask.core import gem_miner, multicoat  # noqa: E402,F401 - register themselves (they build on the names above)

@@ -23,6 +23,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -51,7 +52,8 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 
 # The config keys that, with the input shape, rebuild a run's network from its seed.
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
-OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source", "prune_scope")  # absent from files written before they existed
+OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source", "prune_scope",
+                         "multicoat_prune_rates")  # absent from files written before they existed
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ ACCURACY = _Kind("a number or null", lambda v: v is None or NUMBER.ok(v))
 # The header's schema: a dict is an object (a key ending in "?" is optional, no other key is allowed), a one-item
 # list a list of that kind. docs/smask-format.md describes each field.
 LAYER = {"name": TEXT, "shape": SHAPE, "kept": COUNT, "mask": SPAN, "alpha?": NUMBER, "changed?": SPAN,
-         "changed_values?": SPAN}
+         "changed_values?": SPAN, "coats?": [SPAN]}
 TENSOR = {"key": TEXT, "shape": SHAPE, "dtype": TEXT, "data": SPAN}
 # the image fields are present exactly for "input": "images" (see _check_preprocessing)
 PREPROCESSING = {"input": TEXT, "channel_order?": TEXT, "image_size?": COUNT, "resize?": TEXT, "crop_fraction?": NUMBER,
@@ -85,7 +87,8 @@ IMAGE_FIELDS = ("channel_order", "image_size", "resize", "scale", "mean", "std")
 HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num_classes": COUNT,
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
-          "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
+          "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT,
+          "multicoat_prune_rates?": NUMBERS, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
           "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
           "tensors": [TENSOR],
@@ -134,7 +137,9 @@ def _skeleton(header: dict) -> nn.Module:
                     scale_fan=header["scale_fan"], weight_seed=header["weight_seed"],
                     skip=header["skip_layers"] + header.get("skip_params", []), include=header.get("include_params", []),
                     scale_fan_by=header.get("scale_fan_by", "kept"), weight_source=header.get("weight_source", "full"),
-                    prune_scope=header.get("prune_scope", "layer"))
+                    prune_scope=header.get("prune_scope", "layer"),
+                    # what the method's layers take from the header (multicoat: its coats' prune rates)
+                    options=get_method(header["method"]).options_from(SimpleNamespace(**header)))
     return model.to(memory_format=torch.channels_last) if header.get("channels_last") else model
 
 
@@ -202,6 +207,14 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         entry = {"name": name, "shape": list(weight.shape), "kept": int(mask.sum()), "mask": put(blob)}
         mask_bytes += len(blob)
         entropy += codec.entropy_bits(mask.numel(), int(mask.sum())) / 8
+        if spec.levels is not None:  # each further level over the kept weights of the one before
+            coats = [c.cpu() for c in spec.levels(p)]
+            entry["coats"] = []
+            for before, coat in zip(coats, coats[1:]):
+                blob = codec.encode(coat[before].numpy())
+                entry["coats"].append(put(blob))
+                mask_bytes += len(blob)
+                entropy += codec.entropy_bits(int(before.sum()), int(coat.sum())) / 8
         if changed.any():
             entry["changed"] = put(codec.encode(changed.numpy()))
             entry["changed_values"] = put(weight[changed].to(torch.float32).numpy().astype("<f4").tobytes())
@@ -367,7 +380,14 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
             raise ConfigError(f"{what} keeps {e['kept']} of its {n} weights")
         totals[0] += n
         totals[1] += e["kept"]
-        extras = set(e) - {"name", "shape", "kept", "mask", "changed", "changed_values"}
+        # a multi-level mask (multicoat) stores a level per further prune rate
+        levels = get_method(header["method"]).levels is not None
+        expected = len(header.get("multicoat_prune_rates") or [None]) - 1 if levels else 0
+        if ("coats" in e) != levels or len(e.get("coats", [])) != expected:
+            raise ConfigError(f"{what} has {len(e.get('coats', []))} further coats; its method and prune rates make "
+                              f"{expected}")
+        spans += [(what, span) for span in e.get("coats", [])]
+        extras = set(e) - {"name", "shape", "kept", "mask", "changed", "changed_values", "coats"}
         if ("changed" in e) != ("changed_values" in e) or extras != set(get_method(header["method"]).smask_fields):
             raise ConfigError(f"{what} has an inconsistent set of fields {sorted(e)}")
         spans += [(what, e[k]) for k in ("mask", "changed", "changed_values") if k in e]
@@ -413,12 +433,25 @@ def load(path: str | Path) -> nn.Module:
                 if len(raw) != 4 * int(changed.sum()) or (changed & ~mask).any():
                     raise ConfigError(f"{where}: layer {e['name']} has inconsistent changed weights")
                 weight[changed] = torch.from_numpy(np.frombuffer(raw, "<f4").copy()).to(weight.dtype)
+            level = mask
+            if "coats" in e:  # a multi-level mask: the layer multiplies by the number of levels holding a weight
+                level = mask.to(weight.dtype)
+                before = mask
+                for span, rate in zip(e["coats"], header["multicoat_prune_rates"][1:]):
+                    count = int(before.sum())
+                    coat = torch.zeros_like(before)
+                    coat[before] = torch.from_numpy(codec.decode(_blob(payload, span), count, head))
+                    if int(coat.sum()) != n - num_pruned(n, rate):
+                        raise ConfigError(f"{where}: layer {e['name']}'s coat at prune rate {rate:g} keeps "
+                                          f"{int(coat.sum())} weights, not {n - num_pruned(n, rate)}")
+                    level = level + coat.to(weight.dtype)
+                    before = coat
             if spec.smask_layer is not None:
                 for key, value in spec.smask_layer(weight, mask).items():
                     if value != e[key]:
                         raise ConfigError(f"{where}: layer {e['name']} rebuilds with a different {key} than it was "
                                           "saved with")
-            plain[e["name"]] = (layer, p.param_name, p.effective_weight(weight, mask.to(weight.dtype)).detach().clone())
+            plain[e["name"]] = (layer, p.param_name, p.effective_weight(weight, level.to(weight.dtype)).detach().clone())
     _bake_plain(model, plain)
     state = model.state_dict()
     for t in header["tensors"]:

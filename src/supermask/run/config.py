@@ -64,6 +64,9 @@ class Config:
     gem_rounding: str | None = _opt(None, "gem-miner: how many a round prunes: exact (the flag lands exactly on the "
                                           "target density) or published (ceil(r n_active), ties pruned; ends a few "
                                           "weights below it) [default exact]")
+    multicoat_prune_rates: list[float] | None = _opt(None, "multicoat: the coats' prune fractions, increasing, the "
+                                                           "first equal to prune_rate, e.g. [0.7, 0.9212, 0.9685] (the "
+                                                           "published ResNet-50 coats, the default at prune_rate=0.7)")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
     skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
     include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
@@ -238,6 +241,11 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
             return float(value)
+        if kind.startswith("list[float]"):
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(v, bool) or not math.isfinite(float(v)) for v in items):
+                raise ValueError
+            return [float(v) for v in items]
         if kind.startswith("list"):
             items = value if isinstance(value, list) else [value]
             if any(isinstance(v, (dict, list)) or v is None for v in items):
@@ -414,7 +422,28 @@ def resolve(cfg: Config) -> Config:
     elif cfg.biprop_grad is not None:
         raise ConfigError(f"biprop_grad={cfg.biprop_grad!r} applies only to method=biprop, not method={cfg.method}")
     _check_gem_miner(cfg)
+    _check_multicoat(cfg)
     return cfg
+
+
+def _check_multicoat(cfg: Config) -> None:
+    """multicoat_prune_rates: for multicoat only, starting at prune_rate; the published coats at prune_rate 0.7."""
+    if cfg.method != "multicoat":
+        if cfg.multicoat_prune_rates is not None:
+            raise ConfigError(f"multicoat_prune_rates={cfg.multicoat_prune_rates} applies only to method=multicoat, "
+                              f"not method={cfg.method}")
+        return
+    from supermask.core.multicoat import PUBLISHED_RATES, check_rates
+
+    if cfg.multicoat_prune_rates is None:
+        if cfg.prune_rate != PUBLISHED_RATES[0]:
+            raise ConfigError(f"method=multicoat needs its coats: multicoat_prune_rates=[{cfg.prune_rate:g}, ...] (the "
+                              f"prune fractions of coats 1 to C, increasing; the published ones are "
+                              f"{list(PUBLISHED_RATES)} at prune_rate={PUBLISHED_RATES[0]})")
+        cfg.multicoat_prune_rates = list(PUBLISHED_RATES)
+    check_rates(cfg.prune_rate, cfg.multicoat_prune_rates)
+    if cfg.prune_scope == "global":
+        raise ConfigError("method=multicoat selects each layer's coats by its own top-k; leave prune_scope at layer")
 
 
 GEM_DEFAULTS = {"gem_period": 5, "gem_lambda": 1e-4, "gem_rounding": "exact"}
