@@ -60,6 +60,17 @@ from supermask.multi.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimat
                              run_sweep, seed_estimates, validate)
 
 METHODS = ("edge-popup", "biprop", "iterand", "edge-popup+iwr", "biprop+iwr", "dense")
+# Issue 24's methods, each a column: a method with the keys that make it (at the cell's prune rate p and epochs E).
+# Gem-Miner's pruning period scales with the run as IWR's does (its published T 5 of 150 epochs), but is at least 2:
+# with T 1 the last round would come after the last epoch, and the published recipe trains 4 epochs after its last;
+# multicoat takes C = 3 coats, each keeping half of the one before (the published coats keep 30%, 7.9% and 3.2%).
+VARIANTS = {
+    "edge-popup-global": lambda p, epochs: {"method": "edge-popup", "prune_scope": "global"},
+    "gem-miner": lambda p, epochs: {"method": "gem-miner", "gem_period": max(2, round(5 * epochs / 150))},
+    "multicoat": lambda p, epochs: {"method": "multicoat",
+                                    "multicoat_prune_rates": [p, 1 - (1 - p) / 2, 1 - (1 - p) / 4]},
+}
+METHOD_BASES = {m: "edge-popup" for m in VARIANTS}  # the methods table's paired differences: each against EP
 AXES = ["model", "width", "prune_rate", "epochs"]  # a row of the table; methods are its columns
 
 # Published CIFAR-10 test accuracy (%), 250 epochs, official binaries: {(model, width, prune rate): {method: acc}}.
@@ -92,6 +103,9 @@ PROFILES = {
     "width01": {"models": ["conv4"], "widths": [0.1], "prune_rates": [0.5], "seeds": [0, 1, 2], "epochs": None,
                 "methods": ["edge-popup", "edge-popup+iwr", "dense", "biprop", "biprop+iwr", "iterand"],
                 "method_overrides": {"iterand": {"iterand_every_epochs": 1}}},
+    # Issue 24: the strong-ticket methods side by side in the regime they were made for, 10 epochs.
+    "methods": {"models": ["conv4"], "widths": [0.25], "prune_rates": [0.9, 0.98], "seeds": [0, 1, 2], "epochs": 10,
+                "methods": ["edge-popup", "edge-popup-global", "gem-miner", "multicoat", "dense"]},
 }
 # Config keys that say where a run's files are, not what it computes: a recorded row does not depend on them.
 PLACE_KEYS = ("out_dir", "data_dir")
@@ -103,6 +117,8 @@ def cell_overrides(model: str, width: float, prune_rate: float, method: str, see
         epochs = paper_epochs(model, method != "dense")
     o = {"model": model, "width": width, "prune_rate": prune_rate, "method": method, "epochs": epochs,
          "weight_seed": seed, "score_seed": seed, "data_seed": seed}
+    if method in VARIANTS:
+        o.update(VARIANTS[method](prune_rate, epochs))
     if data_dir:
         o["data_dir"] = data_dir
     if method.endswith("+iwr") and epochs != PAPER_EPOCHS:
@@ -111,8 +127,9 @@ def cell_overrides(model: str, width: float, prune_rate: float, method: str, see
     return o
 
 
-def cell_name(o: dict) -> str:
-    return f"{o['model']}-w{o['width']:g}-{o['method']}-p{o['prune_rate']:g}-e{o['epochs']}-s{o['weight_seed']}"
+def cell_name(o: dict, label: str | None = None) -> str:
+    """A cell's name; `label` names a variant (VARIANTS) whose method key is another method's."""
+    return f"{o['model']}-w{o['width']:g}-{label or o['method']}-p{o['prune_rate']:g}-e{o['epochs']}-s{o['weight_seed']}"
 
 
 def row_of(summary: dict, run_dir: Path) -> dict:
@@ -124,6 +141,22 @@ def row_of(summary: dict, run_dir: Path) -> dict:
     return {**{k: summary[k] for k in keys}, "dataset_source": Path(summary["dataset_source"]).name,
             "dataset_sha256": summary.get("dataset_sha256"), "out_dir": portable_path(summary["out_dir"]),
             "seed": summary["weight_seed"], "curve": test_curve(run_dir)}
+
+
+def storage(run_dir: Path) -> dict:
+    """A mask search's `.smask` size in bits per masked weight (the whole file: seeds, masks and every other tensor),
+    exported to a temporary file."""
+    import tempfile
+
+    from supermask.export.smask import export_run
+
+    if read_json(run_dir / "summary.json").get("base_method") == "dense":
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        report = export_run(run_dir, Path(tmp) / "net.smask")
+    total = read_json(run_dir / "summary.json")["params_total"]
+    return {"smask_bytes": report["bytes"], "smask_bits_per_weight": round(8 * report["bytes"] / total, 4),
+            "mask_bits_per_weight": round(8 * report["mask_bytes"] / total, 4)}
 
 
 def test_curve(run_dir: Path) -> list[float]:
@@ -148,9 +181,14 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str], pap
         entries = []
         for m in methods:
             ours = estimate_text(by_method[m]) if m in by_method else "-"
+            if "smask_bits_per_weight" in by_method.get(m, {}):
+                ours += f"; {by_method[m]['smask_bits_per_weight']:.3g} bits/weight"
             entries.append(f"{ours} ({published[m]:.2f})" if m in published else ours)
         lines.append(f"| {model}, {width:g}, {100 * p:g}, {epochs} | " + " | ".join(entries) + " |")
     lines += ["", f"Test accuracy (%) measured here: {STATS_NOTE}"]
+    if any("smask_bits_per_weight" in c for c in cells):
+        lines[-1] += (" Bits per weight: the size of the cell's `.smask` files (seeds, masks and every other tensor) "
+                      "over its masked weights, the mean over its seeds.")
     if any((model, width, p) in PUBLISHED for model, width, p, _ in by_row):
         lines[-1] += (" The published figure (250 epochs, official CIFAR-10 binaries) in parentheses where the papers "
                       "have the cell.")
@@ -267,14 +305,14 @@ def main(argv=None) -> None:
     if args.epochs:
         prof["epochs"] = args.epochs
     methods = prof["methods"]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS + tuple(VARIANTS)]
     if unknown:
-        ap.error(f"unknown method {unknown[0]!r}: expected some of {', '.join(METHODS)}")
+        ap.error(f"unknown method {unknown[0]!r}: expected some of {', '.join(METHODS + tuple(VARIANTS))}")
     name = args.name or f"paper_table_{args.profile}"
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
 
-    cells = []
+    cells, labels = [], {}  # labels: each cell's column (a variant's name where its method key is another's)
     for model in prof["models"]:
         for width in prof["widths"]:
             for p in prof["prune_rates"]:
@@ -286,7 +324,10 @@ def main(argv=None) -> None:
                         o.update(prof.get("method_overrides", {}).get(method, {}))
                         if args.threads:
                             o["threads"] = args.threads
-                        cells.append(Cell(cell_name(o), o, Path(args.runs) / cell_name(o), base=args.base or model))
+                        label = method if method in VARIANTS else None
+                        cells.append(Cell(cell_name(o, label), o, Path(args.runs) / cell_name(o, label),
+                                          base=args.base or model))
+                        labels[cells[-1].name] = method
     configs = {c.name: make_config(c.base, {**c.overrides, "out_dir": str(c.out_dir)}) for c in cells}
 
     # Cells whose run directory is gone (another session) are taken from the rows the results file recorded.
@@ -311,7 +352,8 @@ def main(argv=None) -> None:
         for c in cells:
             if c.finished:
                 rows.append({"cell": c.name, **row_of(read_json(c.out_dir / "summary.json"), c.out_dir),
-                             "config": row_config(configs[c.name]), "machine": machine()})
+                             "method": labels[c.name], "config": row_config(configs[c.name]), "machine": machine(),
+                             **(storage(c.out_dir) if args.profile == "methods" else {})})
             elif c.name in reused:
                 rows.append(reused[c.name])
         ours = {c.name for c in cells}
@@ -323,11 +365,18 @@ def main(argv=None) -> None:
 
         dense = [{**r, "prune_rate": p} for r in rows if r["method"] == "dense" for p in sorted(rates_of(r))
                  if p != r["prune_rate"]]
-        estimates, differences = seed_estimates(rows + dense, AXES), paired_differences(rows, AXES)
+        bases = METHOD_BASES if args.profile == "methods" else None
+        estimates, differences = seed_estimates(rows + dense, AXES), paired_differences(rows, AXES, bases)
+        for e in estimates:  # what each method's network costs to store, from its .smask files
+            bits = [r["smask_bits_per_weight"] for r in rows if "smask_bits_per_weight" in r and r["method"] == e["method"]
+                    and all(r[k] == e[k] for k in AXES)]
+            if bits:
+                e["smask_bits_per_weight"] = round(sum(bits) / len(bits), 4)
         write_json(results, {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows,
                              "cells": estimates, "differences": differences, "machine": machine()})
         if rows:
-            shown = [m for m in METHODS if m in methods or any(r["method"] == m for r in rows)]
+            order = (*METHODS[:-1], *VARIANTS, "dense")  # dense, the reference, last
+            shown = [m for m in order if m in methods or any(r["method"] == m for r in rows)]
             atomic_write_text(out / f"{name}.md", markdown(estimates, differences, shown, prof["epochs"] is None))
             try:
                 if len({(c["model"], c["width"], c["prune_rate"]) for c in estimates}) == 1:

@@ -222,3 +222,31 @@ def test_at_the_papers_budget_dense_shares_the_row_of_the_mask_searches():
     assert "dense 100 epochs (shown in the same row)" in md and "| conv4, 0.1, 50, 100 |" not in md
     # a fixed budget for all (the cpu profile) keeps each epoch count in its own row
     assert "| conv4, 0.1, 50, 100 |" in paper_table.markdown(cells, [], ["edge-popup", "dense"])
+
+
+def test_the_methods_profile_is_issue_24s_table():
+    prof = paper_table.PROFILES["methods"]
+    assert (prof["models"], prof["widths"], prof["prune_rates"], prof["seeds"], prof["epochs"]) == \
+        (["conv4"], [0.25], [0.9, 0.98], [0, 1, 2], 10)
+    cfgs = {m: make_config("conv4", paper_table.cell_overrides("conv4", 0.25, 0.9, m, 1, 10, None))
+            for m in prof["methods"]}
+    assert (cfgs["edge-popup-global"].method, cfgs["edge-popup-global"].prune_scope) == ("edge-popup", "global")
+    assert (cfgs["gem-miner"].gem_period, cfgs["gem-miner"].prune_rate) == (2, 0.9)  # a round every 2 of 10 epochs
+    assert cfgs["multicoat"].multicoat_prune_rates == pytest.approx([0.9, 0.95, 0.975])  # each coat half the last
+    assert all(c.weight_seed == c.score_seed == c.data_seed == 1 for c in cfgs.values())
+    o = paper_table.cell_overrides("conv4", 0.25, 0.9, "edge-popup-global", 0, 10, None)
+    assert paper_table.cell_name(o, "edge-popup-global") == "conv4-w0.25-edge-popup-global-p0.9-e10-s0"
+
+
+def test_the_methods_table_runs_and_reports_storage(tmp_path):
+    argv = ["--profile", "methods", "--models", "small-conv", "--prune-rates", "0.9", "--seeds", "0", "--epochs", "1",
+            "--methods", "edge-popup,multicoat", "--base", "digits", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path), "--name", "m", "--threads", "1"]
+    paper_table.main(argv)
+    result = json.loads((tmp_path / "m.json").read_text())
+    cells = {c["method"]: c for c in result["cells"]}
+    assert set(cells) == {"edge-popup", "multicoat"}
+    # a multicoat network stores two more coats: more bits per weight than Edge-Popup's one mask
+    assert 0 < cells["edge-popup"]["smask_bits_per_weight"] < cells["multicoat"]["smask_bits_per_weight"]
+    assert [(d["method"], d["base"]) for d in result["differences"]] == [("multicoat", "edge-popup")]
+    assert "bits/weight" in (tmp_path / "m.md").read_text()

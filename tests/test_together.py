@@ -1,6 +1,7 @@
 """Many runs at once: stacked masks, the group's forward and optimizer step, and whole runs against runs alone."""
 
 import dataclasses
+import itertools
 import json
 import re
 import sys
@@ -334,14 +335,21 @@ def test_a_group_takes_amp_and_trackers_as_runs_alone_do(tmp_path):
         assert len(events.Scalars("train/loss")) == 2 * 23  # every step of the run (digits: 23 batches of 64)
 
 
-def test_a_compiled_group_learns_as_the_group_does(tmp_path):
+def test_a_compiled_group_learns_as_the_group_does(tmp_path, monkeypatch):
+    import functools
+
     import torch._dynamo
 
+    # dynamo traces the group's forward and AOT autograd its backward, as with the default backend; inductor's code
+    # generation, torch's own and half a minute of C++ compiles on a cold cache, is left out
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    real = supermask.data.train_batches  # 8 full batches an epoch: no short last batch to trace again
+    monkeypatch.setattr(supermask.data, "train_batches", lambda *a, **k: itertools.islice(real(*a, **k), 8))
     torch._dynamo.reset()
     compiled = train_together(_configs(tmp_path / "c", n=2, epochs=1, compile=True), tmp_path / "gc", progress=False)
     eager = train_together(_configs(tmp_path / "e", n=2, epochs=1), tmp_path / "ge", progress=False)
     for i in range(2):
-        assert compiled[i]["test_acc"] > 0.5  # 10 classes: chance is 0.1
+        assert compiled[i]["test_acc"] > 0.3  # 10 classes: chance is 0.1
         assert abs(compiled[i]["test_acc"] - eager[i]["test_acc"]) <= 0.03
         ma, _ = load_tensors(tmp_path / "c" / f"r{i}" / "masks.safetensors")
         mb, _ = load_tensors(tmp_path / "e" / f"r{i}" / "masks.safetensors")

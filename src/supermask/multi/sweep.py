@@ -526,9 +526,10 @@ def seed_estimates(rows: list[dict], axes: list[str]) -> list[dict]:
              "no_step_fired": ", ".join(sorted(idle[key]))} for key in sorted(groups, key=_order)]
 
 
-def paired_differences(rows: list[dict], axes: list[str]) -> list[dict]:
-    """Per value of the axes, each method minus its base (PAIRED_BASES) on the seeds both ran, in points of
-    accuracy, with its 95% interval and verdict."""
+def paired_differences(rows: list[dict], axes: list[str], bases: dict[str, str] | None = None) -> list[dict]:
+    """Per value of the axes, each method minus its base (`bases`, by default PAIRED_BASES) on the seeds both ran, in
+    points of accuracy, with its 95% interval and verdict."""
+    bases = PAIRED_BASES if bases is None else bases
     acc: dict[tuple, dict[tuple, float]] = {}
     idle: set[tuple] = set()  # (axes..., method) with a cell whose schedule fired no step
     for r in rows:
@@ -539,12 +540,12 @@ def paired_differences(rows: list[dict], axes: list[str]) -> list[dict]:
     out = []
     for key in sorted(acc, key=_order):
         *at, method = key
-        base = acc.get((*at, PAIRED_BASES.get(method)))
+        base = acc.get((*at, bases.get(method)))
         diff = paired_difference(acc[key], base) if base else None
         if diff:
             # A schedule that never fired compares the base with itself: there is nothing to judge.
             judged = NO_STEP if key in idle else verdict(diff)
-            out.append({**dict(zip(axes, at)), "method": method, "base": PAIRED_BASES[method], **diff.to_dict(),
+            out.append({**dict(zip(axes, at)), "method": method, "base": bases[method], **diff.to_dict(),
                         "verdict": judged})
     return out
 
