@@ -80,7 +80,7 @@ def test_a_multicoat_run_exports_its_coats_and_rebuilds_exactly(tmp_path, capsys
     report = capsys.readouterr().out
     header = header_of(tmp_path / "net.smask")
     assert header["multicoat_prune_rates"] == [0.5, 0.8, 0.9]
-    assert all(len(layer["coats"]) == 2 for layer in header["layers"])  # coats 2 and 3, each over the one before
+    assert all(len(layer["levels"]) == 2 for layer in header["layers"])  # coats 2 and 3, each over the one before
     # the bytes of all coats against the entropy of the multiplicity (each coat's bits over the one before)
     assert 1.0 <= float(re.search(r"([\d.]+)x their entropy bound", report).group(1)) < 1.03
     assert main(["eval", str(tmp_path / "net.smask")]) == 0

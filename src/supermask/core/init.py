@@ -15,7 +15,9 @@ from torch import Tensor
 
 from supermask.errors import ConfigError
 
-WEIGHT_INITS = ("signed-constant", "kaiming-normal", "kaiming-uniform")
+WEIGHT_INITS = ("signed-constant", "kaiming-normal", "kaiming-uniform", "elus")
+# ELUS (Koster et al. 2022): the signed constant for ELU networks, He's sqrt(2 / fan_in) times this factor.
+ELUS_FACTOR = math.sqrt(3.0)
 # The scaled fan multiplies fan_in by the kept fraction (the papers' text) or by the pruned one (the published
 # builders, whose `prune_rate` is the kept fraction but whose fan uses 1 - prune_rate; docs/fidelity.md D2).
 SCALE_FAN_BY = ("kept", "pruned")
@@ -63,6 +65,8 @@ def draw_weight(shape, kind: str, *, seed: int, name: str, keep_fraction: float 
     gen = generator(seed, f"weight/{name}")
     if kind == "signed-constant":
         return torch.randn(shape, generator=gen).sign_().mul_(std)
+    if kind == "elus":
+        return torch.randn(shape, generator=gen).sign_().mul_(std * ELUS_FACTOR)
     if kind == "kaiming-normal":
         return torch.randn(shape, generator=gen).mul_(std)
     if kind == "kaiming-uniform":
@@ -107,6 +111,8 @@ def shared_values(source: Tensor, shape, *, seed: int, name: str) -> Tensor:
 def _from_source(values: Tensor, kind: str, std: float) -> Tensor:
     if kind == "signed-constant":
         return values.sign().mul_(std)
+    if kind == "elus":
+        return values.sign().mul_(std * ELUS_FACTOR)
     if kind == "kaiming-normal":
         return values.mul(std)
     if kind == "kaiming-uniform":  # each normal value through its CDF: uniform on (0, 1), then on (-bound, bound)

@@ -90,6 +90,21 @@ class ScoredWeight(nn.Module):
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
         return self.combine(weight, mask)
 
+    # A multi-level mask (multicoat's coats, a signed mask's inversions) is stored as nested boolean masks, the first
+    # `mask()`, each further one a subset of the one before; the layer multiplies by `level_value` of them.
+    def levels(self) -> list[Tensor] | None:
+        """The nested masks a `.smask` stores, or None for a single 0/1 mask."""
+        return None
+
+    def level_sizes(self, n: int) -> list[int | None]:
+        """How many weights each further level keeps, of n (None: any number), one entry per further level."""
+        return []
+
+    @staticmethod
+    def level_value(stored: list[Tensor]) -> Tensor:
+        """The float mask the layer multiplies by, from its stored levels: by default how many hold a weight."""
+        return torch.stack([m.float() for m in stored]).sum(0)
+
     def combine(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
         """The method's effective weight from a weight and a float mask (straight-through when it carries a
         gradient); with `members`, both are stacks (N, *shape) of N runs' layers and each run gets its own weight."""
@@ -228,12 +243,10 @@ class Method:
     - `exact_count`: whether each mask keeps exactly n - floor(p n) of its n weights (a top-k; a `.smask` checks
       it), or only at most n (a threshold);
     - `stacks`: whether runs of it can train together, where one top-k selection per layer masks a stack of runs;
-    - `levels(p)`: a multi-level mask as nested boolean masks, the first `p.mask()`, each further one a subset of
-      the one before; the layer multiplies by their sum. A `.smask` stores each over the previous one's kept
-      weights;
     - `smask_fields`, `smask_layer(weight, mask)`: numbers a `.smask` stores per layer (under those keys, which the
       file's layer schema `export.LAYER` must allow) and checks when it rebuilds the layer; the mask itself and
-      any kept weight that no longer equals its seed's are always stored.
+      any kept weight that no longer equals its seed's are always stored, and a multi-level mask's further levels
+      (the parametrization's `levels`, `level_sizes`, `level_value`).
     """
 
     name: str
@@ -247,7 +260,6 @@ class Method:
     loss_term: Callable[[nn.Module, Any], Tensor] | None = None
     exact_count: bool = True
     stacks: bool = True
-    levels: Callable[[ScoredWeight], list[Tensor]] | None = None
     smask_fields: tuple[str, ...] = ()
     smask_layer: Callable[[Tensor, Tensor], dict[str, float]] | None = None
     summary: str = ""
@@ -301,4 +313,4 @@ register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True, 
                 smask_fields=("alpha",), smask_layer=lambda weight, mask: {"alpha": float(biprop_alpha(weight, mask))},
                 summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))
 
-from supermask.core import gem_miner, multicoat  # noqa: E402,F401 - register themselves (they build on the names above)
+from supermask.core import gem_miner, multicoat, signed  # noqa: E402,F401 - register themselves (they build on the names above)

@@ -14,7 +14,7 @@ dL/dS = C * dL/dW_eff * W * sign(S).
 Scores start as kaiming_normal(mode=fan_out): N(0, 2 / fan_out) (`score_kaiming_init`).
 
 A `.smask` stores coat 1 as the layer's mask and each further coat as bits over the previous coat's kept weights
-(`Method.levels`), near the entropy of the multiplicity.
+(`Multicoat.levels`), near the entropy of the multiplicity.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from supermask.core.init import generator
-from supermask.core.mask import straight_through, topk_mask
+from supermask.core.mask import num_pruned, straight_through, topk_mask
 from supermask.core.methods import Method, ScoredWeight, register
 from supermask.errors import ConfigError
 
@@ -60,6 +60,12 @@ class Multicoat(ScoredWeight):
     def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
         return weight
 
+    def levels(self) -> list[Tensor]:
+        return self.coats()
+
+    def level_sizes(self, n: int) -> list[int | None]:
+        return [n - num_pruned(n, rate) for rate in self.rates[1:]]
+
     def extra_repr(self) -> str:
         return f"prune_rates={list(self.rates)}"
 
@@ -80,12 +86,7 @@ def draw_fan_out_scores(shape, *, seed: int, name: str, fan: float | None = None
     return torch.randn(shape, generator=generator(seed, f"scores/{name}")).mul_(math.sqrt(2.0 / fan_out))
 
 
-def levels(p: Multicoat) -> list[Tensor]:
-    """The coats a `.smask` stores: the first is the layer's mask, each further one a subset of the previous."""
-    return p.coats()
-
-
 register(Method("multicoat", Multicoat, weight_init="signed-constant", scale_fan=True, score_init=draw_fan_out_scores,
-                options={"rates": "multicoat_prune_rates"}, levels=levels, stacks=False,
+                options={"rates": "multicoat_prune_rates"}, stacks=False,
                 summary="Okoshi et al. 2022: nested top-k coats of one score tensor; the weight times how many "
                         "coats hold it"))

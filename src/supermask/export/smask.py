@@ -78,7 +78,7 @@ ACCURACY = _Kind("a number or null", lambda v: v is None or NUMBER.ok(v))
 # The header's schema: a dict is an object (a key ending in "?" is optional, no other key is allowed), a one-item
 # list a list of that kind. docs/smask-format.md describes each field.
 LAYER = {"name": TEXT, "shape": SHAPE, "kept": COUNT, "mask": SPAN, "alpha?": NUMBER, "changed?": SPAN,
-         "changed_values?": SPAN, "coats?": [SPAN]}
+         "changed_values?": SPAN, "levels?": [SPAN]}
 TENSOR = {"key": TEXT, "shape": SHAPE, "dtype": TEXT, "data": SPAN}
 # the image fields are present exactly for "input": "images" (see _check_preprocessing)
 PREPROCESSING = {"input": TEXT, "channel_order?": TEXT, "image_size?": COUNT, "resize?": TEXT, "crop_fraction?": NUMBER,
@@ -207,14 +207,15 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         entry = {"name": name, "shape": list(weight.shape), "kept": int(mask.sum()), "mask": put(blob)}
         mask_bytes += len(blob)
         entropy += codec.entropy_bits(mask.numel(), int(mask.sum())) / 8
-        if spec.levels is not None:  # each further level over the kept weights of the one before
-            coats = [c.cpu() for c in spec.levels(p)]
-            entry["coats"] = []
-            for before, coat in zip(coats, coats[1:]):
-                blob = codec.encode(coat[before].numpy())
-                entry["coats"].append(put(blob))
+        stored = p.levels()
+        if stored is not None:  # a multi-level mask: each further level over the kept weights of the one before
+            stored = [m.cpu() for m in stored]
+            entry["levels"] = []
+            for before, nested in zip(stored, stored[1:]):
+                blob = codec.encode(nested[before].numpy())
+                entry["levels"].append(put(blob))
                 mask_bytes += len(blob)
-                entropy += codec.entropy_bits(int(before.sum()), int(coat.sum())) / 8
+                entropy += codec.entropy_bits(int(before.sum()), int(nested.sum())) / 8
         if changed.any():
             entry["changed"] = put(codec.encode(changed.numpy()))
             entry["changed_values"] = put(weight[changed].to(torch.float32).numpy().astype("<f4").tobytes())
@@ -380,14 +381,12 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
             raise ConfigError(f"{what} keeps {e['kept']} of its {n} weights")
         totals[0] += n
         totals[1] += e["kept"]
-        # a multi-level mask (multicoat) stores a level per further prune rate
-        levels = get_method(header["method"]).levels is not None
-        expected = len(header.get("multicoat_prune_rates") or [None]) - 1 if levels else 0
-        if ("coats" in e) != levels or len(e.get("coats", [])) != expected:
-            raise ConfigError(f"{what} has {len(e.get('coats', []))} further coats; its method and prune rates make "
-                              f"{expected}")
-        spans += [(what, span) for span in e.get("coats", [])]
-        extras = set(e) - {"name", "shape", "kept", "mask", "changed", "changed_values", "coats"}
+        # a multi-level mask (multicoat, signed-supermask) stores each further level its layer has
+        expected = len(p.level_sizes(n))
+        if ("levels" in e) != (p.levels() is not None) or len(e.get("levels", [])) != expected:
+            raise ConfigError(f"{what} has {len(e.get('levels', []))} further mask levels; its method makes {expected}")
+        spans += [(what, span) for span in e.get("levels", [])]
+        extras = set(e) - {"name", "shape", "kept", "mask", "changed", "changed_values", "levels"}
         if ("changed" in e) != ("changed_values" in e) or extras != set(get_method(header["method"]).smask_fields):
             raise ConfigError(f"{what} has an inconsistent set of fields {sorted(e)}")
         spans += [(what, e[k]) for k in ("mask", "changed", "changed_values") if k in e]
@@ -434,18 +433,17 @@ def load(path: str | Path) -> nn.Module:
                     raise ConfigError(f"{where}: layer {e['name']} has inconsistent changed weights")
                 weight[changed] = torch.from_numpy(np.frombuffer(raw, "<f4").copy()).to(weight.dtype)
             level = mask
-            if "coats" in e:  # a multi-level mask: the layer multiplies by the number of levels holding a weight
-                level = mask.to(weight.dtype)
-                before = mask
-                for span, rate in zip(e["coats"], header["multicoat_prune_rates"][1:]):
-                    count = int(before.sum())
-                    coat = torch.zeros_like(before)
-                    coat[before] = torch.from_numpy(codec.decode(_blob(payload, span), count, head))
-                    if int(coat.sum()) != n - num_pruned(n, rate):
-                        raise ConfigError(f"{where}: layer {e['name']}'s coat at prune rate {rate:g} keeps "
-                                          f"{int(coat.sum())} weights, not {n - num_pruned(n, rate)}")
-                    level = level + coat.to(weight.dtype)
-                    before = coat
+            if "levels" in e:  # a multi-level mask: each further level over the kept weights of the one before
+                stored = [mask]
+                for span, size in zip(e["levels"], p.level_sizes(n)):
+                    before = stored[-1]
+                    nested = torch.zeros_like(before)
+                    nested[before] = torch.from_numpy(codec.decode(_blob(payload, span), int(before.sum()), head))
+                    if size is not None and int(nested.sum()) != size:
+                        raise ConfigError(f"{where}: layer {e['name']}'s mask level {len(stored) + 1} keeps "
+                                          f"{int(nested.sum())} weights, not {size}")
+                    stored.append(nested)
+                level = p.level_value(stored)
             if spec.smask_layer is not None:
                 for key, value in spec.smask_layer(weight, mask).items():
                     if value != e[key]:

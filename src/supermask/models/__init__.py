@@ -21,32 +21,35 @@ def _scaled(n: int, width: float) -> int:
     return max(1, int(n * width))
 
 
-def conv_net(pairs: int, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Sequential:
+def conv_net(pairs: int, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
+             activation: Callable[..., nn.Module] = nn.ReLU) -> nn.Sequential:
     """Conv-2/4/6/8 (Frankle & Carbin): `pairs` pairs of 3x3 convs (64, 128, 256, 512 channels), each pair
-    followed by a 2x2 max-pool, then FC 256-256-num_classes."""
+    followed by a 2x2 max-pool, then FC 256-256-num_classes; ReLU, or `activation` (the -elu models: ELU, alpha 1,
+    as the signed-supermask paper's networks)."""
     layers: list[nn.Module] = []
     c_in = in_channels
     for c in (64, 128, 256, 512)[:pairs]:
         c = _scaled(c, width)
-        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.ReLU(inplace=True),
-                   nn.Conv2d(c, c, 3, padding=1, bias=False), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), activation(inplace=True),
+                   nn.Conv2d(c, c, 3, padding=1, bias=False), activation(inplace=True), nn.MaxPool2d(2)]
         c_in = c
     side = image_size // 2**pairs
     if side < 1:
         raise ConfigError(f"conv{2 * pairs} needs images of at least {2**pairs} pixels, got {image_size}")
     hidden = _scaled(256, width)
-    layers += [Flatten(), nn.Linear(c_in * side * side, hidden, bias=False), nn.ReLU(inplace=True),
-               nn.Linear(hidden, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes, bias=False)]
+    layers += [Flatten(), nn.Linear(c_in * side * side, hidden, bias=False), activation(inplace=True),
+               nn.Linear(hidden, hidden, bias=False), activation(inplace=True), nn.Linear(hidden, num_classes, bias=False)]
     return nn.Sequential(*layers)
 
 
-def mlp(sizes: tuple[int, ...], *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: float = 1.0) -> nn.Sequential:
-    """A fully-connected ReLU network over flattened images (LeNet-300-100 is sizes (300, 100))."""
+def mlp(sizes: tuple[int, ...], *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: float = 1.0,
+        activation: Callable[..., nn.Module] = nn.ReLU) -> nn.Sequential:
+    """A fully-connected ReLU (or `activation`) network over flattened images (LeNet-300-100 is sizes (300, 100))."""
     layers: list[nn.Module] = [Flatten()]
     n_in = in_channels * image_size * image_size
     for n in sizes:
         n = _scaled(n, width)
-        layers += [nn.Linear(n_in, n, bias=False), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(n_in, n, bias=False), activation(inplace=True)]
         n_in = n
     layers.append(nn.Linear(n_in, num_classes, bias=False))
     return nn.Sequential(*layers)
@@ -293,6 +296,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet50": resnet50,
     "lenet300": lambda **kw: mlp((300, 100), **kw),
+    # ELU variants: the networks of the signed-supermask paper (Koster et al. 2022), ELU with alpha 1, no BN
+    **{f"conv{2 * n}-elu": (lambda n: lambda **kw: conv_net(n, activation=nn.ELU, **kw))(n) for n in (1, 2, 3, 4)},
+    "lenet300-elu": lambda **kw: mlp((300, 100), activation=nn.ELU, **kw),
     "small-conv": small_conv,
     "vit": ViT,
     "text-transformer": text_transformer,

@@ -64,6 +64,8 @@ class Config:
     gem_rounding: str | None = _opt(None, "gem-miner: how many a round prunes: exact (the flag lands exactly on the "
                                           "target density) or published (ceil(r n_active), ties pruned; ends a few "
                                           "weights below it) [default exact]")
+    signed_threshold: float | None = _opt(None, "signed-supermask: each layer's threshold tau as a fraction of its "
+                                                "largest initial |score| (fixed after init) [default 0.4]")
     multicoat_prune_rates: list[float] | None = _opt(None, "multicoat: the coats' prune fractions, increasing, the "
                                                            "first equal to prune_rate, e.g. [0.7, 0.9212, 0.9685] (the "
                                                            "published ResNet-50 coats, the default at prune_rate=0.7)")
@@ -102,11 +104,16 @@ class Config:
     lr: float | None = _opt(None, "base learning rate (default: 0.1 for mask search, 0.01 for dense)")
     lr_scaling: str = _opt("none", "none: lr is the peak learning rate; linear: lr is per 256 images, and the peak is "
                                    "lr * batch_size / 256 (batch_size is the global batch, whatever the process count)")
-    lr_schedule: str = _opt("cosine", "cosine or constant (stepped per epoch)")
+    lr_schedule: str = _opt("cosine", "cosine, constant or exponential (lr * 0.9^(epoch / 10), the signed-supermask "
+                                      "paper's decay); stepped per epoch")
     warmup_epochs: int = _opt(0, "epochs of linear learning-rate warm-up")
     momentum: float = _opt(0.9, "SGD momentum, in [0, 1)")
     nesterov: bool = _opt(False, "Nesterov momentum")
     weight_decay: float = _opt(1e-4, "weight decay (on the scores in a mask search)")
+    weight_decay_mode: str = _opt("coupled", "coupled (added to the gradient, as torch's SGD and Adam do) or decoupled "
+                                             "(each step scales the trained tensors by 1 - weight_decay * lr / peak lr, "
+                                             "not through the gradient: tfa's SGDW, as the signed-supermask paper "
+                                             "trains)")
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy loss")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
     channels_last: bool = _opt(True, "keep conv activations channels-last (NHWC): same masks, faster convolutions")
@@ -359,7 +366,7 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"method={cfg.method} is a shorthand: give it to make_config, or set method="
                           f"{paper_schedule(cfg.method, cfg.model)['method']} and the schedule keys")
     _choice("optimizer", cfg.optimizer, ("sgd", "adam"))
-    _choice("lr_schedule", cfg.lr_schedule, ("cosine", "constant"))
+    _choice("lr_schedule", cfg.lr_schedule, ("cosine", "constant", "exponential"))
     _choice("lr_scaling", cfg.lr_scaling, ("none", "linear"))
     _choice("data_mode", cfg.data_mode, DATA_MODES)
     _check_dataset_name(cfg)
@@ -423,7 +430,21 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"biprop_grad={cfg.biprop_grad!r} applies only to method=biprop, not method={cfg.method}")
     _check_gem_miner(cfg)
     _check_multicoat(cfg)
+    _choice("weight_decay_mode", cfg.weight_decay_mode, WEIGHT_DECAY_MODES)
+    if cfg.method == "signed-supermask":
+        cfg.signed_threshold = 0.4 if cfg.signed_threshold is None else cfg.signed_threshold
+        if not 0 <= cfg.signed_threshold < 1:
+            raise ConfigError(f"signed_threshold={cfg.signed_threshold!r} must be in [0, 1): a fraction of the largest "
+                              "initial |score|")
+        if cfg.prune_scope == "global":
+            raise ConfigError("method=signed-supermask masks by a threshold, not a top-k; leave prune_scope at layer")
+    elif cfg.signed_threshold is not None:
+        raise ConfigError(f"signed_threshold={cfg.signed_threshold!r} applies only to method=signed-supermask, not "
+                          f"method={cfg.method}")
     return cfg
+
+
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
 def _check_multicoat(cfg: Config) -> None:

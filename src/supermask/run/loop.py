@@ -39,13 +39,16 @@ class TrainingError(SupermaskError):
 
 def learning_rate(cfg: Config, epoch: int) -> float:
     """The learning rate for `epoch` (0-based), stepped once per epoch as in the papers' code: a linear warm-up to
-    cfg.peak_lr, then constant or cosine."""
+    cfg.peak_lr, then constant, cosine, or exponential (0.9 every 10 epochs, the signed-supermask paper's decay,
+    which it steps per step)."""
     peak = cfg.peak_lr
     if epoch < cfg.warmup_epochs:
         return peak * (epoch + 1) / cfg.warmup_epochs
     if cfg.lr_schedule == "constant":
         return peak
     t = epoch - cfg.warmup_epochs
+    if cfg.lr_schedule == "exponential":
+        return peak * 0.9 ** (t / 10)
     return 0.5 * peak * (1 + math.cos(math.pi * t / (cfg.epochs - cfg.warmup_epochs)))
 
 
@@ -288,6 +291,8 @@ def train_pass(t: Trainee, ds: data_lib.Dataset, epoch: int, device: torch.devic
         scaler.step(optimizer)
         scaler.update()
         lr = optimizer.param_groups[0]["lr"]
+        if cfg.weight_decay_mode == "decoupled":
+            decay_(optimizer, cfg.weight_decay * lr / cfg.peak_lr)
         for i, m in enumerate(members):
             m.state["step"] += 1
             m.trackers.step_loss(m.state["step"], out.losses[i], lr)
@@ -324,6 +329,16 @@ def train_pass(t: Trainee, ds: data_lib.Dataset, epoch: int, device: torch.devic
     if data_lib.is_streamed(ds):
         pace["train_images_replaced"] = int(totals[-1])
     return [(loss / seen, correct / seen) for loss, correct, seen in rows], pace
+
+
+@torch.no_grad()
+def decay_(optimizer: torch.optim.Optimizer, rate: float) -> None:
+    """Decoupled weight decay after the optimizer's step: every trained tensor times 1 - rate (tfa's SGDW, whose
+    decay the signed-supermask paper schedules with the learning rate: rate = weight_decay * lr / peak lr)."""
+    if rate:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.mul_(1.0 - rate)
 
 
 def _global_sums(sums: Tensor, replaced: data_lib.ReplacedCount, group: distributed.Group) -> list[float]:

@@ -157,9 +157,11 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def optimizer_for(cfg: Config, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    # decoupled decay is the training loop's own step (run/loop.py `decay_`), not the optimizer's
+    decay = cfg.weight_decay if cfg.weight_decay_mode == "coupled" else 0.0
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=decay)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
