@@ -69,7 +69,13 @@ VARIANTS = {
     "gem-miner": lambda p, epochs: {"method": "gem-miner", "gem_period": max(2, round(5 * epochs / 150))},
     "multicoat": lambda p, epochs: {"method": "multicoat",
                                     "multicoat_prune_rates": [p, 1 - (1 - p) / 2, 1 - (1 - p) / 4]},
+    # Its density is an outcome of the decoupled decay (the paper's 5e-4), not the row's prune rate; on this ReLU
+    # network the signed constant (the paper's "he" weights), not ELUS.
+    "signed-supermask": lambda p, epochs: {"method": "signed-supermask", "weight_init": "signed-constant",
+                                           "weight_decay_mode": "decoupled", "weight_decay": 5e-4},
 }
+# Methods whose runs do not depend on the prune rate: one run per seed, at the grid's first rate, shown in every row.
+ONCE = ("dense", "signed-supermask")
 METHOD_BASES = {m: "edge-popup" for m in VARIANTS}  # the methods table's paired differences: each against EP
 AXES = ["model", "width", "prune_rate", "epochs"]  # a row of the table; methods are its columns
 
@@ -105,7 +111,7 @@ PROFILES = {
                 "method_overrides": {"iterand": {"iterand_every_epochs": 1}}},
     # Issue 24: the strong-ticket methods side by side in the regime they were made for, 10 epochs.
     "methods": {"models": ["conv4"], "widths": [0.25], "prune_rates": [0.9, 0.98], "seeds": [0, 1, 2], "epochs": 10,
-                "methods": ["edge-popup", "edge-popup-global", "gem-miner", "multicoat", "dense"]},
+                "methods": ["edge-popup", "edge-popup-global", "gem-miner", "multicoat", "signed-supermask", "dense"]},
 }
 # Config keys that say where a run's files are, not what it computes: a recorded row does not depend on them.
 PLACE_KEYS = ("out_dir", "data_dir")
@@ -182,13 +188,15 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str], pap
         for m in methods:
             ours = estimate_text(by_method[m]) if m in by_method else "-"
             if "smask_bits_per_weight" in by_method.get(m, {}):
-                ours += f"; {by_method[m]['smask_bits_per_weight']:.3g} bits/weight"
+                ours += (f"; {by_method[m]['kept_percent']:.3g}% kept, "
+                         f"{by_method[m]['smask_bits_per_weight']:.3g} bits/weight")
             entries.append(f"{ours} ({published[m]:.2f})" if m in published else ours)
         lines.append(f"| {model}, {width:g}, {100 * p:g}, {epochs} | " + " | ".join(entries) + " |")
     lines += ["", f"Test accuracy (%) measured here: {STATS_NOTE}"]
     if any("smask_bits_per_weight" in c for c in cells):
-        lines[-1] += (" Bits per weight: the size of the cell's `.smask` files (seeds, masks and every other tensor) "
-                      "over its masked weights, the mean over its seeds.")
+        lines[-1] += (" Kept: the weights the found networks keep, of the masked ones; bits per weight: the size of "
+                      "the cell's `.smask` files (seeds, masks and every other tensor) over its masked weights; both "
+                      "the mean over its seeds.")
     if any((model, width, p) in PUBLISHED for model, width, p, _ in by_row):
         lines[-1] += (" The published figure (250 epochs, official CIFAR-10 binaries) in parentheses where the papers "
                       "have the cell.")
@@ -197,8 +205,11 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str], pap
         lines[-1] += f" The papers publish no figures for {', '.join(unpublished)}."
     elif not any((model, width, p) in PUBLISHED for model, width, p, _ in by_row):
         lines[-1] += " The papers publish no figures for these settings."
-    if "dense" in methods and len({p for _, _, p, _ in by_row}) > 1:
-        lines[-1] += " Dense prunes nothing: each row shows the same dense runs."
+    once = [m for m in ONCE if m in methods]
+    if once and len({p for _, _, p, _ in by_row}) > 1:
+        lines[-1] += (f" {' and '.join(once).capitalize()} {'do' if len(once) > 1 else 'does'} not take the prune rate "
+                      "(dense prunes nothing; a signed supermask's density is an outcome): each row shows the same "
+                      "runs.")
     if papers_budget and any(c["method"] == "dense" for c in cells):
         lines[-1] += (" Each method ran the papers' own budget: the mask searches the row's epochs, dense "
                       f"{paper_epochs(cells[0]['model'], masked=False)} epochs (shown in the same row).")
@@ -318,7 +329,7 @@ def main(argv=None) -> None:
             for p in prof["prune_rates"]:
                 for seed in prof["seeds"]:
                     for method in methods:
-                        if method == "dense" and p != prof["prune_rates"][0]:
+                        if method in ONCE and p != prof["prune_rates"][0]:
                             continue  # dense prunes nothing: one run stands for every prune rate
                         o = cell_overrides(model, width, p, method, seed, prof["epochs"], args.data_dir)
                         o.update(prof.get("method_overrides", {}).get(method, {}))
@@ -363,15 +374,16 @@ def main(argv=None) -> None:
             return set(prof["prune_rates"]) | {o["prune_rate"] for o in rows
                                                if (o["model"], o["width"], o["epochs"]) == (r["model"], r["width"], r["epochs"])}
 
-        dense = [{**r, "prune_rate": p} for r in rows if r["method"] == "dense" for p in sorted(rates_of(r))
+        dense = [{**r, "prune_rate": p} for r in rows if r["method"] in ONCE for p in sorted(rates_of(r))
                  if p != r["prune_rate"]]
         bases = METHOD_BASES if args.profile == "methods" else None
-        estimates, differences = seed_estimates(rows + dense, AXES), paired_differences(rows, AXES, bases)
-        for e in estimates:  # what each method's network costs to store, from its .smask files
-            bits = [r["smask_bits_per_weight"] for r in rows if "smask_bits_per_weight" in r and r["method"] == e["method"]
-                    and all(r[k] == e[k] for k in AXES)]
+        estimates, differences = seed_estimates(rows + dense, AXES), paired_differences(rows + dense, AXES, bases)
+        for e in estimates:  # what each method's network costs to store, from its .smask files, and keeps
+            mine = [r for r in rows + dense if r["method"] == e["method"] and all(r[k] == e[k] for k in AXES)]
+            bits = [r["smask_bits_per_weight"] for r in mine if "smask_bits_per_weight" in r]
             if bits:
                 e["smask_bits_per_weight"] = round(sum(bits) / len(bits), 4)
+                e["kept_percent"] = round(100 * sum(r["params_kept"] / r["params_total"] for r in mine) / len(mine), 2)
         write_json(results, {"benchmark": "paper_table", "profile": args.profile, "grid": prof, "rows": rows,
                              "cells": estimates, "differences": differences, "machine": machine()})
         if rows:

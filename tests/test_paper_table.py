@@ -232,6 +232,9 @@ def test_the_methods_profile_is_issue_24s_table():
             for m in prof["methods"]}
     assert (cfgs["edge-popup-global"].method, cfgs["edge-popup-global"].prune_scope) == ("edge-popup", "global")
     assert (cfgs["gem-miner"].gem_period, cfgs["gem-miner"].prune_rate) == (2, 0.9)  # a round every 2 of 10 epochs
+    signed = cfgs["signed-supermask"]
+    assert (signed.weight_decay_mode, signed.weight_decay, signed.weight_init) == ("decoupled", 5e-4, "signed-constant")
+    assert paper_table.ONCE == ("dense", "signed-supermask")  # neither takes the prune rate: one run per seed
     assert cfgs["multicoat"].multicoat_prune_rates == pytest.approx([0.9, 0.95, 0.975])  # each coat half the last
     assert all(c.weight_seed == c.score_seed == c.data_seed == 1 for c in cfgs.values())
     o = paper_table.cell_overrides("conv4", 0.25, 0.9, "edge-popup-global", 0, 10, None)
@@ -239,14 +242,21 @@ def test_the_methods_profile_is_issue_24s_table():
 
 
 def test_the_methods_table_runs_and_reports_storage(tmp_path):
-    argv = ["--profile", "methods", "--models", "small-conv", "--prune-rates", "0.9", "--seeds", "0", "--epochs", "1",
-            "--methods", "edge-popup,multicoat", "--base", "digits", "--runs", str(tmp_path / "runs"),
+    argv = ["--profile", "methods", "--models", "small-conv", "--seeds", "0", "--epochs", "1",
+            "--methods", "edge-popup,signed-supermask", "--prune-rates", "0.9,0.98", "--workers", "2", "--base", "digits", "--runs", str(tmp_path / "runs"),
             "--results", str(tmp_path), "--name", "m", "--threads", "1"]
     paper_table.main(argv)
     result = json.loads((tmp_path / "m.json").read_text())
-    cells = {c["method"]: c for c in result["cells"]}
-    assert set(cells) == {"edge-popup", "multicoat"}
-    # a multicoat network stores two more coats: more bits per weight than Edge-Popup's one mask
-    assert 0 < cells["edge-popup"]["smask_bits_per_weight"] < cells["multicoat"]["smask_bits_per_weight"]
-    assert [(d["method"], d["base"]) for d in result["differences"]] == [("multicoat", "edge-popup")]
-    assert "bits/weight" in (tmp_path / "m.md").read_text()
+    at90 = {c["method"]: c for c in result["cells"] if c["prune_rate"] == 0.9}
+    assert set(at90) == {"edge-popup", "signed-supermask"}
+    # Edge-Popup's .smask: about the entropy of a 10% mask (0.47 bits) plus the file's head and other tensors
+    assert 0.4 < at90["edge-popup"]["smask_bits_per_weight"] < 1.5
+    assert at90["edge-popup"]["kept_percent"] == pytest.approx(10.0, abs=0.01)
+    # the signed supermask ran once, at the first rate, and stands in both rows with the density it reached
+    assert sum(r["method"] == "signed-supermask" for r in result["rows"]) == 1
+    at98 = {c["method"]: c for c in result["cells"] if c["prune_rate"] == 0.98}
+    assert at98["signed-supermask"]["mean"] == at90["signed-supermask"]["mean"]
+    assert {(d["method"], d["prune_rate"]) for d in result["differences"]} == \
+        {("signed-supermask", p) for p in (0.9, 0.98)}
+    md = (tmp_path / "m.md").read_text()
+    assert "bits/weight" in md and "% kept" in md and "each row shows the same runs" in md
