@@ -69,6 +69,9 @@ VARIANTS = {
     "gem-miner": lambda p, epochs: {"method": "gem-miner", "gem_period": max(2, round(5 * epochs / 150))},
     "multicoat": lambda p, epochs: {"method": "multicoat",
                                     "multicoat_prune_rates": [p, 1 - (1 - p) / 2, 1 - (1 - p) / 4]},
+    # the published W * m compounds layer by layer without BatchNorm; W * m / C is the option for such networks
+    "multicoat-mean": lambda p, epochs: {"method": "multicoat", "multicoat_scale": "mean",
+                                         "multicoat_prune_rates": [p, 1 - (1 - p) / 2, 1 - (1 - p) / 4]},
     # Its density is an outcome of the decoupled decay (the paper's 5e-4), not the row's prune rate; on this ReLU
     # network the signed constant (the paper's "he" weights), not ELUS.
     "signed-supermask": lambda p, epochs: {"method": "signed-supermask", "weight_init": "signed-constant",
@@ -111,7 +114,8 @@ PROFILES = {
                 "method_overrides": {"iterand": {"iterand_every_epochs": 1}}},
     # Issue 24: the strong-ticket methods side by side in the regime they were made for, 10 epochs.
     "methods": {"models": ["conv4"], "widths": [0.25], "prune_rates": [0.9, 0.98], "seeds": [0, 1, 2], "epochs": 10,
-                "methods": ["edge-popup", "edge-popup-global", "gem-miner", "multicoat", "signed-supermask", "dense"]},
+                "methods": ["edge-popup", "edge-popup-global", "gem-miner", "multicoat", "multicoat-mean",
+                            "signed-supermask", "dense"]},
 }
 # Config keys that say where a run's files are, not what it computes: a recorded row does not depend on them.
 PLACE_KEYS = ("out_dir", "data_dir")

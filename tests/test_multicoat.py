@@ -32,6 +32,20 @@ def test_multiplicity_and_gradient_by_hand():
     assert p.scores.grad.tolist() == [[3.0, -6.0], [9.0, -12.0]]
 
 
+def test_the_mean_scale_divides_by_c_by_hand():
+    p = Multicoat(torch.tensor([[0.9, -0.1], [0.5, -0.7]]), 0.25, rates=(0.25, 0.5, 0.75), scale="mean")
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    eff = p(w)
+    torch.testing.assert_close(eff, torch.tensor([[3.0, 0.0], [3.0, 8.0]]) / 3)  # W * m / C
+    eff.sum().backward()
+    # C coats' gradient over C: Edge-Popup's, dL/dW_eff * W * sign(S)
+    torch.testing.assert_close(p.scores.grad, torch.tensor([[1.0, -2.0], [3.0, -4.0]]))
+    with pytest.raises(ConfigError, match="unknown multicoat_scale 'half'"):
+        make_config("digits", {"method": "multicoat", "multicoat_prune_rates": [0.5, 0.8], "multicoat_scale": "half"})
+    with pytest.raises(ConfigError, match="applies only to method=multicoat"):
+        make_config("digits", {"multicoat_scale": "mean"})
+
+
 def test_the_score_gradient_is_c_times_edge_popups():
     gen = torch.Generator().manual_seed(0)
     scores, w, g = (torch.randn(16, 8, generator=gen) for _ in range(3))
@@ -71,7 +85,8 @@ def test_multicoat_keys_are_checked():
 
 
 def test_a_multicoat_run_exports_its_coats_and_rebuilds_exactly(tmp_path, capsys):
-    keys = ["method=multicoat", "prune_rate=0.5", "multicoat_prune_rates=[0.5, 0.8, 0.9]", "epochs=2", "threads=1"]
+    keys = ["method=multicoat", "prune_rate=0.5", "multicoat_prune_rates=[0.5, 0.8, 0.9]", "multicoat_scale=mean",
+            "epochs=2", "threads=1"]
     assert main(["train", "digits", *keys, f"out_dir={tmp_path / 'r'}", "-q"]) == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["test_acc"] > 0.6
@@ -79,7 +94,7 @@ def test_a_multicoat_run_exports_its_coats_and_rebuilds_exactly(tmp_path, capsys
     assert main(["export", str(tmp_path / "r"), "-o", str(tmp_path / "net.smask")]) == 0
     report = capsys.readouterr().out
     header = header_of(tmp_path / "net.smask")
-    assert header["multicoat_prune_rates"] == [0.5, 0.8, 0.9]
+    assert (header["multicoat_prune_rates"], header["multicoat_scale"]) == ([0.5, 0.8, 0.9], "mean")
     assert all(len(layer["levels"]) == 2 for layer in header["layers"])  # coats 2 and 3, each over the one before
     # the bytes of all coats against the entropy of the multiplicity (each coat's bits over the one before)
     assert 1.0 <= float(re.search(r"([\d.]+)x their entropy bound", report).group(1)) < 1.03

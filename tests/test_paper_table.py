@@ -236,6 +236,7 @@ def test_the_methods_profile_is_issue_24s_table():
     assert (signed.weight_decay_mode, signed.weight_decay, signed.weight_init) == ("decoupled", 5e-4, "signed-constant")
     assert paper_table.ONCE == ("dense", "signed-supermask")  # neither takes the prune rate: one run per seed
     assert cfgs["multicoat"].multicoat_prune_rates == pytest.approx([0.9, 0.95, 0.975])  # each coat half the last
+    assert (cfgs["multicoat"].multicoat_scale, cfgs["multicoat-mean"].multicoat_scale) == ("published", "mean")
     assert all(c.weight_seed == c.score_seed == c.data_seed == 1 for c in cfgs.values())
     o = paper_table.cell_overrides("conv4", 0.25, 0.9, "edge-popup-global", 0, 10, None)
     assert paper_table.cell_name(o, "edge-popup-global") == "conv4-w0.25-edge-popup-global-p0.9-e10-s0"

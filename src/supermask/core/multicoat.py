@@ -30,15 +30,22 @@ from supermask.core.methods import Method, ScoredWeight, register
 from supermask.errors import ConfigError
 
 PUBLISHED_RATES = (0.7, 0.9212, 0.9685)  # their ResNet-50 config (C = 3)
+# published: W * m, the code's; mean: W * m / C, the formula the issue gives, an option for networks without
+# BatchNorm, where C-fold weights compound layer by layer (Conv-4 at 90% starts with a loss of 326 and never learns)
+SCALES = ("published", "mean")
 
 
 class Multicoat(ScoredWeight):
     """W_eff = W * m, m = the number of coats whose top-k of |S| holds the weight; `rates` are the coats' prune
     fractions, increasing, the first the layer's prune rate."""
 
-    def __init__(self, scores: Tensor, prune_rate: float, rates: tuple[float, ...] | list[float] | None = None):
+    def __init__(self, scores: Tensor, prune_rate: float, rates: tuple[float, ...] | list[float] | None = None,
+                 scale: str = "published"):
         super().__init__(scores, prune_rate)
         self.rates = check_rates(prune_rate, rates if rates is not None else (prune_rate,))
+        if scale not in SCALES:
+            raise ConfigError(f"unknown multicoat_scale {scale!r}: expected one of {', '.join(SCALES)}")
+        self.scale = scale
 
     def coats(self) -> list[Tensor]:
         """Each coat's boolean mask, nested: coat c+1 keeps a subset of coat c."""
@@ -55,6 +62,10 @@ class Multicoat(ScoredWeight):
             # the value m; the gradient C times the straight-through one, as each coat passes all of it
             m = m + len(self.rates) * straight_through(magnitudes, torch.zeros_like(m))
         return self.effective_weight(weight, m)
+
+    def combine(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        # "mean": W * m / C, which keeps the largest effective weight at W (networks without BatchNorm)
+        return weight * mask / len(self.rates) if self.scale == "mean" else weight * mask
 
     @staticmethod
     def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
@@ -87,6 +98,6 @@ def draw_fan_out_scores(shape, *, seed: int, name: str, fan: float | None = None
 
 
 register(Method("multicoat", Multicoat, weight_init="signed-constant", scale_fan=True, score_init=draw_fan_out_scores,
-                options={"rates": "multicoat_prune_rates"}, stacks=False,
+                options={"rates": "multicoat_prune_rates", "scale": "multicoat_scale"}, stacks=False,
                 summary="Okoshi et al. 2022: nested top-k coats of one score tensor; the weight times how many "
                         "coats hold it"))

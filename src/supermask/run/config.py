@@ -66,6 +66,9 @@ class Config:
                                           "weights below it) [default exact]")
     signed_threshold: float | None = _opt(None, "signed-supermask: each layer's threshold tau as a fraction of its "
                                                 "largest initial |score| (fixed after init) [default 0.4]")
+    multicoat_scale: str | None = _opt(None, "multicoat: the effective weight W * m (published, the code's: no "
+                                             "division by C) or W * m / C (mean; for networks without BatchNorm) "
+                                             "[default published]")
     multicoat_prune_rates: list[float] | None = _opt(None, "multicoat: the coats' prune fractions, increasing, the "
                                                            "first equal to prune_rate, e.g. [0.7, 0.9212, 0.9685] (the "
                                                            "published ResNet-50 coats, the default at prune_rate=0.7)")
@@ -450,11 +453,14 @@ WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 def _check_multicoat(cfg: Config) -> None:
     """multicoat_prune_rates: for multicoat only, starting at prune_rate; the published coats at prune_rate 0.7."""
     if cfg.method != "multicoat":
-        if cfg.multicoat_prune_rates is not None:
-            raise ConfigError(f"multicoat_prune_rates={cfg.multicoat_prune_rates} applies only to method=multicoat, "
-                              f"not method={cfg.method}")
+        for key in ("multicoat_prune_rates", "multicoat_scale"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key}={getattr(cfg, key)} applies only to method=multicoat, not method={cfg.method}")
         return
-    from supermask.core.multicoat import PUBLISHED_RATES, check_rates
+    from supermask.core.multicoat import PUBLISHED_RATES, SCALES, check_rates
+
+    cfg.multicoat_scale = cfg.multicoat_scale or "published"
+    _choice("multicoat_scale", cfg.multicoat_scale, SCALES)
 
     if cfg.multicoat_prune_rates is None:
         if cfg.prune_rate != PUBLISHED_RATES[0]:
