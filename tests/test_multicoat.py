@@ -100,3 +100,17 @@ def test_a_multicoat_run_exports_its_coats_and_rebuilds_exactly(tmp_path, capsys
     assert 1.0 <= float(re.search(r"([\d.]+)x their entropy bound", report).group(1)) < 1.03
     assert main(["eval", str(tmp_path / "net.smask")]) == 0
     assert json.loads(capsys.readouterr().out)["test_acc"] == summary["test_acc"]  # the same network, exactly
+
+
+def test_norms_report_the_effective_weight_times_the_multiplicity(tmp_path):
+    from supermask.analysis.norms import layer_norms
+    from supermask.run.train import load_run_model, run
+
+    run(make_config("digits", {"method": "multicoat", "multicoat_prune_rates": [0.5, 0.8], "epochs": 1,
+                               "width": 0.25, "threads": 1, "out_dir": str(tmp_path / "r")}), progress=False)
+    rows = {r["layer"]: r for r in layer_norms(tmp_path / "r")["layers"]}
+    model = load_run_model(tmp_path / "r", device="cpu")[2]
+    for name, layer, p in masked_layers(model):
+        w, m = layer.parametrizations.weight.original, p.multiplicity()
+        assert rows[name]["effective"] == pytest.approx(float((w * m).norm()), rel=1e-5)
+        assert rows[name]["effective"] > rows[name]["kept"]  # coat 2 doubles a fifth of the weights

@@ -97,3 +97,14 @@ def test_the_exponential_schedule_decays_by_0_9_every_10_epochs():
 
     cfg = make_config("digits", {"lr": 0.05, "lr_schedule": "exponential", "epochs": 100})
     assert [learning_rate(cfg, e) for e in (0, 10, 25)] == pytest.approx([0.05, 0.045, 0.05 * 0.9 ** 2.5])
+
+
+def test_a_mask_path_refuses_a_thresholded_method(tmp_path):
+    from supermask.analysis.paths import mask_path
+    from supermask.run.train import run
+
+    for seed in (0, 1):
+        run(make_config("digits", {"method": "signed-supermask", "epochs": 1, "width": 0.25, "threads": 1,
+                                   "score_seed": seed, "out_dir": str(tmp_path / f"r{seed}")}), progress=False)
+    with pytest.raises(ConfigError, match="method=signed-supermask masks by a threshold"):
+        mask_path(tmp_path / "r0", tmp_path / "r1", device="cpu")

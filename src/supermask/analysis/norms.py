@@ -21,7 +21,7 @@ from supermask.run.train import load_run_model
 def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> dict[str, Any]:
     """Per masked layer: Frobenius norms of the kept and pruned random weights W (the weights under the mask) and
     of the effective weight the network computes with (`effective`: W * M for Edge-Popup, the same as `kept`;
-    alpha * sign(W) * M for Biprop, with its `alpha`); with a dense run, also its layer norms and those of its
+    alpha * sign(W) * M for Biprop, with its `alpha`; W times the multiplicity for multicoat); with a dense run, also its layer norms and those of its
     magnitude-pruned version at the run's prune rate."""
     check_finished(run_dir)
     if dense_run is not None:
@@ -40,7 +40,7 @@ def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> 
     for name, layer, p in layers:
         w, m = random_weight(layer, p), p.mask()
         row = {"layer": name, "label": labels[name], "kept": float(w[m].norm()), "pruned": float(w[~m].norm()),
-               "effective": float(p.combine(w, m.to(w.dtype)).norm())}
+               "effective": float(p(w).norm())}  # the layer's own effective weight: W * m, M in {-1, 0, 1}, ...
         if isinstance(p, Biprop):
             row["alpha"] = float(biprop_alpha(w, m))
         if dense_weights is not None:

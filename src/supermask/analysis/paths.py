@@ -38,6 +38,11 @@ def mask_path(run_a: str | Path, run_b: str | Path, *, steps: int = 11, device: 
     check_finished(run_b)
     cfg_a, ds, model, _ = load_run_model(run_a, device=device)
     cfg_b, _, model_b, _ = load_run_model(run_b, device=device)
+    from supermask.core.methods import get_method
+
+    if cfg_a.masked and not get_method(cfg_a.method).exact_count:
+        raise ConfigError(f"a mask path keeps the top-k of each layer's interpolated scores; method={cfg_a.method} "
+                          "masks by a threshold on its scores, which the path does not follow")
     if "global" in (cfg_a.prune_scope, cfg_b.prune_scope):
         raise ConfigError("a mask path keeps floor(p n) of each layer's interpolated scores; a prune_scope=global run "
                           "keeps them over all layers at once, which the path does not follow")
