@@ -198,3 +198,62 @@ def test_the_published_recipe_is_a_built_in_config():
         (0.9856, 1e-4, 5, 0.1, 0.9, 0.0)
     assert (cfg.weight_init, cfg.scale_fan, cfg.nesterov, cfg.lr_schedule) == ("signed-constant", False, False, "cosine")
     assert rounds(cfg.epochs, cfg.gem_period) == 29
+
+
+def test_the_multistep_schedule_divides_by_10_at_80_and_120_of_150():
+    from supermask.run.loop import learning_rate
+
+    cfg = make_config("digits", {"lr": 0.01, "lr_schedule": "multistep", "epochs": 150})
+    assert [learning_rate(cfg, e) for e in (0, 79, 80, 119, 120, 149)] == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
+
+
+def test_finetuning_is_gem_miners_and_checked():
+    assert make_config("digits", {"method": "gem-miner", "finetune_epochs": 3}).finetune_lr == 0.01
+    with pytest.raises(ConfigError, match="method=edge-popup has no such stage"):
+        make_config("digits", {"finetune_epochs": 3})
+    with pytest.raises(ConfigError, match="finetune_lr=0.0 must be > 0"):
+        make_config("digits", {"method": "gem-miner", "finetune_epochs": 3, "finetune_lr": 0})
+
+
+def test_a_fine_tuned_gem_trains_its_flagged_weights_resumes_and_exports(tmp_path, monkeypatch, capsys):
+    keys = ["method=gem-miner", "epochs=3", "gem_period=1", "prune_rate=0.8", "finetune_epochs=3", "threads=1"]
+    assert main(["train", "digits", *keys, f"out_dir={tmp_path / 'r'}", "-q"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    tuned = [json.loads(x) for x in (tmp_path / "r" / "finetune_metrics.jsonl").read_text().splitlines()]
+    assert summary["test_acc"] == tuned[-1]["test_acc"] and len(tuned) == 3
+    assert summary["search_test_acc"] == json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
+    assert [round(t["lr"], 6) for t in tuned] == [0.01, 0.01, 0.0001]  # milestones at 2 of 3 (80/150 and 120/150)
+    tensors, _ = load_tensors(tmp_path / "r" / "checkpoint.safetensors")
+    masks_saved, _ = load_tensors(tmp_path / "r" / "masks.safetensors")
+    for key, mask in masks_saved.items():  # the mask is the flag (scores all 1), exactly 1 - p of the weights in all
+        prefix = next(k for k in tensors if k.endswith(".flag") and k.startswith(f"model.{key}."))
+        assert torch.equal(mask, tensors[prefix])
+    assert summary["params_kept"] == summary["params_total"] - math.floor(0.8 * summary["params_total"])
+    fresh = convert(build_model("small-conv", in_channels=1, image_size=8), "gem-miner", 0.8)
+    (name, layer, p), = [x for x in masked_layers(fresh)][:1]
+    trained = tensors[f"model.{name}.parametrizations.weight.original"]
+    assert not torch.equal(trained, layer.parametrizations.weight.original)  # the weights moved
+
+    # killed in the second stage's second epoch, it resumes there and ends the same
+    real, calls = supermask.run.loop.end_of_epoch, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # 3 search epochs, then the fine-tuning's first two
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(supermask.run.loop, "end_of_epoch", killed)
+    assert main(["train", "digits", *keys, f"out_dir={tmp_path / 'k'}", "-q"]) != 0
+    monkeypatch.setattr(supermask.run.loop, "end_of_epoch", real)
+    assert "finetune" in load_tensors(tmp_path / "k" / "checkpoint.safetensors")[1]
+    assert main(["train", "digits", *keys, f"out_dir={tmp_path / 'k'}", "--resume", "-q"]) == 0
+    again, _ = load_tensors(tmp_path / "k" / "checkpoint.safetensors")
+    assert all(torch.equal(again[k], tensors[k]) for k in tensors)  # weights, scores, flags and optimizer
+    assert json.loads((tmp_path / "k" / "summary.json").read_text())["test_acc"] == summary["test_acc"]
+
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "r"), "-o", str(tmp_path / "net.smask")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "net.smask")]) == 0  # the trained kept weights travel in the file
+    assert json.loads(capsys.readouterr().out)["test_acc"] == summary["test_acc"]

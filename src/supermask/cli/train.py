@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     kept = summary["params_kept"] / summary["params_total"]
-    print(f"test accuracy {100 * summary['test_acc']:.2f}% after {summary['epochs']} epochs "
+    tuned = (f" and {summary['finetune_epochs']} of weight fine-tuning (the search alone: "
+             f"{100 * summary['search_test_acc']:.2f}%)" if summary.get("finetune_epochs") else "")
+    print(f"test accuracy {100 * summary['test_acc']:.2f}% after {summary['epochs']} epochs{tuned} "
           f"(best {100 * summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}); "
           f"{summary['method']} keeps {summary['params_kept']:,} of {summary['params_total']:,} weights ({100 * kept:.1f}%); "
           f"{summary['seconds']:.1f} s")

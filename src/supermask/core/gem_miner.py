@@ -147,8 +147,24 @@ def published_keep(scores: Tensor, active: Tensor, rate: float) -> Tensor:
     return active & (scores > threshold)
 
 
+def unflag_(model: nn.Module) -> list[nn.Parameter]:
+    """The paper's second stage starts here (`finetune` with `unflag_before_finetune`): every score set to 1, so the
+    mask becomes the flag (every weight the rounds kept), the scores frozen, and the masked weights made trainable;
+    returns the weights to train."""
+    from supermask.core.convert import masked_layers, random_weight  # convert imports the methods
+
+    weights = []
+    for _, layer, p in masked_layers(model):
+        if isinstance(p, GemMiner):
+            p.scores.data.fill_(1.0)
+            p.scores.requires_grad_(False)
+        weights.append(random_weight(layer, p).requires_grad_(True))
+    return weights
+
+
 register(Method("gem-miner", GemMiner, weight_init="signed-constant", scale_fan=False, score_init=draw_unit_scores,
-                after_step=clamp_scores, end_of_epoch=prune_round, loss_term=regularizer, exact_count=False,
+                after_step=clamp_scores, end_of_epoch=prune_round, loss_term=regularizer, finetune_start=unflag_,
+                exact_count=False,
                 stacks=False,
                 summary="Sreenivasan et al. 2022: thresholded scores in [0, 1], L2-regularized, pruned for good in "
                         "global rounds to the target density"))

@@ -240,6 +240,8 @@ class Method:
     - `options`: config keys the parametrization takes, as {its constructor argument: the config key};
     - `after_step`, `end_of_epoch`: hooks run after every optimizer step and at the end of every epoch;
     - `loss_term(model, cfg)`: a tensor the training loss adds (a regularizer of the scores), or None;
+    - `finetune_start(model)`: readies the found network for weight training (`finetune_epochs`) and returns the
+      weights to train, or None where the method has no such stage;
     - `exact_count`: whether each mask keeps exactly n - floor(p n) of its n weights (a top-k; a `.smask` checks
       it), or only at most n (a threshold);
     - `stacks`: whether runs of it can train together, where one top-k selection per layer masks a stack of runs;
@@ -258,6 +260,7 @@ class Method:
     after_step: Hook | None = None
     end_of_epoch: Hook | None = None
     loss_term: Callable[[nn.Module, Any], Tensor] | None = None
+    finetune_start: Callable[[nn.Module], list[nn.Parameter]] | None = None
     exact_count: bool = True
     stacks: bool = True
     smask_fields: tuple[str, ...] = ()

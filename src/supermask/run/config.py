@@ -19,7 +19,7 @@ import yaml
 
 from supermask.core.convert import PRUNE_SCOPES
 from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
-from supermask.core.methods import BIPROP_GRADS, default_init, mask_methods, method_names
+from supermask.core.methods import BIPROP_GRADS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
 from supermask.data.base import looks_like_path
 from supermask.errors import ConfigError
@@ -58,6 +58,11 @@ class Config:
     biprop_grad: str | None = _opt(None, "biprop's score gradient: weight (the published code's, dL/dW_eff * W * sign(S)) "
                                          "or alpha (dL/dW_eff * alpha * sign(W) * sign(S), an ablation) [default: weight "
                                          "for biprop; only biprop takes it]")
+    finetune_epochs: int = _opt(0, "after the mask search, train the found network's kept weights this many epochs "
+                                   "(gem-miner's second stage: the mask becomes its flag; 0: off)")
+    finetune_lr: float = _opt(0.01, "fine-tuning: SGD learning rate, divided by 10 after 80/150 and 120/150 of its "
+                                    "epochs (the published MultiStepLR)")
+    finetune_weight_decay: float = _opt(1e-4, "fine-tuning: weight decay on the trained weights")
     gem_period: int | None = _opt(None, "gem-miner: a pruning round every T epochs, after the 0-based epochs T, 2T, ... "
                                         "[default 5; only gem-miner takes it]")
     gem_lambda: float | None = _opt(None, "gem-miner: weight of the loss term lambda * sum(scores^2), >= 0 [default 1e-4]")
@@ -107,8 +112,9 @@ class Config:
     lr: float | None = _opt(None, "base learning rate (default: 0.1 for mask search, 0.01 for dense)")
     lr_scaling: str = _opt("none", "none: lr is the peak learning rate; linear: lr is per 256 images, and the peak is "
                                    "lr * batch_size / 256 (batch_size is the global batch, whatever the process count)")
-    lr_schedule: str = _opt("cosine", "cosine, constant or exponential (lr * 0.9^(epoch / 10), the signed-supermask "
-                                      "paper's decay); stepped per epoch")
+    lr_schedule: str = _opt("cosine", "cosine, constant, exponential (lr * 0.9^(epoch / 10), the signed-supermask "
+                                      "paper's decay) or multistep (lr / 10 after 80/150 and 120/150 of the epochs, "
+                                      "Gem-Miner's fine-tuning); stepped per epoch")
     warmup_epochs: int = _opt(0, "epochs of linear learning-rate warm-up")
     momentum: float = _opt(0.9, "SGD momentum, in [0, 1)")
     nesterov: bool = _opt(False, "Nesterov momentum")
@@ -160,7 +166,8 @@ FIELDS = {f.name: f for f in fields(Config)}
 # which take any non-negative integer; the upper bound keeps every integer an int64, which torch, numpy, CSV
 # readers and TensorBoard hold exactly.
 INT64_MAX = 2**63 - 1
-_ZERO_ALLOWED = ("weight_seed", "score_seed", "data_seed", "warmup_epochs", "iwr_warmup", "num_workers")
+_ZERO_ALLOWED = ("weight_seed", "score_seed", "data_seed", "warmup_epochs", "iwr_warmup", "num_workers",
+                 "finetune_epochs")
 INT_RANGES = {name: (0 if name in _ZERO_ALLOWED else 1, INT64_MAX)
               for name, f in FIELDS.items() if str(f.type).startswith("int")}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
@@ -369,7 +376,7 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"method={cfg.method} is a shorthand: give it to make_config, or set method="
                           f"{paper_schedule(cfg.method, cfg.model)['method']} and the schedule keys")
     _choice("optimizer", cfg.optimizer, ("sgd", "adam"))
-    _choice("lr_schedule", cfg.lr_schedule, ("cosine", "constant", "exponential"))
+    _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _choice("lr_scaling", cfg.lr_scaling, ("none", "linear"))
     _choice("data_mode", cfg.data_mode, DATA_MODES)
     _check_dataset_name(cfg)
@@ -432,6 +439,12 @@ def resolve(cfg: Config) -> Config:
     elif cfg.biprop_grad is not None:
         raise ConfigError(f"biprop_grad={cfg.biprop_grad!r} applies only to method=biprop, not method={cfg.method}")
     _check_gem_miner(cfg)
+    if cfg.finetune_epochs and (not cfg.masked or get_method(cfg.method).finetune_start is None):
+        raise ConfigError(f"finetune_epochs={cfg.finetune_epochs} trains a found network's weights after the search; "
+                          f"method={cfg.method} has no such stage (gem-miner has)")
+    if not cfg.finetune_lr > 0 or cfg.finetune_weight_decay < 0:
+        raise ConfigError(f"finetune_lr={cfg.finetune_lr!r} must be > 0 and finetune_weight_decay="
+                          f"{cfg.finetune_weight_decay!r} >= 0")
     _check_multicoat(cfg)
     _choice("weight_decay_mode", cfg.weight_decay_mode, WEIGHT_DECAY_MODES)
     if cfg.method == "signed-supermask":
@@ -448,6 +461,7 @@ def resolve(cfg: Config) -> Config:
 
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+LR_SCHEDULES = ("cosine", "constant", "exponential", "multistep")
 
 
 def _check_multicoat(cfg: Config) -> None:

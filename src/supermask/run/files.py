@@ -3,6 +3,7 @@
 CONFIG_FILE = "config.yaml"  # the resolved config, written when the run starts
 CHECKPOINT = "checkpoint.safetensors"  # the source of truth: model, optimizer and the run's state
 METRICS = "metrics.jsonl"  # one line per epoch
+FINETUNE_METRICS = "finetune_metrics.jsonl"  # one line per epoch of the weight fine-tuning after a search
 SCHEDULE = "schedule.jsonl"  # one line per layer changed by an IWR or IteRand step
 MASKS = "masks.safetensors"  # the final masks, written when the run ends
 SUMMARY = "summary.json"  # the final result, written last: a run is finished when it exists

@@ -49,6 +49,8 @@ def learning_rate(cfg: Config, epoch: int) -> float:
     t = epoch - cfg.warmup_epochs
     if cfg.lr_schedule == "exponential":
         return peak * 0.9 ** (t / 10)
+    if cfg.lr_schedule == "multistep":  # the published MultiStepLR([80, 120], 0.1) of 150 epochs, scaled to the run
+        return peak * 0.1 ** sum(t >= round(f * (cfg.epochs - cfg.warmup_epochs)) for f in (80 / 150, 120 / 150))
     return 0.5 * peak * (1 + math.cos(math.pi * t / (cfg.epochs - cfg.warmup_epochs)))
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import json
 import os
 import platform
 import sys
@@ -20,10 +22,10 @@ from supermask.core.methods import get_method
 from supermask.errors import ConfigError
 from supermask.models import MODELS, TOKEN_MODELS, build_model
 from supermask.run import distributed
-from supermask.run.checkpoint import (atomic_write_text, load_checkpoint, read_json, remove_orphan_temps,
-                                      save_checkpoint, save_tensors, write_json)
+from supermask.run.checkpoint import (atomic_write_text, load_checkpoint, load_tensors, read_json,
+                                      remove_orphan_temps, save_checkpoint, save_tensors, write_json)
 from supermask.run.config import Config, dump_yaml, recorded_config
-from supermask.run.files import CHECKPOINT, CONFIG_FILE, MASKS, SUMMARY
+from supermask.run.files import CHECKPOINT, CONFIG_FILE, FINETUNE_METRICS, MASKS, SUMMARY
 from supermask.run.lock import run_dir_is_empty, run_lock
 # the loop's names that callers have long imported from here
 from supermask.run.loop import (Member, Step, Trainee, TrainingError, autocast, fit, learning_rate,  # noqa: F401
@@ -264,12 +266,19 @@ class Lone(Trainee):
         cfg = self.cfg
         return [evaluate(self.model, self.ds, cfg.eval_batch_size, self.device, self.group, cfg.amp, replaced)]
 
-    def save(self, partials=None):
+    def meta(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the checkpoint's metadata holds: the run's state (and where inside an epoch it was saved)."""
         state = self.members[0].state
+        return state if partial is None else {**state, "partial": partial}
+
+    def write_logs(self) -> None:
+        write_logs(self.out_dir, self.members[0].state)
+
+    def save(self, partials=None):
         if partials is None:
             if self.group.main:
-                save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.optimizer, state)  # the source of truth
-                write_logs(self.out_dir, state)
+                save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.optimizer, self.meta())  # the source of truth
+                self.write_logs()
             return
         # Saved: the processes' mean BatchNorm statistics, as at the end of an epoch; kept: each its own, so a run
         # that is never resumed computes exactly as without these checkpoints (the statistics are linear in
@@ -277,8 +286,8 @@ class Lone(Trainee):
         own = [b.clone() for b in self.model.buffers()] if self.group.active else []
         distributed.average_buffers(self.model, self.group)
         if self.group.main:
-            save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.optimizer, {**state, "partial": partials[0]})
-            write_logs(self.out_dir, state)
+            save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.optimizer, self.meta(partials[0]))
+            self.write_logs()
         for b, saved in zip(self.model.buffers(), own):
             b.copy_(saved)
 
@@ -290,6 +299,38 @@ class Lone(Trainee):
 
     def agree(self, where, buffers=False):
         distributed.check_agreement(self.model, self.group, where, buffers=buffers)
+
+
+class Finetune(Lone):
+    """A search's second stage: the found network's weights trained (`finetune_epochs`), its progress under the
+    search state's "finetune" key, its epochs in finetune_metrics.jsonl."""
+
+    def __init__(self, cfg: Config, model, optimizer, ds, device, out_dir: Path, search: dict[str, Any],
+                 trackers: Trackers):
+        super().__init__(finetune_config(cfg), model, optimizer, ds, device, out_dir, search["finetune"], trackers)
+        self.search, self.label = search, "fine-tune, "
+
+    def meta(self, partial=None):
+        return {**self.search, "finetune": super().meta(partial)}
+
+    def write_logs(self) -> None:
+        write_logs(self.out_dir, self.search)
+        atomic_write_text(self.out_dir / FINETUNE_METRICS,
+                          "".join(json.dumps(r) + "\n" for r in self.members[0].state["history"]))
+
+
+def finetune_config(cfg: Config) -> Config:
+    """The second stage's training: the found network's weights, trained as a dense run (no mask hooks, no loss
+    term) with SGD at finetune_lr, its multistep schedule and finetune_weight_decay."""
+    return dataclasses.replace(cfg, method="dense", epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, lr_scaling="none",
+                               lr_schedule="multistep", warmup_epochs=0, optimizer="sgd",
+                               weight_decay=cfg.finetune_weight_decay, weight_decay_mode="coupled", iwr_every=None,
+                               iterand_every_steps=None, iterand_every_epochs=None)
+
+
+def start_finetune(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Ready the found network for weight training (the method's `finetune_start`) and its optimizer."""
+    return optimizer_for(finetune_config(cfg), get_method(cfg.method).finetune_start(model))
 
 
 def default_out_dir(cfg: Config) -> Path:
@@ -337,6 +378,8 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     ds = data_lib.on_device(ds, device)
     optimizer = make_optimizer(cfg, model)
     group = distributed.setup(device)
+    if cfg.finetune_epochs and group.active:
+        raise ConfigError("finetune_epochs trains in one process: start the run without torchrun")
     warning = never_fires(cfg, data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=group.world))
     if warning and group.main:
         print(f"supermask: warning: {warning}", file=sys.stderr)
@@ -355,6 +398,8 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
                 held.enter_context(run_lock(out_dir))
                 remove_orphan_temps(out_dir)  # writes a kill cut off: the files they would have replaced stand
             check_same_run(cfg, out_dir)
+            if "finetune" in (load_tensors(ckpt)[1] or {}):  # saved in the second stage: its weights and optimizer
+                optimizer = start_finetune(cfg, model)
             state = load_checkpoint(ckpt, model, optimizer)
         else:
             if out_dir.exists() and not out_dir.is_dir():
@@ -383,8 +428,20 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
         if not state["history"]:
             trackers.hparams(cfg.to_dict(), {"epoch/test_acc": 0.0, "epoch/train_acc": 0.0, "epoch/test_loss": 0.0})
             trackers.scalars(kept_fractions(model), 0)
-        fit(Lone(cfg, model, optimizer, ds, device, out_dir, state, trackers, group), ds, device, progress and group.main)
-        return _finish(cfg, model, ds, out_dir, state, device, group)
+        if "finetune" not in state:
+            fit(Lone(cfg, model, optimizer, ds, device, out_dir, state, trackers, group), ds, device, progress and group.main)
+        if not cfg.finetune_epochs:
+            return _finish(cfg, model, ds, out_dir, state, device, group)
+        if "finetune" not in state:
+            optimizer, state["finetune"] = start_finetune(cfg, model), new_state()
+        fit(Finetune(cfg, model, optimizer, ds, device, out_dir, state, trackers), ds, device, progress)
+        search, tuned = state["history"][-1], state["finetune"]["history"][-1]
+        # the run's network is the fine-tuned one; what the search found, with the random weights, is kept beside it
+        return _finish(cfg, model, ds, out_dir, state, device, group, extra={
+            "test_acc": tuned["test_acc"], "train_acc": tuned["train_acc"],
+            "best_test_acc": state["finetune"]["best_test_acc"], "best_epoch": state["finetune"]["best_epoch"],
+            "search_test_acc": search["test_acc"], "search_train_acc": search["train_acc"],
+            "finetune_epochs": cfg.finetune_epochs, "seconds": round(state["seconds"] + state["finetune"]["seconds"], 3)})
     finally:
         trackers.close()
 
