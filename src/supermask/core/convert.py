@@ -262,6 +262,7 @@ def convert(
     weight_source: str = "full",
     prune_scope: str = "layer",
     options: Mapping[str, Any] | None = None,
+    layer_streams: str = "independent",
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
 
@@ -282,10 +283,15 @@ def convert(
     |S| over all masked weights together instead of in each tensor (exactly n - floor(p n) of their n weights, each
     tensor's share following its scores). `options` go to the method's parametrization, e.g. Biprop's score gradient
     `{"grad": "alpha"}` (default "weight", the published code's; see `supermask.core.methods`).
+    `layer_streams="shared"` draws every masked tensor's weights and scores from the start of one stream per seed
+    instead of one stream per layer, as the IWR code reseeds before each layer: tensors of one shape then get the
+    same weights and scores (docs/fidelity.md D9).
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
     fan scaled by the keep fraction, dense Kaiming normal.
     """
+    if layer_streams not in LAYER_STREAMS:
+        raise ConfigError(f"unknown layer_streams {layer_streams!r}: expected one of {', '.join(LAYER_STREAMS)}")
     skip = [skip] if isinstance(skip, str) else skip  # one pattern, not its characters
     if method not in method_names():
         raise ConfigError(f"unknown method {method!r}: expected one of {', '.join(method_names())}")
@@ -340,7 +346,8 @@ def convert(
             if s.fan is not None:
                 fan, gain = s.fan
                 lk = keep_fraction if s.qualname in chosen else 1.0
-                fresh = draw_weight(w.shape, weight_init, seed=weight_seed, name=s.key, keep_fraction=lk, fan=fan, gain=gain,
+                fresh = draw_weight(w.shape, weight_init, seed=weight_seed, name=_stream(s, chosen, layer_streams),
+                                    keep_fraction=lk, fan=fan, gain=gain,
                                     source=source if s.qualname in chosen else None)
                 pad = getattr(s.module, "padding_idx", None)
                 if pad is not None:
@@ -359,7 +366,8 @@ def convert(
         if not masked or s.qualname not in chosen:
             continue
         fan, gain = s.fan
-        scores = spec.score_init(w.shape, seed=score_seed, name=s.key, fan=fan).to(device=w.device, dtype=w.dtype)
+        scores = spec.score_init(w.shape, seed=score_seed, name=_stream(s, chosen, layer_streams),
+                                 fan=fan).to(device=w.device, dtype=w.dtype)
         scored = spec.parametrization(scores, prune_rate, **(options or {}))
         scored.param_name = s.name
         # IteRand redraws pruned weights from the layer's own init distribution.
@@ -396,6 +404,14 @@ def report(model: nn.Module) -> Report:
     if not isinstance(found, Report):
         raise ConfigError(f"{type(model).__name__} was not converted by supermask.convert: it has no report")
     return found
+
+
+LAYER_STREAMS = ("independent", "shared")
+
+
+def _stream(slot, chosen, layer_streams: str) -> str:
+    """The name of the random stream a masked tensor draws from: its own key, or one shared by every masked tensor."""
+    return "shared" if layer_streams == "shared" and slot.qualname in chosen else slot.key
 
 
 def masked_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, ScoredWeight]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from supermask.core.convert import PRUNE_SCOPES
+from supermask.core.convert import LAYER_STREAMS, PRUNE_SCOPES
 from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
 from supermask.core.methods import BIPROP_GRADS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
@@ -52,6 +52,10 @@ class Config:
                                      "prune_rate being the kept fraction); the two agree at p = 0.5")
     prune_scope: str = _opt("layer", "where prune_rate applies: layer (each masked tensor prunes floor(p n) of its n) "
                                      "or global (the top 1 - p of |scores| over all masked weights together)")
+    layer_streams: str = _opt("independent", "where each masked tensor's random weights and scores come from: "
+                                             "independent (a stream of its own) or shared (every tensor from the start "
+                                             "of one stream per seed, as the IWR code reseeds before each layer: "
+                                             "tensors of one shape get the same values)")
     weight_source: str = _opt("full", "where a mask search's random weights come from: full (a fresh draw per weight) "
                                       "or shared:N (every masked tensor tiled from one vector of N random values, "
                                       "each in its own order, scaled to its init)")
@@ -425,6 +429,7 @@ def resolve(cfg: Config) -> Config:
         cfg.scale_fan = scale_fan
     _choice("scale_fan_by", cfg.scale_fan_by, SCALE_FAN_BY)
     _choice("prune_scope", cfg.prune_scope, PRUNE_SCOPES)
+    _choice("layer_streams", cfg.layer_streams, LAYER_STREAMS)
     if cfg.prune_scope == "global" and not cfg.masked:
         raise ConfigError(f"prune_scope=global chooses masks; method={cfg.method} has none")
     if cfg.prune_scope == "global" and cfg.compile:
