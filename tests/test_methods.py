@@ -185,3 +185,21 @@ def test_mask_follows_writes_through_data():
     p.scores.data.copy_(1.0 / p.scores.detach())  # back to the first mask, in a training forward
     x = torch.eye(6)
     assert torch.equal(layer(x).detach(), x @ (random_weight(layer) * before).T)
+
+
+def test_biprop_published_alpha_count_divides_by_int_k_n_by_hand():
+    from supermask.core.methods import Biprop
+
+    w = torch.tensor([1.0, -2.0, 3.0, -4.0, 0.5, 0.25, -0.125, 6.0, 0.1, 0.2])
+    scores = w.abs().clone()
+    mask = mask_lib.topk_mask(scores, 0.75)  # 10 - floor(7.5) = 3 kept: |6|, |-4|, |3|
+    exact, published = Biprop(scores, 0.75), Biprop(scores, 0.75, alpha_count="published")
+    assert exact.alpha(w, mask).item() == pytest.approx(13 / 3)
+    assert published.alpha(w, mask).item() == pytest.approx(13 / 2)  # int(0.25 * 10) = 2
+    half = mask_lib.topk_mask(scores, 0.5)  # k n = 5, an integer: the two agree
+    assert Biprop(scores, 0.5, alpha_count="published").alpha(w, half).item() == Biprop(scores, 0.5).alpha(w, half).item()
+    from supermask.errors import ConfigError
+    from supermask.run.config import make_config
+
+    with pytest.raises(ConfigError, match="biprop_alpha_count='published' applies only to method=biprop"):
+        make_config("digits", {"biprop_alpha_count": "published"})

@@ -12,7 +12,7 @@ from supermask.analysis.landscape import check_finished
 from supermask.core.convert import masked_layers, random_weight, weight_tensors
 from supermask.core.labels import layer_labels
 from supermask.core.mask import topk_mask
-from supermask.core.methods import Biprop, biprop_alpha
+from supermask.core.methods import Biprop
 from supermask.errors import ConfigError
 from supermask.run.train import load_run_model
 
@@ -42,7 +42,7 @@ def layer_norms(run_dir: str | Path, *, dense_run: str | Path | None = None) -> 
         row = {"layer": name, "label": labels[name], "kept": float(w[m].norm()), "pruned": float(w[~m].norm()),
                "effective": float(p(w).norm())}  # the layer's own effective weight: W * m, M in {-1, 0, 1}, ...
         if isinstance(p, Biprop):
-            row["alpha"] = float(biprop_alpha(w, m))
+            row["alpha"] = float(p.alpha(w, m))
         if dense_weights is not None:
             d = dense_weights[name]
             keep = topk_mask(d.abs(), cfg.prune_rate)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from supermask.errors import ConfigError
 
 DENSE = "dense"  # the weight-trained baseline: no parametrization, so no entry in the registry
 BIPROP_GRADS = ("weight", "alpha")  # the published score gradient (the default), the ablation
+ALPHA_COUNTS = ("exact", "published")  # alpha's denominator: the kept count, or the published code's int(k n)
 
 
 class ScoredWeight(nn.Module):
@@ -131,11 +133,13 @@ class Biprop(ScoredWeight):
     """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha. `grad` is
     the score gradient: "weight" (the published one, g * W) or "alpha" (g * alpha * sign(W))."""
 
-    def __init__(self, scores: Tensor, prune_rate: float, grad: str = "weight"):
+    def __init__(self, scores: Tensor, prune_rate: float, grad: str = "weight", alpha_count: str = "exact"):
         super().__init__(scores, prune_rate)
         if grad not in BIPROP_GRADS:
             raise ConfigError(f"unknown biprop_grad {grad!r}: expected one of {', '.join(BIPROP_GRADS)}")
-        self.grad = grad
+        if alpha_count not in ALPHA_COUNTS:
+            raise ConfigError(f"unknown biprop_alpha_count {alpha_count!r}: expected one of {', '.join(ALPHA_COUNTS)}")
+        self.grad, self.alpha_count = grad, alpha_count
 
     def combine(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
         if self.grad == "alpha" or not mask.requires_grad:
@@ -145,9 +149,17 @@ class Biprop(ScoredWeight):
         # d W_eff / dM = W (GetQuantnet_binary's backward: g * |W| into |S|, times sign(W) from the layer).
         return self.values(weight, hard, members) * hard + weight.detach() * (mask - hard)
 
-    @staticmethod
-    def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
-        return biprop_alpha(weight, mask, members) * weight.sign()
+    def values(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        return self.alpha(weight, mask, members) * weight.sign()
+
+    def alpha(self, weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+        """alpha: the kept weights' |W| summed over the kept count ("exact"), or over the published code's
+        int(k n), k = 1 - p, which is one less whenever k n is not an integer ("published"; docs/fidelity.md D6)."""
+        if self.alpha_count == "exact":
+            return biprop_alpha(weight, mask, members)
+        n = mask[0].numel() if members else mask.numel()
+        kept = float(Decimal(1) - Decimal(repr(self.prune_rate)))  # k as the published command line gives it
+        return biprop_alpha(weight, mask, members, count=int(kept * n))
 
     def extra_repr(self) -> str:
         return f"prune_rate={self.prune_rate}, grad={self.grad}"
@@ -188,7 +200,7 @@ class GlobalScope:
         return self._masks[self.layers.index(layer)]
 
 
-def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
+def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False, count: int | None = None) -> Tensor:
     """||M * W||_1 / ||M||_1: the mean magnitude of the kept weights, as a constant (no gradient); with
     `members`, one alpha per run of a stack (N, *shape), shaped to broadcast against it.
 
@@ -208,7 +220,10 @@ def biprop_alpha(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
     scale = _power_of_two(bits - exponent)
     total = terms.mul_(scale).round_().double().sum(dims, keepdim=True)
     # 0/1 terms: a float32 sum is exact below 2^24 (a float64 one beyond)
-    count = m.sum(dims, keepdim=True, dtype=torch.float64 if n >= 1 << 24 else None).clamp_min(1)
+    if count is None:
+        count = m.sum(dims, keepdim=True, dtype=torch.float64 if n >= 1 << 24 else None).clamp_min(1)
+    else:  # another denominator than the kept count (the published int(k n))
+        count = torch.full_like(total, float(max(1, count)))
     alpha = (total / scale.double() / count.double()).to(weight.dtype)
     return alpha if members else alpha.view(())
 
@@ -245,7 +260,7 @@ class Method:
     - `exact_count`: whether each mask keeps exactly n - floor(p n) of its n weights (a top-k; a `.smask` checks
       it), or only at most n (a threshold);
     - `stacks`: whether runs of it can train together, where one top-k selection per layer masks a stack of runs;
-    - `smask_fields`, `smask_layer(weight, mask)`: numbers a `.smask` stores per layer (under those keys, which the
+    - `smask_fields`, `smask_layer(p, weight, mask)`: numbers a `.smask` stores per layer (under those keys, which the
       file's layer schema `export.LAYER` must allow) and checks when it rebuilds the layer; the mask itself and
       any kept weight that no longer equals its seed's are always stored, and a multi-level mask's further levels
       (the parametrization's `levels`, `level_sizes`, `level_value`).
@@ -264,7 +279,7 @@ class Method:
     exact_count: bool = True
     stacks: bool = True
     smask_fields: tuple[str, ...] = ()
-    smask_layer: Callable[[Tensor, Tensor], dict[str, float]] | None = None
+    smask_layer: Callable[[ScoredWeight, Tensor, Tensor], dict[str, float]] | None = None
     summary: str = ""
 
     def options_from(self, cfg: Any) -> dict[str, Any]:
@@ -312,8 +327,9 @@ def method_names() -> tuple[str, ...]:
 
 register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fan=False,
                 summary="Ramanujan et al. 2020: the random weights, masked by the top-k of |scores|"))
-register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True, options={"grad": "biprop_grad"},
-                smask_fields=("alpha",), smask_layer=lambda weight, mask: {"alpha": float(biprop_alpha(weight, mask))},
+register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True,
+                options={"grad": "biprop_grad", "alpha_count": "biprop_alpha_count"},
+                smask_fields=("alpha",), smask_layer=lambda p, weight, mask: {"alpha": float(p.alpha(weight, mask))},
                 summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))
 
 from supermask.core import gem_miner, multicoat, signed  # noqa: E402,F401 - register themselves (they build on the names above)

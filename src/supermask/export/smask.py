@@ -53,7 +53,7 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 # The config keys that, with the input shape, rebuild a run's network from its seed.
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
 OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source", "prune_scope",
-                         "multicoat_prune_rates", "multicoat_scale", "layer_streams")  # absent from files written before they existed
+                         "multicoat_prune_rates", "multicoat_scale", "layer_streams", "biprop_alpha_count")  # absent from files written before they existed
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
           "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT,
-          "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
+          "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
           "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
           "tensors": [TENSOR],
@@ -220,7 +220,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
             entry["changed"] = put(codec.encode(changed.numpy()))
             entry["changed_values"] = put(weight[changed].to(torch.float32).numpy().astype("<f4").tobytes())
         if spec.smask_layer is not None:  # what the method stores per layer (Biprop: its alpha)
-            entry.update(spec.smask_layer(weight, mask))
+            entry.update(spec.smask_layer(p, weight, mask))
         layers.append(entry)
     others = []
     for key, tensor in _other_tensors(trained).items():
@@ -445,7 +445,7 @@ def load(path: str | Path) -> nn.Module:
                     stored.append(nested)
                 level = p.level_value(stored)
             if spec.smask_layer is not None:
-                for key, value in spec.smask_layer(weight, mask).items():
+                for key, value in spec.smask_layer(p, weight, mask).items():
                     if value != e[key]:
                         raise ConfigError(f"{where}: layer {e['name']} rebuilds with a different {key} than it was "
                                           "saved with")

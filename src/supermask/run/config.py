@@ -19,7 +19,7 @@ import yaml
 
 from supermask.core.convert import LAYER_STREAMS, PRUNE_SCOPES
 from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
-from supermask.core.methods import BIPROP_GRADS, default_init, get_method, mask_methods, method_names
+from supermask.core.methods import ALPHA_COUNTS, BIPROP_GRADS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
 from supermask.data.base import looks_like_path
 from supermask.errors import ConfigError
@@ -81,6 +81,9 @@ class Config:
     multicoat_prune_rates: list[float] | None = _opt(None, "multicoat: the coats' prune fractions, increasing, the "
                                                            "first equal to prune_rate, e.g. [0.7, 0.9212, 0.9685] (the "
                                                            "published ResNet-50 coats, the default at prune_rate=0.7)")
+    biprop_alpha_count: str | None = _opt(None, "biprop's alpha denominator: exact (the kept count) or published "
+                                                "(the published code's int(k n), one less whenever k n is not an "
+                                                "integer) [default exact; only biprop takes it]")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
     skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
     include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
@@ -441,8 +444,12 @@ def resolve(cfg: Config) -> Config:
     if cfg.method == "biprop":
         _choice("biprop_grad", cfg.biprop_grad or "weight", BIPROP_GRADS)
         cfg.biprop_grad = cfg.biprop_grad or "weight"
-    elif cfg.biprop_grad is not None:
-        raise ConfigError(f"biprop_grad={cfg.biprop_grad!r} applies only to method=biprop, not method={cfg.method}")
+        _choice("biprop_alpha_count", cfg.biprop_alpha_count or "exact", ALPHA_COUNTS)
+        cfg.biprop_alpha_count = cfg.biprop_alpha_count or "exact"
+    else:
+        for key in ("biprop_grad", "biprop_alpha_count"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key}={getattr(cfg, key)!r} applies only to method=biprop, not method={cfg.method}")
     _check_gem_miner(cfg)
     if cfg.finetune_epochs and (not cfg.masked or get_method(cfg.method).finetune_start is None):
         raise ConfigError(f"finetune_epochs={cfg.finetune_epochs} trains a found network's weights after the search; "
