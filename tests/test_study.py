@@ -100,7 +100,8 @@ def test_differing_keys(tmp_path):
     same = make_config("digits", {"out_dir": str(tmp_path / "elsewhere"), "epochs": 3})
     assert differing_keys(same, tmp_path / "r") == []  # out_dir is where, not what; augment is resolved at run time
     other = make_config("digits", {"epochs": 4, "method": "biprop"})
-    assert differing_keys(other, tmp_path / "r") == ["method", "weight_init", "scale_fan", "biprop_grad", "epochs"]
+    assert differing_keys(other, tmp_path / "r") == ["method", "weight_init", "scale_fan", "biprop_grad",
+                                                    "biprop_alpha_count", "epochs"]
     # a tracker, the decoding processes and checkpoints inside an epoch change no result
     run_only = make_config("digits", {"epochs": 3, "logger": "tensorboard", "num_workers": 2, "checkpoint_every_steps": 5})
     assert differing_keys(run_only, tmp_path / "r") == []
