@@ -191,6 +191,10 @@ def test_configs_lists_the_builtin_names(capsys):
     code, out, _ = cli(capsys, "configs")
     assert code == 0
     assert {"conv2", "conv4", "conv6", "conv8", "resnet18", "digits"} <= set(out.split())
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    # each with what it is; a paper's recipe names its source
+    assert "ksreenivasan/pruning_is_enough" in lines["gem-miner"] and "kosnil/signed_supermasks" in lines["signed-supermask"]
+    assert "8x8 digits" in lines["digits"]
 
 
 def test_configs_shows_one_config_resolved(capsys):

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from supermask.cli.parser import DEFAULT_CONFIG
-from supermask.run.configs import builtin_configs
+from supermask.run.configs import builtin_configs, description
 
 def run(args: argparse.Namespace) -> int:
     from supermask.run.config import make_config, parse_overrides, read_config_source
@@ -20,5 +20,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"# {args.name}{' ' + given if given else ''}: {json.dumps(read_config_source(args.name))}")
         print("\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.to_dict().items()))
     else:
-        print("\n".join(builtin_configs()))
+        names = builtin_configs()
+        width = max(map(len, names))
+        print("\n".join(f"{name:<{width}}  {description(name)}" for name in names))
     return 0
