@@ -223,6 +223,8 @@ def test_a_fine_tuned_gem_trains_its_flagged_weights_resumes_and_exports(tmp_pat
     assert summary["test_acc"] == tuned[-1]["test_acc"] and len(tuned) == 3
     assert summary["search_test_acc"] == json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
     assert [round(t["lr"], 6) for t in tuned] == [0.01, 0.01, 0.0001]  # milestones at 2 of 3 (80/150 and 120/150)
+    meta = load_tensors(tmp_path / "r" / "checkpoint.safetensors")[1]
+    assert meta["finetune"]["step"] == 2 * meta["step"]  # the fine-tuning's steps count on from the search's
     tensors, _ = load_tensors(tmp_path / "r" / "checkpoint.safetensors")
     masks_saved, _ = load_tensors(tmp_path / "r" / "masks.safetensors")
     for key, mask in masks_saved.items():  # the mask is the flag (scores all 1), exactly 1 - p of the weights in all
@@ -253,6 +255,10 @@ def test_a_fine_tuned_gem_trains_its_flagged_weights_resumes_and_exports(tmp_pat
     assert json.loads((tmp_path / "k" / "summary.json").read_text())["test_acc"] == summary["test_acc"]
 
     capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r")]) == 0  # the run's checkpoint holds the fine-tuned network
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_acc"] == evaluated["recorded_test_acc"] == summary["test_acc"]
+    assert (evaluated["stage"], evaluated["epoch"]) == ("fine-tuning", 3)
     assert main(["export", str(tmp_path / "r"), "-o", str(tmp_path / "net.smask")]) == 0
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "net.smask")]) == 0  # the trained kept weights travel in the file

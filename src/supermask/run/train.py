@@ -432,8 +432,8 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
             fit(Lone(cfg, model, optimizer, ds, device, out_dir, state, trackers, group), ds, device, progress and group.main)
         if not cfg.finetune_epochs:
             return _finish(cfg, model, ds, out_dir, state, device, group)
-        if "finetune" not in state:
-            optimizer, state["finetune"] = start_finetune(cfg, model), new_state()
+        if "finetune" not in state:  # its steps count on from the search's, so trackers log one series
+            optimizer, state["finetune"] = start_finetune(cfg, model), {**new_state(), "step": state["step"]}
         fit(Finetune(cfg, model, optimizer, ds, device, out_dir, state, trackers), ds, device, progress)
         search, tuned = state["history"][-1], state["finetune"]["history"][-1]
         # the run's network is the fine-tuned one; what the search found, with the random weights, is kept beside it
@@ -550,7 +550,10 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", dataset: str | No
 def checkpoint_position(meta: dict[str, Any]) -> dict[str, Any]:
     """Where in its run a checkpoint was saved (epochs finished, batches into the next one) and the test accuracy
     recorded for the network it holds: only a checkpoint at an epoch's end has one (each epoch's test accuracy is
-    measured on the network saved at its end); one inside an epoch holds a network no evaluation has seen."""
+    measured on the network saved at its end); one inside an epoch holds a network no evaluation has seen. A
+    checkpoint of a search's fine-tuning (`finetune_epochs`) is placed in that stage, its epochs counted in it."""
+    if "finetune" in meta:
+        return {**checkpoint_position(meta["finetune"]), "stage": "fine-tuning"}
     epoch, batch = meta["epoch"], (meta.get("partial") or {}).get("batch", 0)
     last = meta["history"][-1]["test_acc"] if meta["history"] else None
     position = {"epoch": epoch, "batch": batch,
