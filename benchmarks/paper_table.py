@@ -361,6 +361,13 @@ def main(argv=None) -> None:
         raise ConfigError(f"{results} recorded {stale[0][0]}{more} with another config: {stale[0][1]}; pass --retrain "
                           "to train it again, or choose another --name")
 
+    sizes: dict[str, dict] = {}  # each finished cell's .smask size, exported once, not at every save
+
+    def stored_sizes(c: Cell) -> dict:
+        if c.name not in sizes:
+            sizes[c.name] = storage(c.out_dir)
+        return sizes[c.name]
+
     def save() -> None:
         """The results so far: finished cells, recorded ones, and the recorded rows of cells outside this grid."""
         rows = []
@@ -368,7 +375,7 @@ def main(argv=None) -> None:
             if c.finished:
                 rows.append({"cell": c.name, **row_of(read_json(c.out_dir / "summary.json"), c.out_dir),
                              "method": labels[c.name], "config": row_config(configs[c.name]), "machine": machine(),
-                             **(storage(c.out_dir) if args.profile == "methods" else {})})
+                             **(stored_sizes(c) if args.profile == "methods" else {})})
             elif c.name in reused:
                 rows.append(reused[c.name])
         ours = {c.name for c in cells}

@@ -208,7 +208,7 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         mask_bytes += len(blob)
         entropy += codec.entropy_bits(mask.numel(), int(mask.sum())) / 8
         stored = p.levels()
-        if stored is not None:  # a multi-level mask: each further level over the kept weights of the one before
+        if stored is not None and len(stored) > 1:  # further levels, each over the kept weights of the one before
             stored = [m.cpu() for m in stored]
             entry["levels"] = []
             for before, nested in zip(stored, stored[1:]):
@@ -383,7 +383,7 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
         totals[1] += e["kept"]
         # a multi-level mask (multicoat, signed-supermask) stores each further level its layer has
         expected = len(p.level_sizes(n))
-        if ("levels" in e) != (p.levels() is not None) or len(e.get("levels", [])) != expected:
+        if len(e.get("levels", [])) != expected:  # (the count alone: no mask is selected to check it)
             raise ConfigError(f"{what} has {len(e.get('levels', []))} further mask levels; its method makes {expected}")
         spans += [(what, span) for span in e.get("levels", [])]
         extras = set(e) - {"name", "shape", "kept", "mask", "changed", "changed_values", "levels"}
