@@ -18,6 +18,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report['file']}: {report['bytes']:,} bytes ({report['compression']}x smaller than the "
           f"{report['dense_float32_bytes']:,} bytes of dense float32 weights); masks {report['mask_bytes']:,} bytes, "
           f"{masks}")
+    if "tasks" in report:  # a file of many tasks
+        print(f"{report['tasks']} tasks over one seed: {report['bytes_per_task']:,.0f} bytes a task (masks "
+              f"{report['mask_bytes_per_task']:,.0f}, entropy bound {report['entropy_bytes_per_task']:,.0f}; the "
+              f"SupSup paper's 16-bit sparse indices would take {report['sparse_int16_bytes_per_task']:,.0f})")
     if args.safetensors or args.onnx:
         model = export.load(args.output)
         if args.safetensors:

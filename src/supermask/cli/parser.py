@@ -79,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="re-evaluate a finished run, or a .smask file, on its test set")
     ev.add_argument("run_dir", metavar="RUN_DIR|NET.smask", help="a run directory or an exported .smask file")
-    ev.add_argument("overrides", nargs="*", metavar="dataset=PATH|data_dir=DIR",
-                    help="where to find the data, when not where the run found it (another machine, a moved copy)")
+    ev.add_argument("overrides", nargs="*", metavar="dataset=PATH|data_dir=DIR|task=N|task=infer",
+                    help="where to find the data, when not where the run found it (another machine, a moved copy); "
+                         "for a .smask file of many tasks, the task whose network to evaluate (task=N), or task=infer: "
+                         "each task's test batches with their task inferred (infer=one-shot|binary, batch_size=128, "
+                         "images=N per task)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.set_defaults(func=_command("eval"))
 

@@ -14,6 +14,8 @@ def run(args: argparse.Namespace) -> int:
     from supermask.run.config import parse_overrides
 
     cfg = train_config(args.config, parse_overrides(args.overrides), args.resume)
+    if cfg.tasks is not None:
+        return _tasks(cfg, args)
     try:
         summary = run(cfg, resume=args.resume, progress=not args.quiet)
     finally:
@@ -28,6 +30,19 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['method']} keeps {summary['params_kept']:,} of {summary['params_total']:,} weights ({100 * kept:.1f}%); "
           f"{summary['seconds']:.1f} s")
     print(f"run written to {summary['out_dir']}")
+    return 0
+
+
+def _tasks(cfg, args: argparse.Namespace) -> int:
+    """tasks=N: the stream's tasks one after another, a line each."""
+    from supermask.multi.tasks import train_tasks
+
+    record = train_tasks(cfg, resume=args.resume, progress=not args.quiet)
+    for t in record["per_task"]:
+        print(f"task {t['task']}: test accuracy {100 * t['test_acc']:.2f}% ({t['dataset']}, {t['seconds']:.1f} s)")
+    print(f"{record['tasks']} tasks over one random network ({record['method']}, weight_seed {record['weight_seed']}): "
+          f"mean test accuracy {100 * record['mean_test_acc']:.2f}% with each task's own mask")
+    print(f"runs written to {record['out_dir']}")
     return 0
 
 

@@ -43,7 +43,8 @@ from supermask.run.files import CHECKPOINT, CONFIG_FILE, SUMMARY
 
 MAGIC = b"SMASK\x00\r\n"
 VERSION = 2  # 2 added `preprocessing` and `amp`, and the masks' compact blob heads (see codec)
-READABLE_VERSIONS = (1, 2)
+TASKS_VERSION = 3  # 3 added tasks: N tasks' masks over one seed (`tasks`), or one task of a stream (`task`)
+READABLE_VERSIONS = (1, 2, 3)
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
 MAX_HEADER = 1 << 24
@@ -80,6 +81,9 @@ ACCURACY = _Kind("a number or null", lambda v: v is None or NUMBER.ok(v))
 LAYER = {"name": TEXT, "shape": SHAPE, "kept": COUNT, "mask": SPAN, "alpha?": NUMBER, "changed?": SPAN,
          "changed_values?": SPAN, "levels?": [SPAN]}
 TENSOR = {"key": TEXT, "shape": SHAPE, "dtype": TEXT, "data": SPAN}
+# one task of a file of many: its network's masks and tensors, accuracy, data and class names
+TASK = {"layers": [LAYER], "tensors": [TENSOR], "test_acc": ACCURACY, "dataset": TEXT, "dataset_sha256?": TEXT,
+        "classes": NAMES}
 # the image fields are present exactly for "input": "images" (see _check_preprocessing)
 PREPROCESSING = {"input": TEXT, "channel_order?": TEXT, "image_size?": COUNT, "resize?": TEXT, "crop_fraction?": NUMBER,
                  "scale?": NUMBER, "mean?": NUMBERS, "std?": NUMBERS, "classes": NAMES}
@@ -90,7 +94,8 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT,
           "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
-          "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER],
+          "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "task_stream?": TEXT, "task?": COUNT,
+          "tasks?": [TASK],
           "tensors": [TENSOR],
           "payload_length": COUNT}
 
@@ -149,9 +154,43 @@ def _bits_like(weight: torch.Tensor, bits: np.ndarray) -> torch.Tensor:
 
 
 def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
-    """Write the finished run in `run_dir` as a `.smask` file; returns a size report."""
+    """Write the finished run in `run_dir` (or, for a run of many tasks, every task's network: see
+    `supermask.export.multitask`) as a `.smask` file; returns a size report."""
     run_dir = Path(run_dir)
     check_output(path, "the .smask file")
+    from supermask.multi.tasks import TASKS_FILE
+
+    if (run_dir / TASKS_FILE).is_file():
+        from supermask.export.multitask import export_tasks
+
+        return export_tasks(run_dir, path)
+    payload = bytearray()
+    header, sizes = encode_run(run_dir, payload)
+    header["payload_length"] = len(payload)
+    data = pack(header, payload)
+    atomic_write_bytes(path, data)
+    return size_report(path, data, sizes)
+
+
+def pack(header: dict[str, Any], payload: bytearray) -> bytes:
+    """The file's bytes: prefix, header, payload and checksum."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body = _PREFIX.pack(MAGIC, header["version"], len(head)) + head + bytes(payload)
+    return body + hashlib.sha256(body).digest()
+
+
+def size_report(path: str | Path, data: bytes, sizes: dict[str, Any]) -> dict[str, Any]:
+    mask_bytes, entropy, heads = sizes["mask_bytes"], sizes["entropy_bytes"], sizes["mask_head_bytes"]
+    return {"file": str(path), "bytes": len(data), "mask_bytes": mask_bytes, "entropy_bytes": round(entropy, 1),
+            "mask_vs_entropy": round(mask_bytes / entropy, 4) if entropy else None, "mask_layers": sizes["mask_layers"],
+            "mask_head_bytes": heads, "codes_vs_entropy": round((mask_bytes - heads) / entropy, 4) if entropy else None,
+            "overhead_bytes": len(data) - mask_bytes, "dense_float32_bytes": sizes["dense_float32_bytes"],
+            "compression": round(sizes["dense_float32_bytes"] / len(data), 1)}
+
+
+def encode_run(run_dir: Path, payload: bytearray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header of the finished run in `run_dir` (its layers and tensors included, `payload_length` not), its
+    blobs appended to `payload`, and the sizes its report gives."""
     summary_file = run_dir / SUMMARY
     if not summary_file.is_file():
         raise ConfigError(f"{run_dir} is not a finished run (no summary.json)")
@@ -168,6 +207,8 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         **{k: v for k, v in cfg.to_dict().items() if k in OPTIONAL_REBUILD_KEYS and v and v != FIELDS[k].default},
         "label": cfg.label, "test_acc": summary.get("test_acc"),
     }
+    if cfg.task_stream is not None and cfg.task is not None:  # one task of a stream: its data is that task's
+        header.update(version=TASKS_VERSION, task_stream=cfg.task_stream, task=cfg.task)
     for key in ("dataset_sha256", "eval_split_sha256"):  # eval of a streamed set compares the second
         if isinstance(summary.get(key), str):
             header[key] = summary[key]
@@ -189,8 +230,6 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     load_checkpoint(run_dir / CHECKPOINT, trained)
     seeded = _skeleton(header)
     seeded_weights = {name: random_weight(layer, p) for name, layer, p in masked_layers(seeded)}
-
-    payload = bytearray()
 
     def put(data: bytes) -> list[int]:
         payload.extend(data)
@@ -227,17 +266,11 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         t = tensor.detach().cpu().contiguous()
         others.append({"key": key, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                        "data": put(t.numpy().tobytes())})
-    header.update(layers=layers, tensors=others, payload_length=len(payload))
-    head = json.dumps(header, separators=(",", ":")).encode()
-    body = _PREFIX.pack(MAGIC, VERSION, len(head)) + head + bytes(payload)
-    data = body + hashlib.sha256(body).digest()
-    atomic_write_bytes(path, data)
+    header.update(layers=layers, tensors=others)
     dense_bytes = 4 * sum(w.numel() for w in weight_tensors(trained).values())
-    return {"file": str(path), "bytes": len(data), "mask_bytes": mask_bytes, "entropy_bytes": round(entropy, 1),
-            "mask_vs_entropy": round(mask_bytes / entropy, 4) if entropy else None, "mask_layers": len(layers),
-            "mask_head_bytes": heads, "codes_vs_entropy": round((mask_bytes - heads) / entropy, 4) if entropy else None,
-            "overhead_bytes": len(data) - mask_bytes, "dense_float32_bytes": dense_bytes,
-            "compression": round(dense_bytes / len(data), 1)}
+    return header, {"mask_bytes": mask_bytes, "entropy_bytes": entropy, "mask_head_bytes": heads,
+                    "mask_layers": len(layers), "dense_float32_bytes": dense_bytes,
+                    "kept": sum(e["kept"] for e in layers)}
 
 
 def _other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -406,12 +439,48 @@ def _validate(header: dict, payload: memoryview, model: nn.Module, where: str) -
             raise ConfigError(f"{what}: blob range {[offset, length]} is outside the payload")
 
 
-def load(path: str | Path) -> nn.Module:
-    """Rebuild the network of a `.smask` file as an ordinary module (plain Conv/Linear weights), in eval mode and
-    in the memory layout the run computed in, so its outputs equal the run's exactly."""
+def task_view(header: dict[str, Any], task: int | None, where: str) -> dict[str, Any]:
+    """The header of one network of a conforming header: the file's own network, or task `task`'s of a file of
+    many tasks (its masks, tensors, accuracy, data checksum and class names in place of the file's)."""
+    tasks = header.get("tasks")
+    if header["version"] < TASKS_VERSION and any(k in header for k in ("tasks", "task", "task_stream")):
+        raise ConfigError(f"{where}: header has task fields, which need format version {TASKS_VERSION}")
+    if tasks is None:
+        if task is not None and task != header.get("task"):
+            holds = f"task {header['task']} of {header['task_stream']}" if "task" in header else "no tasks"
+            raise ConfigError(f"{where} holds one network ({holds}): task={task} chooses among the networks of a run "
+                              "of many tasks")
+        return header
+    if "task" in header or header["layers"] or header["tensors"]:
+        raise ConfigError(f"{where}: a file of many tasks keeps its networks under 'tasks' alone")
+    if task is None:
+        raise ConfigError(f"{where} holds the networks of {len(tasks)} tasks: choose one with task=N (0 to "
+                          f"{len(tasks) - 1}), or task=infer")
+    if not 0 <= task < len(tasks):
+        raise ConfigError(f"task={task} is outside the tasks of {where}, 0 to {len(tasks) - 1}")
+    one = tasks[task]
+    view = {k: v for k, v in header.items() if k not in ("tasks", "dataset_sha256")}
+    view.update(task=task, layers=one["layers"], tensors=one["tensors"], test_acc=one["test_acc"],
+                **({"dataset_sha256": one["dataset_sha256"]} if "dataset_sha256" in one else {}))
+    if "preprocessing" in view:
+        view["preprocessing"] = {**view["preprocessing"], "classes": one["classes"]}
+    return view
+
+
+def read_view(path: str | Path, task: int | None = None) -> tuple[dict[str, Any], memoryview]:
+    """(header of one network, payload) of a `.smask` file: checked as `read` does, conforming to the schema, and
+    narrowed to task `task`'s network in a file of many tasks."""
     header, payload = read(path)
+    _conform(header, HEADER, f"{path}: header")
+    return task_view(header, task, str(path)), payload
+
+
+def load(path: str | Path, task: int | None = None) -> nn.Module:
+    """Rebuild the network of a `.smask` file (task `task`'s, of a file of many tasks) as an ordinary module (plain
+    Conv/Linear weights), in eval mode and in the memory layout the run computed in, so its outputs equal the
+    run's exactly."""
+    header, payload = read_view(path, task)
     where = str(path)
-    _conform(header, HEADER, f"{where}: header")
     model = _build(header, where)
     _validate(header, payload, model, where)
     layers = {name: (layer, p) for name, layer, p in masked_layers(model)}
@@ -468,8 +537,9 @@ def _bake_plain(model: nn.Module, weights: dict[str, tuple[nn.Module, str, torch
             getattr(layer, name).copy_(w)
 
 
-def header_of(path: str | Path) -> dict[str, Any]:
-    return read(path)[0]
+def header_of(path: str | Path, task: int | None = None) -> dict[str, Any]:
+    """The header of the file's network (of task `task`'s network, in a file of many tasks)."""
+    return read_view(path, task)[0]
 
 
 def metadata_strings(header: dict[str, Any]) -> dict[str, str]:
@@ -578,19 +648,34 @@ def predict(path: str | Path, images: list[str], *, top: int = 3, device: str = 
 
 
 def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | None = None,
-                   data_dir: str | None = None) -> dict[str, Any]:
-    """Rebuild a `.smask` network and measure its test accuracy on the dataset it was found on (or `dataset` /
-    in `data_dir`), in the memory layout and precision (autocast of an amp run) the file records."""
+                   data_dir: str | None = None, task: int | None = None) -> dict[str, Any]:
+    """Rebuild a `.smask` network (task `task`'s, of a file of many tasks) and measure its test accuracy on the
+    dataset it was found on (that task's data; or `dataset` / in `data_dir`), in the memory layout and precision
+    (autocast of an amp run) the file records."""
     from supermask import data as data_lib
     from supermask.run.train import data_check, evaluate, pick_device
 
-    header = header_of(path)
-    model = load(path)
+    header = header_of(path, task)
+    model = load(path, task)
     dev = pick_device(device)
-    streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
-    ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
-                               image_size=header["image_size"] if streamed else None)
+    ds = file_dataset(header, path, dataset, data_dir)
     replaced = data_lib.ReplacedCount()
     loss, acc = evaluate(model.to(dev), ds, 1000, dev, replaced=replaced, amp=bool(header.get("amp")))
-    return {"file": str(path), "test_loss": loss, "test_acc": acc, "recorded_test_acc": header.get("test_acc"),
-            **data_check(ds, header, replaced)}
+    return {"file": str(path), **({"task": header["task"]} if "task" in header else {}), "test_loss": loss,
+            "test_acc": acc, "recorded_test_acc": header.get("test_acc"), **data_check(ds, header, replaced)}
+
+
+def file_dataset(header: dict[str, Any], path: str | Path, dataset: str | None, data_dir: str | None):
+    """The data a network's header says it was found on (its task's, for one task of a stream), or `dataset`."""
+    from supermask import data as data_lib
+    from supermask.data.task_streams import task_dataset
+
+    streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
+    if "task" in header and "task_stream" not in header and dataset is None:
+        raise ConfigError(f"{path}'s tasks are a stream of datasets given in Python: pass task {header['task']}'s "
+                          "data as dataset=PATH")
+    ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
+                               image_size=header["image_size"] if streamed else None)
+    if "task_stream" in header and dataset is None:
+        ds = task_dataset(header["task_stream"], ds, header["task"])
+    return ds

@@ -296,6 +296,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet50": resnet50,
     "lenet300": lambda **kw: mlp((300, 100), **kw),
+    "fc1024": lambda **kw: mlp((1024, 1024), **kw),  # SupSup's permuted-MNIST network, 784-1024-1024-10, no biases
     # ELU variants: the networks of the signed-supermask paper (Koster et al. 2022), ELU with alpha 1, no BN
     **{f"conv{2 * n}-elu": (lambda n: lambda **kw: conv_net(n, activation=nn.ELU, **kw))(n) for n in (1, 2, 3, 4)},
     "lenet300-elu": lambda **kw: mlp((300, 100), activation=nn.ELU, **kw),

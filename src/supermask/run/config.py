@@ -99,6 +99,12 @@ class Config:
     weight_seed: int = _opt(0, "seed of the random weights, an integer in [0, 2^63 - 1] (as are the other seeds)")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
+    task_stream: str | None = _opt(None, "per-task masks over one random network (SupSup): permuted-mnist (with "
+                                         "dataset=mnist) or split-cifar10 (with dataset=cifar10)")
+    tasks: int | None = _opt(None, "train this many tasks one after another, each with its own scores and mask over "
+                                   "the same random weights, a run directory per task (needs task_stream)")
+    task: int | None = _opt(None, "the task of task_stream (0-based) this run trains on; set for each task of a "
+                                  "tasks= run")
     dataset: str = _opt("digits", "digits, mnist, cifar10, cifar100, listops (token sequences), imagenet "
                                  "(DATA/imagenet, streamed), or a path to an image folder / .tar.gz or to a folder "
                                  "of WebDataset shards (train-*.tar and val-*.tar, streamed)")
@@ -115,7 +121,7 @@ class Config:
                                   "(what the CIFAR configs use), 100 on resnet50 (ImageNet) [default: 20]")
     batch_size: int = _opt(64, "training batch size")
     eval_batch_size: int = _opt(1000, "evaluation batch size")
-    optimizer: str = _opt("sgd", "sgd or adam")
+    optimizer: str = _opt("sgd", "sgd, adam or rmsprop (torch's defaults: alpha 0.99, no momentum; the SupSup recipes')")
     lr: float | None = _opt(None, "base learning rate (default: 0.1 for mask search, 0.01 for dense)")
     lr_scaling: str = _opt("none", "none: lr is the peak learning rate; linear: lr is per 256 images, and the peak is "
                                    "lr * batch_size / 256 (batch_size is the global batch, whatever the process count)")
@@ -174,7 +180,7 @@ FIELDS = {f.name: f for f in fields(Config)}
 # readers and TensorBoard hold exactly.
 INT64_MAX = 2**63 - 1
 _ZERO_ALLOWED = ("weight_seed", "score_seed", "data_seed", "warmup_epochs", "iwr_warmup", "num_workers",
-                 "finetune_epochs")
+                 "finetune_epochs", "task")
 INT_RANGES = {name: (0 if name in _ZERO_ALLOWED else 1, INT64_MAX)
               for name, f in FIELDS.items() if str(f.type).startswith("int")}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
@@ -382,7 +388,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.method in METHOD_ALIASES:
         raise ConfigError(f"method={cfg.method} is a shorthand: give it to make_config, or set method="
                           f"{paper_schedule(cfg.method, cfg.model)['method']} and the schedule keys")
-    _choice("optimizer", cfg.optimizer, ("sgd", "adam"))
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _choice("lr_scaling", cfg.lr_scaling, ("none", "linear"))
     _choice("data_mode", cfg.data_mode, DATA_MODES)
@@ -458,6 +464,7 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"finetune_lr={cfg.finetune_lr!r} must be > 0 and finetune_weight_decay="
                           f"{cfg.finetune_weight_decay!r} >= 0")
     _check_multicoat(cfg)
+    _check_tasks(cfg)
     _choice("weight_decay_mode", cfg.weight_decay_mode, WEIGHT_DECAY_MODES)
     if cfg.method == "signed-supermask":
         cfg.signed_threshold = 0.4 if cfg.signed_threshold is None else cfg.signed_threshold
@@ -473,6 +480,32 @@ def resolve(cfg: Config) -> Config:
 
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+
+
+def _check_tasks(cfg: Config) -> None:
+    """task_stream names its dataset; tasks= (a run of many tasks) and task= (one task's run) exclude each other.
+    tasks= without a task_stream is a stream of the user's own datasets, given in Python (`train_tasks(stream=)`)."""
+    from supermask.data.task_streams import BASE_DATASET, TASK_STREAMS
+
+    if cfg.tasks is not None and cfg.task is not None:
+        raise ConfigError(f"tasks={cfg.tasks} trains a stream of tasks and task={cfg.task} one task of it: set one")
+    if cfg.task_stream is None:
+        if cfg.task is not None:
+            raise ConfigError(f"task={cfg.task} is a task of a task_stream: set task_stream= "
+                              f"({', '.join(TASK_STREAMS)})")
+        return
+    _choice("task_stream", cfg.task_stream, TASK_STREAMS)
+    base = BASE_DATASET[cfg.task_stream]
+    if cfg.dataset.strip().lower() != base:
+        raise ConfigError(f"task_stream={cfg.task_stream} is made of {base}, not dataset={cfg.dataset}: set dataset={base}")
+    length = 10 // 2 if cfg.task_stream == "split-cifar10" else None  # CIFAR-10's classes, two a task
+    for key in ("tasks", "task"):
+        value = getattr(cfg, key)
+        count = value if key == "tasks" else (value + 1 if value is not None else None)
+        if length is not None and count is not None and count > length:
+            raise ConfigError(f"{key}={value} is beyond task_stream={cfg.task_stream}, which has {length} tasks "
+                              f"(0 to {length - 1})")
 LR_SCHEDULES = ("cosine", "constant", "exponential", "multistep")
 
 

@@ -163,6 +163,8 @@ def optimizer_for(cfg: Config, params: list[torch.Tensor]) -> torch.optim.Optimi
     decay = cfg.weight_decay if cfg.weight_decay_mode == "coupled" else 0.0
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=decay)
+    if cfg.optimizer == "rmsprop":  # torch's defaults, as SupSup's published code takes them
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=decay)
 
 
@@ -339,9 +341,14 @@ def default_out_dir(cfg: Config) -> Path:
 
 
 def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset | data_lib.ShardDataset:
-    """The run's data, held in memory or streamed as cfg.data_mode says."""
-    return data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
-                                 num_workers=cfg.num_workers)
+    """The run's data, held in memory or streamed as cfg.data_mode says (task `cfg.task` of a task stream)."""
+    ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
+                               num_workers=cfg.num_workers)
+    if cfg.task_stream is not None and cfg.task is not None:
+        from supermask.data.task_streams import task_dataset
+
+        ds = task_dataset(cfg.task_stream, ds, cfg.task)
+    return ds
 
 
 def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
@@ -353,13 +360,18 @@ def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
 
 
-def run(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `cfg` to the end (or continue it with `resume`) and return the run's summary."""
+def run(cfg: Config, *, resume: bool = False, progress: bool = True,
+        data: data_lib.Dataset | None = None) -> dict[str, Any]:
+    """Train `cfg` to the end (or continue it with `resume`) and return the run's summary; `data`, when given, is
+    the dataset it trains on instead of the one its config names (a task of a user's own stream)."""
+    if cfg.tasks is not None:
+        raise ConfigError(f"tasks={cfg.tasks} is a stream of runs: train it with supermask.multi.tasks.train_tasks")
     with contextlib.ExitStack() as held:  # the run directory's lock, for the run's life
-        return _run(cfg, resume, progress, held)
+        return _run(cfg, resume, progress, held, data)
 
 
-def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) -> dict[str, Any]:
+def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack,
+         data: data_lib.Dataset | None = None) -> dict[str, Any]:
     if resume and not cfg.out_dir:
         raise ConfigError("--resume needs the run's out_dir=DIR")
     if distributed.launched() and not cfg.out_dir:
@@ -367,7 +379,7 @@ def _run(cfg: Config, resume: bool, progress: bool, held: contextlib.ExitStack) 
     check_available(cfg.logger)
     set_threads(cfg.threads)
     device = distributed.local_device() if distributed.launched() and cfg.device == "auto" else pick_device(cfg.device)
-    ds = load_data(cfg)
+    ds = load_data(cfg) if data is None else data
     resolve_data_paths(cfg, ds)
     if cfg.augment is None:
         cfg.augment = ds.augment

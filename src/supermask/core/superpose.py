@@ -1,0 +1,121 @@
+"""Inferring which task a batch comes from, over many tasks' masks on one network (SupSup's GNu setting; Wortsman
+et al. 2020, `adaptors.py` of RAIVNLab/supsup).
+
+Every masked layer's effective weight is superposed from the tasks' masks: W_eff = W * sum_i alpha_i M_i. With every
+alpha_i = 1/k, the tasks that lower the output entropy H most are those whose alpha has the most negative gradient
+dH/dalpha_i. As W_eff is linear in alpha, that gradient is one backward pass to G = dH/dW_eff and then, per task,
+dH/dalpha_i = sum over layers of <G * W, M_i>: no tensor of the tasks' size is ever a float, and the masks stay
+bit-packed (one bit a weight) between uses.
+
+- `one_shot`: one gradient at alpha = 1/k, the task of the smallest dH/dalpha_i.
+- `binary`: the candidates start as every task; at each step alpha = 1/c over the c candidates, and those whose
+  gradient is at or below the (lower) median stay, halving them until one is left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+INFERENCE = ("one-shot", "binary")
+
+
+def pack(mask: Tensor) -> Tensor:
+    """A boolean mask as bits, eight a byte (numpy's packbits order)."""
+    return torch.from_numpy(np.packbits(mask.detach().cpu().numpy().reshape(-1)))
+
+
+def unpack(bits: Tensor, shape: torch.Size) -> Tensor:
+    n = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(np.bool_)).view(shape)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """The mean over the batch of the output distributions' entropy."""
+    logits = logits.float()
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+
+
+class Superposition:
+    """One network's frozen weights and N tasks' masks over them (bit-packed): the network's forward under any
+    weighted sum of the masks, and the inference of a batch's task.
+
+    `model` computes the network given its masked weights (by parameter key, as `functional_call` takes them);
+    `weights` holds each masked weight W by key; `masks[i][key]` is task i's mask of that weight, packed by `pack`.
+    """
+
+    def __init__(self, model: nn.Module, weights: dict[str, Tensor], masks: list[dict[str, Tensor]]):
+        if not masks:
+            raise ValueError("a superposition needs at least one task's masks")
+        self.model, self.weights, self.masks = model, weights, masks
+        self._cache: tuple[tuple[float, ...], dict[str, Tensor]] | None = None
+
+    @property
+    def tasks(self) -> int:
+        return len(self.masks)
+
+    def mask(self, task: int, key: str) -> Tensor:
+        return unpack(self.masks[task][key], self.weights[key].shape).to(self.weights[key].device)
+
+    def superposed(self, alphas: Tensor) -> dict[str, Tensor]:
+        """W * sum_i alpha_i M_i for every masked weight (tasks of alpha 0 skipped); the last one is kept, as a
+        batch after batch asks for the same alphas."""
+        key = tuple(alphas.tolist())
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        out = {}
+        for name, w in self.weights.items():
+            total = torch.zeros_like(w)
+            for i in torch.nonzero(alphas).flatten().tolist():
+                total += alphas[i].item() * self.mask(i, name).to(w.dtype)
+            out[name] = w * total
+        self._cache = (key, out)
+        return out
+
+    def logits(self, x: Tensor, alphas: Tensor) -> Tensor:
+        with torch.no_grad():
+            return functional_call(self.model, self.superposed(alphas), (x,))
+
+    def task_logits(self, x: Tensor, task: int) -> Tensor:
+        """The outputs of task `task`'s own network (alpha one-hot)."""
+        return self.logits(x, torch.eye(self.tasks, dtype=torch.float64)[task])
+
+    def alpha_gradient(self, x: Tensor, alphas: Tensor, tasks: list[int] | None = None) -> Tensor:
+        """dH/dalpha_i at `alphas` for each task i of `tasks` (default: all; the others' entries are 0)."""
+        weights = {k: v.detach().clone().requires_grad_(True) for k, v in self.superposed(alphas).items()}
+        h = entropy(functional_call(self.model, weights, (x,)))
+        grads = torch.autograd.grad(h, list(weights.values()))
+        out = torch.zeros(self.tasks, dtype=torch.float64)
+        for (name, w), g in zip(self.weights.items(), grads):
+            gw = (g * w).double()
+            for i in range(self.tasks) if tasks is None else tasks:
+                out[i] += gw[self.mask(i, name)].sum()
+        return out
+
+    def one_shot(self, x: Tensor) -> int:
+        """The task whose alpha's gradient at alpha = 1/N is the smallest (lowers the entropy most)."""
+        g = self.alpha_gradient(x, torch.full((self.tasks,), 1.0 / self.tasks, dtype=torch.float64))
+        return int(g.argmin())
+
+    def binary(self, x: Tensor) -> int:
+        """Halve the candidates, keeping those whose gradient at alpha = 1/c (over the c candidates) is at or below
+        their lower median, until one is left."""
+        candidates = list(range(self.tasks))
+        while len(candidates) > 1:
+            alphas = torch.zeros(self.tasks, dtype=torch.float64)
+            alphas[candidates] = 1.0 / len(candidates)
+            g = self.alpha_gradient(x, alphas, candidates)[candidates]
+            kept = [c for c, v in zip(candidates, g.tolist()) if v <= g.median().item()]
+            # ties at the median could keep them all: then the lower-gradient half, by rank (stable, lowest index)
+            if len(kept) == len(candidates):
+                order = torch.argsort(g, stable=True)[: len(candidates) // 2].tolist()
+                kept = sorted(candidates[j] for j in order)
+            candidates = kept
+        return candidates[0]
+
+    def infer(self, x: Tensor, how: str = "one-shot") -> int:
+        if how not in INFERENCE:
+            raise ValueError(f"unknown task inference {how!r}: expected one of {', '.join(INFERENCE)}")
+        return self.one_shot(x) if how == "one-shot" else self.binary(x)
