@@ -22,9 +22,9 @@ from supermask.errors import ConfigError
 from supermask.export import codec
 from supermask.export.smask import (HEADER, TASKS_VERSION, _blob, _build, _conform, _validate, atomic_write_bytes,
                                     encode_run, file_dataset, load, pack as pack_file, read, size_report, task_view)
-from supermask.multi.tasks import TASKS_FILE, task_runs
 from supermask.run.checkpoint import read_json
-from supermask.run.files import SUMMARY
+from supermask.run.files import SUMMARY, TASKS_FILE
+from supermask.run.rundir import task_runs
 
 # what differs between the tasks of one stream (each task's `task` index too); every other header field is shared
 PER_TASK = ("layers", "tensors", "test_acc", "dataset_sha256", "eval_split_sha256", "task", "version", "preprocessing")

@@ -39,7 +39,7 @@ from supermask.export import codec
 from supermask.models import MODELS, TOKEN_MODELS, build_model
 from supermask.run.checkpoint import atomic_write_bytes, load_checkpoint, read_json
 from supermask.run.config import FIELDS, make_config, recorded_config
-from supermask.run.files import CHECKPOINT, CONFIG_FILE, SUMMARY
+from supermask.run.files import CHECKPOINT, CONFIG_FILE, SUMMARY, TASKS_FILE
 
 MAGIC = b"SMASK\x00\r\n"
 VERSION = 2  # 2 added `preprocessing` and `amp`, and the masks' compact blob heads (see codec)
@@ -158,8 +158,6 @@ def export_run(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     `supermask.export.multitask`) as a `.smask` file; returns a size report."""
     run_dir = Path(run_dir)
     check_output(path, "the .smask file")
-    from supermask.multi.tasks import TASKS_FILE
-
     if (run_dir / TASKS_FILE).is_file():
         from supermask.export.multitask import export_tasks
 

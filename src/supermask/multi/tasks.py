@@ -26,25 +26,9 @@ from supermask.data.base import Dataset
 from supermask.errors import ConfigError
 from supermask.run.checkpoint import atomic_write_text, read_json, write_json
 from supermask.run.config import Config, dump_yaml
-from supermask.run.files import CONFIG_FILE, SUMMARY
+from supermask.run.files import CONFIG_FILE, SUMMARY, TASKS_FILE
 from supermask.run.lock import run_dir_is_empty, run_lock
-from supermask.run.rundir import check_same_run
-
-TASKS_FILE = "tasks.json"
-
-
-def task_dir(out_dir: str | Path, task: int) -> Path:
-    return Path(out_dir) / f"task-{task:03d}"
-
-
-def task_runs(out_dir: str | Path) -> list[Path]:
-    """The task run directories of a stream's run directory, in task order (tasks.json's list)."""
-    out_dir = Path(out_dir)
-    if not (out_dir / TASKS_FILE).is_file():
-        raise ConfigError(f"{out_dir} is not a run of many tasks (no {TASKS_FILE})")
-    record = read_json(out_dir / TASKS_FILE)
-    return [out_dir / t["run"] for t in record["per_task"]]
-
+from supermask.run.rundir import check_same_run, task_dir, task_runs  # noqa: F401 - task_runs: part of this API
 
 def task_config(cfg: Config, task: int) -> Config:
     """The config of the stream's task `task`: the same weights, that task's data, its own score and data seeds."""

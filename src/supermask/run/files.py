@@ -7,3 +7,4 @@ FINETUNE_METRICS = "finetune_metrics.jsonl"  # one line per epoch of the weight 
 SCHEDULE = "schedule.jsonl"  # one line per layer changed by an IWR or IteRand step
 MASKS = "masks.safetensors"  # the final masks, written when the run ends
 SUMMARY = "summary.json"  # the final result, written last: a run is finished when it exists
+TASKS_FILE = "tasks.json"  # a run of many tasks: each finished task (supermask.multi.tasks)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from supermask.errors import ConfigError
 from supermask.run.config import Config, recorded_config
-from supermask.run.files import CONFIG_FILE
+from supermask.run.files import CONFIG_FILE, TASKS_FILE
 
 # Keys that say where a run is or how it executes, never what it computes: where its files go, the trackers it
 # reports to, how many processes decode its batches, how often it checkpoints inside an epoch.
@@ -62,3 +62,18 @@ def check_same_run(requested: Config, run_dir: str | Path, doing: str = "resume"
     diff = difference(requested, run_dir)
     if diff:
         raise ConfigError(f"cannot {doing} {run_dir}: it was trained with another config: {diff}")
+
+
+def task_dir(out_dir: str | Path, task: int) -> Path:
+    """Where a run of many tasks keeps task `task`'s run."""
+    return Path(out_dir) / f"task-{task:03d}"
+
+
+def task_runs(out_dir: str | Path) -> list[Path]:
+    """The finished task runs of a run of many tasks, in task order (its tasks.json's list)."""
+    from supermask.run.checkpoint import read_json
+
+    out_dir = Path(out_dir)
+    if not (out_dir / TASKS_FILE).is_file():
+        raise ConfigError(f"{out_dir} is not a run of many tasks (no {TASKS_FILE})")
+    return [out_dir / t["run"] for t in read_json(out_dir / TASKS_FILE)["per_task"]]
