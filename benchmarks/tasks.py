@@ -101,7 +101,7 @@ def child(argv: list[str]) -> None:
         header, sup = load_superposition(path)
         x, _ = next(eval_batches(task_dataset("permuted-mnist", load_dataset("mnist", folder), 1), 128))
         guess = sup.infer(x, "one-shot")
-        masks_bytes = sum(b.numel() for task in sup.masks for b in task.values())
+        masks_bytes = sum(b.numel() for b in sup.masks.values())
         print(json.dumps({"tasks": sup.tasks, "peak_rss_mb": peak_rss_mb(), "packed_mask_mb": round(masks_bytes / 2**20, 2),
                           "float_masks_would_be_mb": round(32 * masks_bytes / 2**20, 1), "inferred": guess}))
 

@@ -19,7 +19,7 @@ from torch import nn
 from supermask import data
 from supermask.cli import main
 from supermask.core.convert import masked_layers, random_weight
-from supermask.core.superpose import Superposition, entropy, pack, unpack
+from supermask.core.superpose import Superposition, entropy, pack_tasks, unpack
 from supermask.data import load_dataset
 from supermask.data.task_streams import permuted, pixel_permutation, split, task_dataset
 from supermask.errors import ConfigError
@@ -244,7 +244,7 @@ def _two_task_layer():
     w = torch.tensor([[4.0, 1.0], [1.0, 1.0]])
     a = torch.tensor([[True, False], [False, False]])
     b = torch.tensor([[False, False], [False, True]])
-    return Superposition(model, {"0.weight": w}, [{"0.weight": pack(a)}, {"0.weight": pack(b)}]), w, a, b
+    return Superposition(model, {"0.weight": w}, {"0.weight": pack_tasks([a, b])}), w, a, b
 
 
 def test_the_alpha_gradient_is_the_hand_computed_one():
@@ -267,7 +267,7 @@ def test_the_alpha_gradient_equals_autograd_through_the_superposition():
     model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 3, bias=False)).requires_grad_(False)
     weights = {"0.weight": torch.randn(5, 6), "2.weight": torch.randn(3, 5)}
     masks = [{k: torch.rand(w.shape) < 0.5 for k, w in weights.items()} for _ in range(4)]
-    sup = Superposition(model, weights, [{k: pack(m) for k, m in task.items()} for task in masks])
+    sup = Superposition(model, weights, {k: pack_tasks([task[k] for task in masks]) for k in weights})
     x = torch.randn(7, 6)
     alphas = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64, requires_grad=True)
     h1 = torch.relu(x @ (weights["0.weight"] * sum(alphas[i].float() * masks[i]["0.weight"] for i in range(4))).T)
@@ -276,7 +276,7 @@ def test_the_alpha_gradient_equals_autograd_through_the_superposition():
     got = sup.alpha_gradient(x, alphas.detach())
     assert torch.allclose(got, expected, atol=1e-5)
     for i, task in enumerate(masks):  # a one-hot alpha is task i's own network
-        assert torch.equal(unpack(sup.masks[i]["0.weight"], weights["0.weight"].shape), task["0.weight"])
+        assert torch.equal(unpack(sup.masks["0.weight"][i], weights["0.weight"].shape), task["0.weight"])
         own = torch.relu(x @ (weights["0.weight"] * task["0.weight"]).T) @ (weights["2.weight"] * task["2.weight"]).T
         assert torch.allclose(sup.task_logits(x, i), own)
 
@@ -289,7 +289,7 @@ def test_binary_search_halves_the_candidates_to_the_lowest_gradient():
         calls.append(sorted(tasks))
         return torch.tensor([i - 2.2 if i in tasks else 0.0 for i in range(5)], dtype=torch.float64)
 
-    sup.masks = [sup.masks[0]] * 5  # 5 tasks (their masks are not read: the gradient is stubbed)
+    sup.masks = {"0.weight": sup.masks["0.weight"][[0] * 5]}  # 5 tasks (their masks are not read: the gradient is stubbed)
     sup.alpha_gradient = gradient
     assert sup.binary(torch.zeros(1, 2)) == 0
     assert calls == [[0, 1, 2, 3, 4], [0, 1, 2], [0, 1]]  # 5 -> 3 (at or below the median) -> 2 -> 1

@@ -101,22 +101,23 @@ def load_superposition(path: str | Path) -> tuple[dict[str, Any], Superposition]
     _validate(view, payload, skeleton, str(path))
     layers = {name: (layer, p) for name, layer, p in masked_layers(skeleton)}
     head = "wide" if header["version"] == 1 else "compact"
-    weights, masks = {}, [dict() for _ in tasks]
-    for e in tasks[0]["layers"]:
+    weights, masks = {}, {}
+    for j, e in enumerate(tasks[0]["layers"]):
         layer, p = layers[e["name"]]
-        w = random_weight(layer, p).detach()
         key = f"{e['name']}.{p.param_name}" if e["name"] else p.param_name
-        weights[key] = w.contiguous()
-    for i, task in enumerate(tasks):
-        for e in task["layers"]:
-            layer, p = layers[e["name"]]
-            key = f"{e['name']}.{p.param_name}" if e["name"] else p.param_name
-            n = weights[key].numel()
-            bits = torch.from_numpy(codec.decode(_blob(payload, e["mask"]), n, head))
-            if int(bits.sum()) != e["kept"]:
+        weights[key] = random_weight(layer, p).detach().contiguous()
+        n = weights[key].numel()
+        rows = torch.empty((len(tasks), (n + 7) // 8), dtype=torch.uint8)  # every task's bits of this weight, one block
+        for i, task in enumerate(tasks):
+            entry = task["layers"][j]
+            if entry["name"] != e["name"]:
+                raise ConfigError(f"{path}: task {i} lists its layers in another order than task 0")
+            bits = codec.decode(_blob(payload, entry["mask"]), n, head)
+            if int(bits.sum()) != entry["kept"]:
                 raise ConfigError(f"{path}: task {i}'s layer {e['name']} keeps {int(bits.sum())} weights, its header "
-                                  f"{e['kept']}")
-            masks[i][key] = pack(bits)
+                                  f"{entry['kept']}")
+            rows[i] = pack(bits)
+        masks[key] = rows
     return header, Superposition(model, weights, masks)
 
 

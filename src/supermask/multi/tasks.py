@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,7 @@ def train_tasks(cfg: Config, *, resume: bool = False, progress: bool = True,
                 # resume=True: a task cut off by a kill continues from its checkpoint (or starts, where it had none);
                 # its own config is checked against the one it recorded
                 summary = train.run(one, resume=True, progress=progress, data=None if stream is None else stream[t])
+            gc.collect()  # the finished task's model: its reference cycles would otherwise pile up, a task's worth each
             per_task.append({"task": t, "run": where.name, "dataset": summary["dataset"],
                              "test_acc": summary["test_acc"], "params_kept": summary.get("params_kept"),
                              "params_total": summary.get("params_total"), "seconds": summary["seconds"]})
