@@ -312,7 +312,7 @@ def test_task_inference_is_refused_where_tasks_differ_in_more_than_masks(digits_
     train_tasks(make_config("digits", {**BASE, "method": "biprop", "tasks": 2, "out_dir": str(out)}),
                 progress=False, stream=digits_stream[:2])
     export_tasks(out, tmp_path / "bi.smask")
-    with pytest.raises(ConfigError, match="superposes Edge-Popup masks"):
+    with pytest.raises(ConfigError, match="superposes masks of the weights themselves"):
         load_superposition(tmp_path / "bi.smask")
     assert smask.load(tmp_path / "bi.smask", task=1) is not None  # each task's own network still rebuilds
 

@@ -332,4 +332,4 @@ register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True,
                 smask_fields=("alpha",), smask_layer=lambda p, weight, mask: {"alpha": float(p.alpha(weight, mask))},
                 summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))
 
-from supermask.core import gem_miner, multicoat, signed  # noqa: E402,F401 - register themselves (they build on the names above)
+from supermask.core import gem_miner, multicoat, signed, threshold  # noqa: E402,F401 - register themselves (they build on the names above)

@@ -26,6 +26,7 @@ from supermask.run.checkpoint import read_json
 from supermask.run.files import SUMMARY, TASKS_FILE
 from supermask.run.rundir import task_runs
 
+SUPERPOSABLE = ("edge-popup", "threshold")  # the methods whose network is W * M, M a 0/1 mask
 # what differs between the tasks of one stream (each task's `task` index too); every other header field is shared
 PER_TASK = ("layers", "tensors", "test_acc", "dataset_sha256", "eval_split_sha256", "task", "version", "preprocessing")
 
@@ -76,7 +77,7 @@ def export_tasks(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
 
 
 def load_superposition(path: str | Path) -> tuple[dict[str, Any], Superposition]:
-    """(header, superposition) of a `.smask` file of many Edge-Popup tasks: the seed's weights and every task's
+    """(header, superposition) of a `.smask` file of many tasks whose networks are W * M (`SUPERPOSABLE`): the seed's weights and every task's
     masks, bit-packed. Refused where the tasks' networks differ in more than their masks (their own BatchNorm
     statistics or biases, weights changed by IWR or IteRand, Biprop's per-task alpha): a superposition is of masks
     over one set of weights."""
@@ -84,9 +85,10 @@ def load_superposition(path: str | Path) -> tuple[dict[str, Any], Superposition]
     _conform(header, HEADER, f"{path}: header")
     if "tasks" not in header:
         raise ConfigError(f"{path} holds one network: task=infer chooses among the tasks of a file of many tasks")
-    if header["method"] != "edge-popup":
-        raise ConfigError(f"task=infer superposes Edge-Popup masks over one set of weights (SupSup); {path}'s method "
-                          f"is {header['method']}, whose tasks scale their weights each their own way")
+    if header["method"] not in SUPERPOSABLE:
+        raise ConfigError(f"task=infer superposes masks of the weights themselves, W * M (SupSup: "
+                          f"{' or '.join(SUPERPOSABLE)}); {path}'s method is {header['method']}, whose tasks scale or "
+                          "sign their weights each their own way")
     tasks = header["tasks"]
     tensors = [[bytes(_blob(payload, t["data"])) for t in task["tensors"]] for task in tasks]
     if any(t != tensors[0] for t in tensors):

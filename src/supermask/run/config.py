@@ -465,6 +465,8 @@ def resolve(cfg: Config) -> Config:
                           f"{cfg.finetune_weight_decay!r} >= 0")
     _check_multicoat(cfg)
     _check_tasks(cfg)
+    if cfg.method == "threshold" and cfg.prune_scope == "global":
+        raise ConfigError("method=threshold keeps the weights of non-negative score, not a top-k; leave prune_scope at layer")
     _choice("weight_decay_mode", cfg.weight_decay_mode, WEIGHT_DECAY_MODES)
     if cfg.method == "signed-supermask":
         cfg.signed_threshold = 0.4 if cfg.signed_threshold is None else cfg.signed_threshold
