@@ -38,7 +38,7 @@ from supermask.run.checkpoint import atomic_write_text, read_json, write_json  #
 STAGES = ("memory", "pm10", "pm100", "split")
 PM_BATCHES = {"pm10": [(1, "one-shot", 200), (8, "one-shot", 800), (64, "one-shot", 2560), (128, "one-shot", 2560),
                        (8, "binary", 800), (128, "binary", 2560)],
-              "pm100": [(8, "one-shot", 400), (128, "one-shot", 1280), (128, "binary", 1280)]}
+              "pm100": [(8, "one-shot", 96), (128, "one-shot", 1024), (128, "binary", 512)]}
 
 
 def peak_rss_mb() -> float:
@@ -232,7 +232,6 @@ def plot(result: dict, path: Path) -> None:
             ax.plot(range(r["tasks"]), [100 * a for a in best["per_task_acc"]], style, alpha=0.5,
                     label=f"{r['tasks']} tasks, inferred ({best['infer']}, batch {best['batch_size']})")
     ax.set(xlabel="task", ylabel="test accuracy (%)", title="Permuted MNIST, fc1024")
-    ax.legend(fontsize=7)
     ax = axes[1]
     for name in ("pm10", "pm100"):
         if name in s:
@@ -241,7 +240,6 @@ def plot(result: dict, path: Path) -> None:
                 if pts:
                     ax.plot(*zip(*pts), "o-", label=f"{s[name]['tasks']} tasks, {how}")
     ax.set(xscale="log", xlabel="batch size", ylabel="batches whose task was found (%)", title="Task inference")
-    ax.legend(fontsize=7)
     ax = axes[2]
     if "split" in s:
         r = s["split"]
@@ -249,7 +247,11 @@ def plot(result: dict, path: Path) -> None:
         ax.bar([i - 0.2 for i in t], [100 * a for a in r["supsup"]], 0.4, label="SupSup (one network, a mask a task)")
         ax.bar([i + 0.2 for i in t], [100 * a for a in r["dense"]], 0.4, label="dense, a network a task")
         ax.set(xlabel="task", ylabel="test accuracy (%)", title="Split CIFAR-10, ResNet-18 w0.25", ylim=(50, 100))
-        ax.legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.set_axis_off() if not ax.lines and not ax.patches else None
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -19,7 +19,7 @@ from torch import nn
 from supermask import data
 from supermask.cli import main
 from supermask.core.convert import masked_layers, random_weight
-from supermask.core.superpose import Superposition, entropy, pack_tasks, unpack
+from supermask.core.superpose import Superposition, entropy, masked_sums, pack_tasks, unpack
 from supermask.data import load_dataset
 from supermask.data.task_streams import permuted, pixel_permutation, split, task_dataset
 from supermask.errors import ConfigError
@@ -279,6 +279,22 @@ def test_the_alpha_gradient_equals_autograd_through_the_superposition():
         assert torch.equal(unpack(sup.masks["0.weight"][i], weights["0.weight"].shape), task["0.weight"])
         own = torch.relu(x @ (weights["0.weight"] * task["0.weight"]).T) @ (weights["2.weight"] * task["2.weight"]).T
         assert torch.allclose(sup.task_logits(x, i), own)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 64])
+def test_masked_sums_read_each_tasks_bits(n):
+    g = torch.Generator().manual_seed(n)
+    values = torch.randn(n, generator=g, dtype=torch.float64)
+    masks = [torch.rand(n, generator=g) < 0.5 for _ in range(20)] + [torch.ones(n, dtype=torch.bool),
+                                                                     torch.zeros(n, dtype=torch.bool)]
+    got = masked_sums(values, pack_tasks(masks), chunk=3)
+    assert torch.allclose(got, torch.stack([values[m].sum() for m in masks]), atol=1e-12)
+    assert got[-1] == 0
+    # by hand: values 1, 2, 4, ..., a mask of bits 1010 0001 selects elements 0, 2 and 7
+    if n == 8:
+        powers = torch.tensor([2.0**k for k in range(8)], dtype=torch.float64)
+        rows = torch.tensor([[0b10100001]], dtype=torch.uint8)
+        assert masked_sums(powers, rows).tolist() == [1 + 4 + 128]
 
 
 def test_binary_search_halves_the_candidates_to_the_lowest_gradient():

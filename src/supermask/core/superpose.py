@@ -4,8 +4,8 @@ et al. 2020, `adaptors.py` of RAIVNLab/supsup).
 Every masked layer's effective weight is superposed from the tasks' masks: W_eff = W * sum_i alpha_i M_i. With every
 alpha_i = 1/k, the tasks that lower the output entropy H most are those whose alpha has the most negative gradient
 dH/dalpha_i. As W_eff is linear in alpha, that gradient is one backward pass to G = dH/dW_eff and then, per task,
-dH/dalpha_i = sum over layers of <G * W, M_i>: no tensor of the tasks' size is ever a float, and the masks stay
-bit-packed (one bit a weight) between uses.
+dH/dalpha_i = sum over layers of <G * W, M_i>, read off the bit-packed masks half a byte at a time (`masked_sums`): no
+tensor of the tasks' size is ever a float, and the masks stay bit-packed (one bit a weight).
 
 - `one_shot`: one gradient at alpha = 1/k, the task of the smallest dH/dalpha_i.
 - `binary`: the candidates start as every task; at each step alpha = 1/c over the c candidates, and those whose
@@ -44,6 +44,27 @@ def pack_tasks(masks: list[Tensor]) -> Tensor:
 def unpack(bits: Tensor, shape: torch.Size) -> Tensor:
     n = int(np.prod(shape))
     return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(np.bool_)).view(shape)
+
+
+# _NIBBLE_BITS[v, k]: bit k of a 4-bit value v, most significant first (packbits' order: the first element is the
+# highest bit)
+_NIBBLE_BITS = torch.tensor([[(v >> (3 - k)) & 1 for k in range(4)] for v in range(16)], dtype=torch.float64)
+
+
+def masked_sums(values: Tensor, rows: Tensor, chunk: int = 16) -> Tensor:
+    """sum(values[M_i]) for each task's mask M_i, given as a row of bits (`pack_tasks`), without unpacking any: per
+    half byte, a 16-entry table of the sums of `values` its bits would select, and each row's half bytes look theirs
+    up (two lookups a byte instead of eight bits). `chunk` rows at a time bound the memory of the lookups."""
+    n = values.numel()
+    flat = torch.zeros((rows.shape[1] * 8,), dtype=torch.float64)
+    flat[:n] = values.detach().reshape(-1).double()
+    groups = flat.view(-1, 2, 4)  # (bytes, high and low half, 4 elements)
+    high, low = groups[:, 0] @ _NIBBLE_BITS.T, groups[:, 1] @ _NIBBLE_BITS.T  # (bytes, 16)
+    out = torch.empty(len(rows), dtype=torch.float64)
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk].long()
+        out[start:start + chunk] = (high.gather(1, (part >> 4).T).sum(0) + low.gather(1, (part & 15).T).sum(0))
+    return out
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -104,10 +125,9 @@ class Superposition:
         h = entropy(functional_call(self.model, weights, (x,)))
         grads = torch.autograd.grad(h, list(weights.values()))
         out = torch.zeros(self.tasks, dtype=torch.float64)
+        chosen = list(range(self.tasks)) if tasks is None else list(tasks)
         for (name, w), g in zip(self.weights.items(), grads):
-            gw = (g * w).double()
-            for i in range(self.tasks) if tasks is None else tasks:
-                out[i] += gw[self.mask(i, name)].sum()
+            out[chosen] += masked_sums((g * w).cpu(), self.masks[name][chosen])
         return out
 
     def one_shot(self, x: Tensor) -> int:
