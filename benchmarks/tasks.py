@@ -250,8 +250,8 @@ def plot(result: dict, path: Path) -> None:
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-        else:
-            ax.set_axis_off() if not ax.lines and not ax.patches else None
+        elif not ax.lines and not ax.patches:
+            ax.set_axis_off()  # a stage not run yet
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
