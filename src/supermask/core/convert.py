@@ -44,6 +44,7 @@ from torch.nn.utils import parametrize
 
 from supermask.core.init import (RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_uniform, draw_weight, fan_scale,
                                  generator, shared_source, source_size)
+from supermask.core.density import LAYER_DENSITIES, er_prune_rates
 from supermask.core.mask import num_pruned
 from supermask.core.methods import DENSE, GlobalScope, ScoredWeight, default_init, get_method, method_names
 from supermask.errors import ConfigError
@@ -263,6 +264,7 @@ def convert(
     prune_scope: str = "layer",
     options: Mapping[str, Any] | None = None,
     layer_streams: str = "independent",
+    layer_density: str = "uniform",
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
 
@@ -285,7 +287,8 @@ def convert(
     `{"grad": "alpha"}` (default "weight", the published code's; see `supermask.core.methods`).
     `layer_streams="shared"` draws every masked tensor's weights and scores from the start of one stream per seed
     instead of one stream per layer, as the IWR code reseeds before each layer: tensors of one shape then get the
-    same weights and scores (docs/fidelity.md D9).
+    same weights and scores (docs/fidelity.md D9). `layer_density="er"` gives each masked tensor its own prune rate,
+    SupSup's Erdős–Rényi budget at the total density 1 - prune_rate (`supermask.core.density`).
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
     fan scaled by the keep fraction, dense Kaiming normal.
@@ -330,6 +333,13 @@ def convert(
         raise ConfigError(f"weight_source={weight_source} draws the random weights of a mask search; method={method}, "
                           f"weight_init={weight_init} draws none")
     source = shared_source(weight_seed, size) if size is not None else None
+    if layer_density not in LAYER_DENSITIES:
+        raise ConfigError(f"unknown layer_density {layer_density!r}: expected one of {', '.join(LAYER_DENSITIES)}")
+    rates = {s.qualname: float(prune_rate) for s in targets if s.qualname in chosen}
+    if layer_density == "er" and masked:
+        if prune_scope == "global":
+            raise ConfigError("layer_density=er sets each layer's prune rate; prune_scope=global sets none: choose one")
+        rates = er_prune_rates({s.qualname: tuple(s.tensor.shape) for s in targets if s.qualname in chosen}, prune_rate)
     report = Report(method, float(prune_rate), weight_init, unsupported=unsupported)
 
     if masked:
@@ -368,7 +378,7 @@ def convert(
         fan, gain = s.fan
         scores = spec.score_init(w.shape, seed=score_seed, name=_stream(s, chosen, layer_streams),
                                  fan=fan).to(device=w.device, dtype=w.dtype)
-        scored = spec.parametrization(scores, prune_rate, **(options or {}))
+        scored = spec.parametrization(scores, rates[s.qualname], **(options or {}))
         scored.param_name = s.name
         # IteRand redraws pruned weights from the layer's own init distribution.
         scored.weight_init = None if weight_init == "keep" else (weight_init, keep_fraction)
@@ -378,7 +388,7 @@ def convert(
             module_name, _, pname = owner.rpartition(".")
             parametrize.register_parametrization(model.get_submodule(module_name), pname, scored)
         s.module.parametrizations[s.name].original.requires_grad_(False)
-        row.update(status="masked", kept=w.numel() - num_pruned(w.numel(), prune_rate))
+        row.update(status="masked", kept=w.numel() - num_pruned(w.numel(), rates[s.qualname]))
     if prune_scope == "global" and scored_layers:
         scope = GlobalScope(scored_layers)
         for scored in scored_layers:

@@ -54,7 +54,8 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 # The config keys that, with the input shape, rebuild a run's network from its seed.
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
 OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source", "prune_scope",
-                         "multicoat_prune_rates", "multicoat_scale", "layer_streams", "biprop_alpha_count")  # absent from files written before they existed
+                         "multicoat_prune_rates", "multicoat_scale", "layer_streams", "biprop_alpha_count",
+                         "layer_density")  # absent from files written before they existed
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
           "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT,
-          "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
+          "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "layer_density?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
           "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "task_stream?": TEXT, "task?": COUNT,
           "tasks?": [TASK],
@@ -143,6 +144,7 @@ def _skeleton(header: dict) -> nn.Module:
                     skip=header["skip_layers"] + header.get("skip_params", []), include=header.get("include_params", []),
                     scale_fan_by=header.get("scale_fan_by", "kept"), weight_source=header.get("weight_source", "full"),
                     prune_scope=header.get("prune_scope", "layer"), layer_streams=header.get("layer_streams", "independent"),
+                    layer_density=header.get("layer_density", "uniform"),
                     # what the method's layers take from the header (multicoat: its coats' prune rates)
                     options=get_method(header["method"]).options_from(SimpleNamespace(**header)))
     return model.to(memory_format=torch.channels_last) if header.get("channels_last") else model

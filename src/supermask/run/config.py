@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from supermask.core.convert import LAYER_STREAMS, PRUNE_SCOPES
+from supermask.core.density import LAYER_DENSITIES
 from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
 from supermask.core.methods import ALPHA_COUNTS, BIPROP_GRADS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
@@ -52,6 +53,9 @@ class Config:
                                      "prune_rate being the kept fraction); the two agree at p = 0.5")
     prune_scope: str = _opt("layer", "where prune_rate applies: layer (each masked tensor prunes floor(p n) of its n) "
                                      "or global (the top 1 - p of |scores| over all masked weights together)")
+    layer_density: str = _opt("uniform", "each masked tensor's share: uniform (prune_rate in each) or er (SupSup's "
+                                         "Erdős–Rényi budget, min(0.5, s (c_in + c_out) / n) kept in a layer of n, s "
+                                         "solved so that all keep 1 - prune_rate together; prune_rate >= 0.5)")
     layer_streams: str = _opt("independent", "where each masked tensor's random weights and scores come from: "
                                              "independent (a stream of its own) or shared (every tensor from the start "
                                              "of one stream per seed, as the IWR code reseeds before each layer: "
@@ -439,6 +443,16 @@ def resolve(cfg: Config) -> Config:
     _choice("scale_fan_by", cfg.scale_fan_by, SCALE_FAN_BY)
     _choice("prune_scope", cfg.prune_scope, PRUNE_SCOPES)
     _choice("layer_streams", cfg.layer_streams, LAYER_STREAMS)
+    _choice("layer_density", cfg.layer_density, LAYER_DENSITIES)
+    if cfg.layer_density == "er":
+        if cfg.method not in ("edge-popup", "biprop"):
+            raise ConfigError(f"layer_density=er gives each layer its own top-k prune rate, for edge-popup and biprop "
+                              f"(SupSup's masks), not method={cfg.method}")
+        if cfg.prune_scope == "global":
+            raise ConfigError("layer_density=er sets each layer's prune rate; prune_scope=global sets none: choose one")
+        if cfg.prune_rate < 0.5:
+            raise ConfigError(f"layer_density=er keeps at most half of each layer (SupSup's cap): prune_rate="
+                              f"{cfg.prune_rate} asks for more; choose prune_rate >= 0.5")
     if cfg.prune_scope == "global" and not cfg.masked:
         raise ConfigError(f"prune_scope=global chooses masks; method={cfg.method} has none")
     if cfg.prune_scope == "global" and cfg.compile:

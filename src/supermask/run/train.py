@@ -137,7 +137,7 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
     return convert(model, cfg.method, cfg.prune_rate, weight_init=cfg.weight_init, scale_fan=cfg.scale_fan,
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
                    include=cfg.include_params, scale_fan_by=cfg.scale_fan_by, weight_source=cfg.weight_source,
-                   prune_scope=cfg.prune_scope, layer_streams=cfg.layer_streams,
+                   prune_scope=cfg.prune_scope, layer_streams=cfg.layer_streams, layer_density=cfg.layer_density,
                    options=get_method(cfg.method).options_from(cfg) if cfg.masked else None)
 
 
