@@ -10,7 +10,8 @@ runs go under --runs (default runs/tasks/) and a killed stage resumes its runs t
   of MNIST, permuted; 1 epoch), so that what varies is their number.
 - pm10: permuted MNIST, 10 tasks, the supsup-permuted-mnist recipe (fc1024, RMSprop 1e-4, 3 epochs a task): each
   task's accuracy with its own mask (the task given) and with its task inferred (one-shot at batch 1, 8, 64 and 128;
-  binary at 8 and 128), and the bytes a task takes in the .smask against its entropy bound and the paper's storage.
+  binary at 8 and 128; min-entropy at 1, 8 and 128), and the bytes a task takes in the .smask against its entropy
+  bound and the paper's storage.
 - pm100: 100 tasks of the same, 1 epoch a task (a third of the recipe's budget, for this machine): the same, inferred
   at batch 128 and 8.
 - split: split CIFAR-10 (5 tasks of 2 classes), ResNet-18 at width 0.25 with the supsup-split-cifar10 recipe for
@@ -37,8 +38,10 @@ from supermask.run.checkpoint import atomic_write_text, read_json, write_json  #
 
 STAGES = ("memory", "pm10", "pm100", "split")
 PM_BATCHES = {"pm10": [(1, "one-shot", 200), (8, "one-shot", 800), (64, "one-shot", 2560), (128, "one-shot", 2560),
-                       (8, "binary", 800), (128, "binary", 2560)],
-              "pm100": [(8, "one-shot", 96), (128, "one-shot", 1024), (128, "binary", 512)]}
+                       (8, "binary", 800), (128, "binary", 2560), (1, "min-entropy", 200), (8, "min-entropy", 800),
+                       (128, "min-entropy", 2560)],
+              "pm100": [(8, "one-shot", 96), (128, "one-shot", 1024), (128, "binary", 512), (8, "min-entropy", 96),
+                        (128, "min-entropy", 1024)]}
 
 
 def peak_rss_mb() -> float:
@@ -235,7 +238,7 @@ def plot(result: dict, path: Path) -> None:
     ax = axes[1]
     for name in ("pm10", "pm100"):
         if name in s:
-            for how in ("one-shot", "binary"):
+            for how in ("one-shot", "binary", "min-entropy"):
                 pts = sorted((i["batch_size"], 100 * i["task_inferred"]) for i in s[name]["inferred"] if i["infer"] == how)
                 if pts:
                     ax.plot(*zip(*pts), "o-", label=f"{s[name]['tasks']} tasks, {how}")

@@ -297,6 +297,18 @@ def test_masked_sums_read_each_tasks_bits(n):
         assert masked_sums(powers, rows).tolist() == [1 + 4 + 128]
 
 
+def test_min_entropy_picks_the_task_whose_own_network_is_surest():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 4, bias=False)).requires_grad_(False)
+    w = torch.randn(4, 6)
+    masks = [torch.rand(4, 6) < 0.5 for _ in range(5)]
+    sup = Superposition(model, {"0.weight": w}, {"0.weight": pack_tasks(masks)})
+    x = torch.randn(3, 6)
+    own = [float(entropy(x @ (w * m).T)) for m in masks]
+    assert sup.min_entropy(x) == min(range(5), key=own.__getitem__)
+    assert sup.infer(x, "min-entropy") == sup.min_entropy(x)
+
+
 def test_binary_search_halves_the_candidates_to_the_lowest_gradient():
     sup, *_ = _two_task_layer()
     calls = []

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="dataset=PATH|data_dir=DIR|task=N|task=infer",
                     help="where to find the data, when not where the run found it (another machine, a moved copy); "
                          "for a .smask file of many tasks, the task whose network to evaluate (task=N), or task=infer: "
-                         "each task's test batches with their task inferred (infer=one-shot|binary, batch_size=128, "
-                         "images=N per task)")
+                         "each task's test batches with their task inferred (infer=one-shot|binary|min-entropy, "
+                         "batch_size=128, images=N per task)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.set_defaults(func=_command("eval"))
 

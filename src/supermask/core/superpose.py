@@ -10,6 +10,8 @@ tensor of the tasks' size is ever a float, and the masks stay bit-packed (one bi
 - `one_shot`: one gradient at alpha = 1/k, the task of the smallest dH/dalpha_i.
 - `binary`: the candidates start as every task; at each step alpha = 1/c over the c candidates, and those whose
   gradient is at or below the (lower) median stay, halving them until one is left.
+- `min-entropy`: no superposition; each task's own network, and the one whose outputs have the lowest entropy (N
+  forward passes: the published code's exhaustive adaptor, `se_be_adapt`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-INFERENCE = ("one-shot", "binary")
+INFERENCE = ("one-shot", "binary", "min-entropy")
 
 
 def pack(mask: Tensor | np.ndarray) -> Tensor:
@@ -151,7 +153,11 @@ class Superposition:
             candidates = kept
         return candidates[0]
 
+    def min_entropy(self, x: Tensor) -> int:
+        """The task whose own network's outputs on the batch have the lowest mean entropy."""
+        return int(torch.stack([entropy(self.task_logits(x, j)) for j in range(self.tasks)]).argmin())
+
     def infer(self, x: Tensor, how: str = "one-shot") -> int:
         if how not in INFERENCE:
             raise ValueError(f"unknown task inference {how!r}: expected one of {', '.join(INFERENCE)}")
-        return self.one_shot(x) if how == "one-shot" else self.binary(x)
+        return {"one-shot": self.one_shot, "binary": self.binary, "min-entropy": self.min_entropy}[how](x)
