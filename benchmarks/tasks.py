@@ -8,10 +8,12 @@ runs go under --runs (default runs/tasks/) and a killed stage resumes its runs t
 - memory: peak memory (the max RSS of a fresh process) of training a stream of 10 and of 100 tasks, and of inferring a
   batch's task over them. The tasks are small (fc1024 at width 0.25 on the first 1,000 training and 500 test images
   of MNIST, permuted; 1 epoch), so that what varies is their number.
-- pm10: permuted MNIST, 10 tasks, the supsup-permuted-mnist recipe (fc1024, RMSprop 1e-4, 3 epochs a task): each
+- pm10: permuted MNIST, 10 tasks, the supsup-permuted-mnist recipe (fc1024 with 500 outputs, RMSprop 1e-4, 3 epochs a
+  task): each
   task's accuracy with its own mask (the task given) and with its task inferred (one-shot at batch 1, 8, 64 and 128;
   binary at 8 and 128; min-entropy at 1, 8 and 128), and the bytes a task takes in the .smask against its entropy
   bound and the paper's storage.
+- pm10-10-outputs: the same with 10 outputs, no superfluous ones (outputs=null): the ablation.
 - pm100: 100 tasks of the same, 1 epoch a task (a third of the recipe's budget, for this machine): the same, inferred
   at batch 128 and 8.
 - split: split CIFAR-10 (5 tasks of 2 classes), ResNet-18 at width 0.25 with the supsup-split-cifar10 recipe for
@@ -36,10 +38,14 @@ from common import machine  # noqa: E402
 
 from supermask.run.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
 
-STAGES = ("memory", "pm10", "pm100", "split")
+STAGES = ("memory", "pm10", "pm10-10-outputs", "pm100", "split")
+# the permuted-MNIST stages: tasks, epochs a task, and what they change in the recipe
+PM_STAGES = {"pm10": (10, 3, {}), "pm10-10-outputs": (10, 3, {"outputs": None}), "pm100": (100, 1, {})}
 PM_BATCHES = {"pm10": [(1, "one-shot", 200), (8, "one-shot", 800), (64, "one-shot", 2560), (128, "one-shot", 2560),
                        (8, "binary", 800), (128, "binary", 2560), (1, "min-entropy", 200), (8, "min-entropy", 800),
                        (128, "min-entropy", 2560)],
+              "pm10-10-outputs": [(1, "one-shot", 200), (8, "one-shot", 800), (128, "one-shot", 2560),
+                                  (128, "binary", 2560), (8, "min-entropy", 800), (128, "min-entropy", 2560)],
               "pm100": [(8, "one-shot", 96), (128, "one-shot", 1024), (128, "binary", 512), (8, "min-entropy", 96),
                         (128, "min-entropy", 1024)]}
 
@@ -132,9 +138,9 @@ def stage_pm(name: str, runs: Path, data_dir: str | None, threads: int) -> dict:
     from supermask.multi.tasks import train_tasks
     from supermask.run.config import make_config
 
-    tasks, epochs = (10, 3) if name == "pm10" else (100, 1)
+    tasks, epochs, change = PM_STAGES[name]
     out = runs / name
-    cfg = make_config("supsup-permuted-mnist", {"tasks": tasks, "epochs": epochs, "out_dir": str(out),
+    cfg = make_config("supsup-permuted-mnist", {"tasks": tasks, "epochs": epochs, "out_dir": str(out), **change,
                                                "threads": threads, **({"data_dir": data_dir} if data_dir else {})})
     start = time.perf_counter()
     record = train_tasks(cfg, resume=True, progress=False)
@@ -151,8 +157,9 @@ def stage_pm(name: str, runs: Path, data_dir: str | None, threads: int) -> dict:
                          "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{name}: batch {batch} {how}: task found {r['task_inferred']:.4f}, accuracy {r['test_acc']:.4f}",
               file=sys.stderr)
-    return {"what": f"permuted MNIST, {tasks} tasks, fc1024, the supsup-permuted-mnist recipe with {epochs} epoch(s) a "
-                    "task; inference on the first images_per_task test images of each task",
+    outputs = "10 outputs (no superfluous ones)" if "outputs" in change else "500 outputs, 10 of them labels"
+    return {"what": f"permuted MNIST, {tasks} tasks, fc1024 with {outputs}, the supsup-permuted-mnist recipe with "
+                    f"{epochs} epoch(s) a task; inference on the first images_per_task test images of each task",
             "tasks": tasks, "epochs_per_task": epochs, "train_seconds": round(train_seconds, 1),
             "wall_seconds": round(time.perf_counter() - start, 1),
             "per_task_acc_task_given": [t["test_acc"] for t in record["per_task"]],
@@ -185,11 +192,12 @@ def markdown(result: dict) -> str:
     lines = ["# Per-task masks over one random network (SupSup), CPU", "",
              f"Machine: {result['machine']['cpu']}, torch {result['machine']['torch']}. "
              "Written by `benchmarks/tasks.py`.", ""]
-    for name in ("pm10", "pm100"):
+    for name in PM_STAGES:
         if name not in s:
             continue
         r = s[name]
-        lines += [f"## Permuted MNIST, {r['tasks']} tasks ({r['epochs_per_task']} epoch(s) a task)", "", r["what"] + ".", "",
+        lines += [f"## Permuted MNIST, {r['tasks']} tasks ({r['epochs_per_task']} epoch(s) a task, `{name}`)", "",
+                  r["what"] + ".", "",
                   f"- Task given: mean accuracy {100 * r['mean_acc_task_given']:.2f}% (lowest task "
                   f"{100 * min(r['per_task_acc_task_given']):.2f}%); training {r['train_seconds']:.0f} s in all.",
                   f"- Storage: {r['size']['bytes_per_task']:,.0f} bytes a task (masks {r['size']['mask_bytes_per_task']:,.0f}, "
@@ -227,21 +235,21 @@ def plot(result: dict, path: Path) -> None:
     s = result["stages"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
-    for name, style in (("pm10", "o-"), ("pm100", ".-")):
+    for name, style in (("pm10", "o-"), ("pm10-10-outputs", "s--"), ("pm100", ".-")):
         if name in s:
             r = s[name]
-            ax.plot(range(r["tasks"]), [100 * a for a in r["per_task_acc_task_given"]], style, label=f"{r['tasks']} tasks, task given")
+            ax.plot(range(r["tasks"]), [100 * a for a in r["per_task_acc_task_given"]], style, label=f"{name}, task given")
             best = max(r["inferred"], key=lambda i: (i["batch_size"], i["infer"] == "one-shot"))
             ax.plot(range(r["tasks"]), [100 * a for a in best["per_task_acc"]], style, alpha=0.5,
-                    label=f"{r['tasks']} tasks, inferred ({best['infer']}, batch {best['batch_size']})")
+                    label=f"{name}, inferred ({best['infer']}, batch {best['batch_size']})")
     ax.set(xlabel="task", ylabel="test accuracy (%)", title="Permuted MNIST, fc1024")
     ax = axes[1]
-    for name in ("pm10", "pm100"):
+    for name in PM_STAGES:
         if name in s:
             for how in ("one-shot", "binary", "min-entropy"):
                 pts = sorted((i["batch_size"], 100 * i["task_inferred"]) for i in s[name]["inferred"] if i["infer"] == how)
                 if pts:
-                    ax.plot(*zip(*pts), "o-", label=f"{s[name]['tasks']} tasks, {how}")
+                    ax.plot(*zip(*pts), "o-", label=f"{name}, {how}")
     ax.set(xscale="log", xlabel="batch size", ylabel="batches whose task was found (%)", title="Task inference")
     ax = axes[2]
     if "split" in s:

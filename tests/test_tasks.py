@@ -394,3 +394,22 @@ def test_cli_trains_a_permuted_mnist_stream_and_evaluates_a_task_and_infers_task
     assert json.loads(capsys.readouterr().out)["same_data_as_run"]
     assert main(["eval", str(tmp_path / "net.smask"), "task=two"]) == 2
     assert "task='two' must be a task's index" in capsys.readouterr().err
+
+
+def test_superfluous_outputs_are_built_trained_exported_and_refused_below_the_classes(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "digits", "model=lenet300", "width=0.25", "outputs=25", "epochs=1", "threads=1",
+                 f"out_dir={out}", "-q"]) == 0
+    model = load_run_model(out, device="cpu")[2]
+    assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features == 25
+    summary = read_json(out / "summary.json")
+    assert summary["num_classes"] == 10  # the data's classes; the network has 15 more outputs, never a label
+    capsys.readouterr()
+    assert main(["export", str(out), "-o", str(tmp_path / "net.smask")]) == 0
+    header = smask.header_of(tmp_path / "net.smask")
+    assert header["num_classes"] == 25 and header["preprocessing"]["classes"][10:] == [f"(unused {i})" for i in range(10, 25)]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "net.smask")]) == 0
+    assert json.loads(capsys.readouterr().out)["test_acc"] == summary["test_acc"]
+    assert main(["train", "digits", "outputs=5", "epochs=1", f"out_dir={tmp_path / 'x'}", "-q"]) == 2
+    assert "outputs=5 is fewer than the 10 classes of digits" in capsys.readouterr().err

@@ -226,6 +226,10 @@ def encode_run(run_dir: Path, payload: bytearray) -> tuple[dict[str, Any], dict[
         ds = load_data(cfg)
         header.update(num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size,
                       preprocessing=preprocessing(ds))
+    if cfg.outputs is not None and cfg.outputs > header["num_classes"]:  # superfluous outputs: named, never a label
+        header["preprocessing"] = {**header["preprocessing"], "classes": header["preprocessing"]["classes"] + [
+            f"(unused {i})" for i in range(header["num_classes"], cfg.outputs)]}
+        header["num_classes"] = cfg.outputs
     trained = _skeleton(header)
     load_checkpoint(run_dir / CHECKPOINT, trained)
     seeded = _skeleton(header)

@@ -45,7 +45,8 @@ from supermask.run.loop import Member, Step, Trainee, autocast, fit, new_state, 
 from supermask.run.rundir import check_same_run
 from supermask.run.trackers import check_available, open_trackers
 from supermask.run.train import (_finish, build, check_model_fits_data, check_model_size, input_layout, kept_fractions,
-                                 load_data, optimizer_for, pick_device, place, resolve_data_paths, set_threads)
+                                 load_data, network_inputs, optimizer_for, pick_device, place, resolve_data_paths,
+                                 set_threads)
 
 GROUP_CHECKPOINT = "together.safetensors"
 SEED_KEYS = ("weight_seed", "score_seed", "data_seed", "out_dir")  # what may differ between the runs of a group
@@ -272,7 +273,7 @@ def train_together(cfgs: list[Config], group_dir: str | Path, *, forward: str = 
     check_model_fits_data(first.model, ds)
     check_model_size(first, ds, device, runs=len(cfgs))
     models = [place(build(cfg, ds), cfg, device) for cfg in cfgs]
-    template = place(build_model(first.model, width=first.width, **data_lib.model_inputs(ds)), first, device)
+    template = place(build_model(first.model, width=first.width, **network_inputs(first, ds)), first, device)
     template.requires_grad_(False)
     ds = data_lib.on_device(ds, device)
     group = Together(models, template, first.method, pick_forward(forward, device, template))

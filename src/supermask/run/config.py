@@ -103,6 +103,8 @@ class Config:
     weight_seed: int = _opt(0, "seed of the random weights, an integer in [0, 2^63 - 1] (as are the other seeds)")
     score_seed: int = _opt(0, "seed of the initial scores")
     data_seed: int = _opt(0, "seed of the data order and augmentation")
+    outputs: int | None = _opt(None, "the network's outputs, when more than the data's classes: the extra ones are never "
+                                     "a label (SupSup's superfluous neurons: 500 in its permuted-MNIST scripts)")
     task_stream: str | None = _opt(None, "per-task masks over one random network (SupSup): permuted-mnist (with "
                                          "dataset=mnist) or split-cifar10 (with dataset=cifar10)")
     tasks: int | None = _opt(None, "train this many tasks one after another, each with its own scores and mask over "

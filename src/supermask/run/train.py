@@ -105,12 +105,24 @@ def memory_of(device: torch.device) -> int | None:
         return None
 
 
+def network_inputs(cfg: Config, ds) -> dict[str, int]:
+    """What the run's network is built from: the data's input shape and classes, and `cfg.outputs` outputs where set
+    (at least the classes; the others are never a label)."""
+    inputs = data_lib.model_inputs(ds)
+    if cfg.outputs is not None:
+        if cfg.outputs < inputs["num_classes"]:
+            raise ConfigError(f"outputs={cfg.outputs} is fewer than the {inputs['num_classes']} classes of {ds.name}")
+        inputs["num_classes"] = cfg.outputs
+    return inputs
+
+
 def check_model_size(cfg: Config, ds: data_lib.Dataset, device: torch.device, runs: int = 1) -> None:
     """Refuse a model (`runs` of them) whose training state would not fit in the device's memory, counting its
     parameters on the meta device, where nothing is allocated."""
+    inputs = network_inputs(cfg, ds)
     try:
         with torch.device("meta"):
-            skeleton = build_model(cfg.model, width=cfg.width, **data_lib.model_inputs(ds))
+            skeleton = build_model(cfg.model, width=cfg.width, **inputs)
         params = sum(p.numel() for p in skeleton.parameters())
     except (RuntimeError, OverflowError, TypeError, ValueError):  # a size beyond int64, or a tensor beyond torch
         raise ConfigError(f"width={cfg.width:g} makes model={cfg.model} too large for torch to describe: choose a "
@@ -130,7 +142,7 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
     check_model_fits_data(cfg.model, ds)
     if cfg.init_from:
         check_same_input(Path(cfg.init_from), ds, "init_from: ")
-    model = build_model(cfg.model, width=cfg.width, **data_lib.model_inputs(ds))
+    model = build_model(cfg.model, width=cfg.width, **network_inputs(cfg, ds))
     if cfg.init_from:
         # Search masks over a dense run's trained weights instead of random ones (weight_init is "keep").
         load_checkpoint(Path(cfg.init_from) / CHECKPOINT, model)
