@@ -413,3 +413,17 @@ def test_superfluous_outputs_are_built_trained_exported_and_refused_below_the_cl
     assert json.loads(capsys.readouterr().out)["test_acc"] == summary["test_acc"]
     assert main(["train", "digits", "outputs=5", "epochs=1", f"out_dir={tmp_path / 'x'}", "-q"]) == 2
     assert "outputs=5 is fewer than the 10 classes of digits" in capsys.readouterr().err
+
+
+def test_predict_classifies_images_with_one_tasks_network(three_task_file, tmp_path, capsys):
+    from PIL import Image
+
+    path, _ = three_task_file
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(path), str(tmp_path / "a.png"), "--task", "2", "--top", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
+    assert main(["predict", str(path), str(tmp_path / "a.png")]) == 2
+    assert "holds the networks of 3 tasks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it
+        main(["predict", str(path), str(tmp_path / "a.png"), "--task", "-1"])
+    assert stop.value.code == 2 and "-1 must be >= 0" in capsys.readouterr().err

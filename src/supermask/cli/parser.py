@@ -45,14 +45,22 @@ def _train_epilog() -> str:
             "example: supermask train conv4 method=biprop prune_rate=0.9 width=0.25 epochs=10 out_dir=runs/x")
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {least}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow reads (JPEG, PNG, ...)")
     pr.add_argument("--top", type=_positive_int, default=3, metavar="K", help="classes shown per image (default 3)")
     pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    pr.add_argument("--task", type=_non_negative_int, metavar="N", help="in a file of many tasks, task N's network")
     pr.set_defaults(func=_command("predict"))
 
     pa = sub.add_parser(

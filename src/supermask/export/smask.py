@@ -620,14 +620,16 @@ def read_image(path: str | Path, pre: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)))
 
 
-def predict(path: str | Path, images: list[str], *, top: int = 3, device: str = "cpu") -> list[dict[str, Any]]:
-    """The `top` most likely classes (name, probability) of each image for the `.smask` network at `path`, each
-    image prepared as its header's `preprocessing` says, under the run's autocast when it trained with amp."""
+def predict(path: str | Path, images: list[str], *, top: int = 3, device: str = "cpu",
+            task: int | None = None) -> list[dict[str, Any]]:
+    """The `top` most likely classes (name, probability) of each image for the `.smask` network at `path` (task
+    `task`'s, in a file of many tasks), each image prepared as its header's `preprocessing` says, under the run's
+    autocast when it trained with amp."""
     from supermask.data import normalize
     from supermask.run.train import autocast, pick_device
 
-    header = header_of(path)
-    model = load(path)
+    header = header_of(path, task)
+    model = load(path, task)
     pre = header.get("preprocessing")
     if pre is None:
         raise ConfigError(f"{path} is .smask version {header['version']}, which does not record how images are "
