@@ -328,3 +328,20 @@ def test_progress_lines_come_by_the_clock_with_the_pace_since_the_start(monkeypa
     quiet = StepLines(10, batch_size=1, enabled=False, clock=iter([0.0, 100.0]).__next__)
     quiet.update(1)
     assert capsys.readouterr().err == "" and duration(3725) == "1:02:05"
+
+
+def test_max_steps_ends_the_epoch_that_reaches_it_and_runs_no_later_one(tmp_path):
+    from supermask.run.train import run
+
+    # digits: 1,437 training images, 23 batches of 64 an epoch; 30 steps end epoch 2 after 7 of its batches
+    cfg = make_config("digits", {"epochs": 4, "max_steps": 30, "threads": 1, "out_dir": str(tmp_path / "r")})
+    summary = run(cfg, progress=False)
+    assert (summary["train_steps"], summary["epochs_run"]) == (30, 2)
+    history = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and "test_acc" in history[-1]
+    again = run(make_config("digits", {"epochs": 4, "max_steps": 30, "threads": 1, "out_dir": str(tmp_path / "r")}),
+                resume=True, progress=False)
+    assert (again["train_steps"], again["epochs_run"], again["test_acc"]) == (30, 2, summary["test_acc"])
+    exact = run(make_config("digits", {"epochs": 4, "max_steps": 46, "threads": 1, "out_dir": str(tmp_path / "e")}),
+                progress=False)
+    assert (exact["train_steps"], exact["epochs_run"]) == (46, 2)  # reached at epoch 2's end: epoch 3 never starts

@@ -149,6 +149,8 @@ class Config:
     threads: int | None = _opt(None, "torch CPU threads, at most the machine's cores (default: OMP_NUM_THREADS or the cores); masks are reproduced bit for bit only on the same thread count")
     compile: bool = _opt(False, "run the model through torch.compile (for GPUs; slower than eager on a 2-core CPU)")
     out_dir: str | None = _opt(None, "run directory (default: runs/<model>-<method>-p<prune_rate>-<time>)")
+    max_steps: int | None = _opt(None, "stop training after this many optimizer steps: the epoch that reaches it ends "
+                                       "there and is evaluated, and no later epoch runs (SupSup's iter_lim)")
     checkpoint_every_steps: int | None = _opt(None, "also checkpoint every N optimizer steps inside an epoch, so "
                                                     "--resume continues at the next unseen batch (off when unset)")
     logger: list[str] = _opt(None, "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (a list or comma-separated)")

@@ -210,10 +210,13 @@ def fit(t: Trainee, ds: data_lib.Dataset, device: torch.device, progress: bool) 
     steps_per_epoch = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=t.group.world)
     live = is_live(progress)  # a bar on a terminal, else plain lines: per epoch, and in one (see supermask.run.progress)
     initial = states[0]["epoch"] * steps_per_epoch + states[0].get("partial", {}).get("batch", 0)
-    bar = (tqdm(total=cfg.epochs * steps_per_epoch, initial=initial, unit="step", dynamic_ncols=True, leave=False)
-           if live else StepLines(cfg.epochs * steps_per_epoch, initial, batch_size=cfg.batch_size, enabled=progress))
+    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
+    bar = (tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+           if live else StepLines(total, initial, batch_size=cfg.batch_size, enabled=progress))
     with bar:
         for epoch in range(states[0]["epoch"], cfg.epochs):
+            if capped(cfg, states[0]["step"]):  # max_steps reached at an epoch's end: no later epoch runs
+                break
             bar.set_description(f"{t.label}epoch {epoch + 1}/{cfg.epochs}")
             lr = learning_rate(cfg, epoch)
             for param_group in t.optimizer.param_groups:
@@ -305,6 +308,8 @@ def train_pass(t: Trainee, ds: data_lib.Dataset, epoch: int, device: torch.devic
                 t.agree(f"the schedule after step {m.state['step']}")
         sums += out.tally
         bar.update(1)
+        if capped(cfg, members[0].state["step"]):  # max_steps: the epoch ends here
+            break
         if index % 20 == 0:  # a host sync only every few steps
             losses = out.losses.tolist()
             check_finite(t, losses, f"epoch {epoch + 1} step {index + 1}", lr)
@@ -331,6 +336,11 @@ def train_pass(t: Trainee, ds: data_lib.Dataset, epoch: int, device: torch.devic
     if data_lib.is_streamed(ds):
         pace["train_images_replaced"] = int(totals[-1])
     return [(loss / seen, correct / seen) for loss, correct, seen in rows], pace
+
+
+def capped(cfg, step: int) -> bool:
+    """Whether training has taken its `max_steps` steps."""
+    return cfg.max_steps is not None and step >= cfg.max_steps
 
 
 @torch.no_grad()

@@ -495,7 +495,8 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
                                 "test": final.get("test_images_replaced", 0)}} if streamed else {}),
         "prune_rate": cfg.prune_rate, "weight_init": cfg.weight_init,
         "scale_fan": cfg.scale_fan, "weight_seed": cfg.weight_seed, "score_seed": cfg.score_seed,
-        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "lr_scaling": cfg.lr_scaling,
+        "data_seed": cfg.data_seed, "epochs": cfg.epochs, "epochs_run": len(state["history"]),
+        "train_steps": state["step"], "lr_scaling": cfg.lr_scaling,
         # the schedule's peak, which a run shorter than its warm-up never reaches, and the highest rate it used
         # (summaries before these two recorded the scheduled peak as "peak_lr")
         "scheduled_peak_lr": cfg.peak_lr, "max_lr_used": max(row["lr"] for row in state["history"]),
