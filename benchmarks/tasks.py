@@ -8,13 +8,13 @@ runs go under --runs (default runs/tasks/) and a killed stage resumes its runs t
 - memory: peak memory (the max RSS of a fresh process) of training a stream of 10 and of 100 tasks, and of inferring a
   batch's task over them. The tasks are small (fc1024 at width 0.25 on the first 1,000 training and 500 test images
   of MNIST, permuted; 1 epoch), so that what varies is their number.
-- pm10: permuted MNIST, 10 tasks, the supsup-permuted-mnist recipe (fc1024 with 500 outputs, RMSprop 1e-4, 3 epochs a
-  task): each
+- pm10: permuted MNIST, 10 tasks, the supsup-permuted-mnist recipe (fc1024 with 500 outputs, RMSprop 1e-4, 1000
+  steps a task): each
   task's accuracy with its own mask (the task given) and with its task inferred (one-shot at batch 1, 8, 64 and 128;
   binary at 8 and 128; min-entropy at 1, 8 and 128), and the bytes a task takes in the .smask against its entropy
   bound and the paper's storage.
 - pm10-10-outputs: the same with 10 outputs, no superfluous ones (outputs=null): the ablation.
-- pm100: 100 tasks of the same, 1 epoch a task (a third of the recipe's budget, for this machine): the same, inferred
+- pm100: 100 tasks of the same, 1 epoch (469 steps) a task (half the recipe's budget, for this machine): the same, inferred
   at batch 128 and 8.
 - split: split CIFAR-10 (5 tasks of 2 classes), ResNet-18 at width 0.25 with the supsup-split-cifar10 recipe for
   --split-epochs epochs a task: each task's accuracy with its mask against a dense ResNet-18 of the same width trained
@@ -158,8 +158,9 @@ def stage_pm(name: str, runs: Path, data_dir: str | None, threads: int) -> dict:
         print(f"{name}: batch {batch} {how}: task found {r['task_inferred']:.4f}, accuracy {r['test_acc']:.4f}",
               file=sys.stderr)
     outputs = "10 outputs (no superfluous ones)" if "outputs" in change else "500 outputs, 10 of them labels"
+    budget = f"{epochs} epoch(s) of at most {cfg.max_steps} steps in all" if cfg.max_steps else f"{epochs} epoch(s)"
     return {"what": f"permuted MNIST, {tasks} tasks, fc1024 with {outputs}, the supsup-permuted-mnist recipe with "
-                    f"{epochs} epoch(s) a task; inference on the first images_per_task test images of each task",
+                    f"{budget} a task; inference on the first images_per_task test images of each task",
             "tasks": tasks, "epochs_per_task": epochs, "train_seconds": round(train_seconds, 1),
             "wall_seconds": round(time.perf_counter() - start, 1),
             "per_task_acc_task_given": [t["test_acc"] for t in record["per_task"]],
