@@ -83,6 +83,28 @@ def test_a_dead_worker_is_rerun(tmp_path, monkeypatch):
     assert sorted(c.attempts for c in sweep.cells) == [1, 2]
 
 
+def test_a_failing_hook_stops_the_sweep_starting_cells(tmp_path, monkeypatch):
+    """An on_task_end that raises (a results writer's bug) ends the sweep at once, not after every cell trained."""
+    import time
+
+    launched = []
+
+    def slow_failure(command, env):
+        launched.append(command)
+        time.sleep(0.5)  # long enough for the hook to run before the next cell ends
+        return 1, "not run"
+
+    monkeypatch.setattr(sweep_mod, "run_cell_process", slow_failure)
+
+    def hook():
+        raise ValueError("the writer broke")
+
+    with pytest.raises(ValueError, match="the writer broke"):
+        run_sweep(load_sweep(_spec(tmp_path, workers=1, retries=1)), progress=False, on_task_end=hook)
+    # (each cell tries twice: retries=1) the first cell's end raised while the second ran; the last two never started
+    assert len({tuple(c) for c in launched}) == 2
+
+
 def test_failed_cells_are_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_mod, "run_cell_process", lambda c, e: (1, "boom"))
     with pytest.raises(sweep_mod.SupermaskError, match="2 of 2 cells failed.*boom"):

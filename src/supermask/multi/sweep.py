@@ -444,9 +444,17 @@ def _run_locked(sweep: Sweep, ray_address: str | None, progress: bool, retrain: 
             _run_ray(sweep, pending, view, ray_address, on_task_end)
         else:
             with ThreadPoolExecutor(max_workers=sweep.workers) as pool:
-                for future in as_completed([pool.submit(_attempt_local, sweep, t, view) for t in pending]):
-                    future.result()
-                    on_task_end()
+                futures = [pool.submit(_attempt_local, sweep, t, view) for t in pending]
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        on_task_end()
+                except BaseException:
+                    # the caller's hook failed (or a kill): start no further cell, rather than train them all
+                    # before anyone hears of it; the cells running finish in their own processes
+                    for future in futures:
+                        future.cancel()
+                    raise
     finally:
         view.close()
     result = aggregate(sweep)
