@@ -14,6 +14,7 @@ runs go under --runs (default runs/tasks/) and a killed stage resumes its runs t
   binary at 8 and 128; min-entropy at 1, 8 and 128), and the bytes a task takes in the .smask against its entropy
   bound and the paper's storage.
 - pm10-10-outputs: the same with 10 outputs, no superfluous ones (outputs=null): the ablation.
+- pm10-threshold: the same with the published scripts' threshold mask (method=threshold, 1[S >= 0], free density).
 - pm100: 100 tasks of the same, 1 epoch (469 steps) a task (half the recipe's budget, for this machine): the same, inferred
   at batch 128 and 8.
 - split: split CIFAR-10 (5 tasks of 2 classes), ResNet-18 at width 0.25 with the supsup-split-cifar10 recipe for
@@ -38,14 +39,17 @@ from common import machine  # noqa: E402
 
 from supermask.run.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
 
-STAGES = ("memory", "pm10", "pm10-10-outputs", "pm100", "split")
+STAGES = ("memory", "pm10", "pm10-10-outputs", "pm10-threshold", "pm100", "split")
 # the permuted-MNIST stages: tasks, epochs a task, and what they change in the recipe
-PM_STAGES = {"pm10": (10, 3, {}), "pm10-10-outputs": (10, 3, {"outputs": None}), "pm100": (100, 1, {})}
+PM_STAGES = {"pm10": (10, 3, {}), "pm10-10-outputs": (10, 3, {"outputs": None}),
+             "pm10-threshold": (10, 3, {"method": "threshold"}), "pm100": (100, 1, {})}
 PM_BATCHES = {"pm10": [(1, "one-shot", 200), (8, "one-shot", 800), (64, "one-shot", 2560), (128, "one-shot", 2560),
                        (8, "binary", 800), (128, "binary", 2560), (1, "min-entropy", 200), (8, "min-entropy", 800),
                        (128, "min-entropy", 2560)],
               "pm10-10-outputs": [(1, "one-shot", 200), (8, "one-shot", 800), (128, "one-shot", 2560),
                                   (128, "binary", 2560), (8, "min-entropy", 800), (128, "min-entropy", 2560)],
+              "pm10-threshold": [(1, "one-shot", 200), (8, "one-shot", 800), (128, "one-shot", 2560),
+                                 (128, "binary", 2560), (8, "min-entropy", 800), (128, "min-entropy", 2560)],
               "pm100": [(8, "one-shot", 96), (128, "one-shot", 1024), (128, "binary", 512), (8, "min-entropy", 96),
                         (128, "min-entropy", 1024)]}
 
@@ -158,6 +162,7 @@ def stage_pm(name: str, runs: Path, data_dir: str | None, threads: int) -> dict:
         print(f"{name}: batch {batch} {how}: task found {r['task_inferred']:.4f}, accuracy {r['test_acc']:.4f}",
               file=sys.stderr)
     outputs = "10 outputs (no superfluous ones)" if "outputs" in change else "500 outputs, 10 of them labels"
+    outputs += ", threshold masks (1[S >= 0])" if change.get("method") == "threshold" else ", top-k masks (half of each layer)"
     budget = f"{epochs} epoch(s) of at most {cfg.max_steps} steps in all" if cfg.max_steps else f"{epochs} epoch(s)"
     return {"what": f"permuted MNIST, {tasks} tasks, fc1024 with {outputs}, the supsup-permuted-mnist recipe with "
                     f"{budget} a task; inference on the first images_per_task test images of each task",
@@ -236,7 +241,7 @@ def plot(result: dict, path: Path) -> None:
     s = result["stages"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
-    for name, style in (("pm10", "o-"), ("pm10-10-outputs", "s--"), ("pm100", ".-")):
+    for name, style in (("pm10", "o-"), ("pm10-10-outputs", "s--"), ("pm10-threshold", "^:"), ("pm100", ".-")):
         if name in s:
             r = s[name]
             ax.plot(range(r["tasks"]), [100 * a for a in r["per_task_acc_task_given"]], style, label=f"{name}, task given")
