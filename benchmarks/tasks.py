@@ -8,13 +8,13 @@ runs go under --runs (default runs/tasks/) and a killed stage resumes its runs t
 - memory: peak memory (the max RSS of a fresh process) of training a stream of 10 and of 100 tasks, and of inferring a
   batch's task over them. The tasks are small (fc1024 at width 0.25 on the first 1,000 training and 500 test images
   of MNIST, permuted; 1 epoch), so that what varies is their number.
-- pm10: permuted MNIST, 10 tasks, the supsup-permuted-mnist recipe (fc1024 with 500 outputs, RMSprop 1e-4, 1000
-  steps a task): each
+- pm10-threshold: permuted MNIST, 10 tasks, the supsup-permuted-mnist recipe (fc1024 with 500 outputs, the published
+  threshold masks, RMSprop 1e-4, 1000 steps a task): each
   task's accuracy with its own mask (the task given) and with its task inferred (one-shot at batch 1, 8, 64 and 128;
   binary at 8 and 128; min-entropy at 1, 8 and 128), and the bytes a task takes in the .smask against its entropy
   bound and the paper's storage.
-- pm10-10-outputs: the same with 10 outputs, no superfluous ones (outputs=null): the ablation.
-- pm10-threshold: the same with the published scripts' threshold mask (method=threshold, 1[S >= 0], free density).
+- pm10-topk: the same with top-k masks keeping half of each layer (method=edge-popup, exact counts).
+- pm10-10-outputs: pm10-topk with 10 outputs, no superfluous ones (outputs=null): the ablation.
 - pm100: 100 tasks of the same, 1 epoch (469 steps) a task (half the recipe's budget, for this machine): the same, inferred
   at batch 128 and 8.
 - split: split CIFAR-10 (5 tasks of 2 classes), ResNet-18 at width 0.25 with the supsup-split-cifar10 recipe for
@@ -39,11 +39,11 @@ from common import machine  # noqa: E402
 
 from supermask.run.checkpoint import atomic_write_text, read_json, write_json  # noqa: E402
 
-STAGES = ("memory", "pm10", "pm10-10-outputs", "pm10-threshold", "pm100", "split")
-# the permuted-MNIST stages: tasks, epochs a task, and what they change in the recipe
-PM_STAGES = {"pm10": (10, 3, {}), "pm10-10-outputs": (10, 3, {"outputs": None}),
-             "pm10-threshold": (10, 3, {"method": "threshold"}), "pm100": (100, 1, {})}
-PM_BATCHES = {"pm10": [(1, "one-shot", 200), (8, "one-shot", 800), (64, "one-shot", 2560), (128, "one-shot", 2560),
+STAGES = ("memory", "pm10-threshold", "pm10-topk", "pm10-10-outputs", "pm100", "split")
+# the permuted-MNIST stages: tasks, epochs a task, and what they change in the recipe (whose mask is the threshold)
+PM_STAGES = {"pm10-threshold": (10, 3, {"method": "threshold"}), "pm10-topk": (10, 3, {"method": "edge-popup"}),
+             "pm10-10-outputs": (10, 3, {"method": "edge-popup", "outputs": None}), "pm100": (100, 1, {})}
+PM_BATCHES = {"pm10-topk": [(1, "one-shot", 200), (8, "one-shot", 800), (64, "one-shot", 2560), (128, "one-shot", 2560),
                        (8, "binary", 800), (128, "binary", 2560), (1, "min-entropy", 200), (8, "min-entropy", 800),
                        (128, "min-entropy", 2560)],
               "pm10-10-outputs": [(1, "one-shot", 200), (8, "one-shot", 800), (128, "one-shot", 2560),
@@ -241,7 +241,7 @@ def plot(result: dict, path: Path) -> None:
     s = result["stages"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
-    for name, style in (("pm10", "o-"), ("pm10-10-outputs", "s--"), ("pm10-threshold", "^:"), ("pm100", ".-")):
+    for name, style in (("pm10-threshold", "o-"), ("pm10-topk", "^:"), ("pm10-10-outputs", "s--"), ("pm100", ".-")):
         if name in s:
             r = s[name]
             ax.plot(range(r["tasks"]), [100 * a for a in r["per_task_acc_task_given"]], style, label=f"{name}, task given")
