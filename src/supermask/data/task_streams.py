@@ -23,10 +23,10 @@ BASE_DATASET = {"permuted-mnist": "mnist", "split-cifar10": "cifar10"}
 SPLIT_CLASSES = 2  # classes per task of a split stream
 
 
-def stream_length(stream: str, ds: Dataset) -> int | None:
-    """How many tasks `stream` makes of `ds` (None: as many as asked for)."""
+def stream_length(stream: str, num_classes: int) -> int | None:
+    """How many tasks `stream` makes of a dataset of `num_classes` classes (None: as many as asked for)."""
     if stream == "split-cifar10":
-        return ds.num_classes // SPLIT_CLASSES
+        return num_classes // SPLIT_CLASSES
     return None
 
 
@@ -71,7 +71,7 @@ def task_dataset(stream: str, ds: Dataset, task: int) -> Dataset:
         raise ConfigError(f"unknown task_stream {stream!r}: expected one of {', '.join(TASK_STREAMS)}")
     if not isinstance(ds, Dataset) or ds.tokens:
         raise ConfigError(f"task_stream={stream} needs images held in memory, not {ds.name}")
-    length = stream_length(stream, ds)
+    length = stream_length(stream, ds.num_classes)
     if task < 0 or (length is not None and task >= length):
         raise ConfigError(f"task {task} is outside task_stream={stream}, whose tasks are 0 to {length - 1}")
     return permuted(ds, task) if stream == "permuted-mnist" else split(ds, task)

@@ -146,7 +146,8 @@ def evaluate_inferred(path: str | Path, *, how: str = "one-shot", batch_size: in
         for x, y in eval_batches(ds, batch_size, device=torch.device(device)):
             if images is not None and seen >= images:
                 break
-            x, y = x[: images - seen] if images is not None else x, y[: images - seen] if images is not None else y
+            limit = len(y) if images is None else images - seen
+            x, y = x[:limit], y[:limit]
             guess = sup.infer(x, how)
             found += guess == t
             right += int((sup.task_logits(x, guess).argmax(1) == y).sum())

@@ -506,7 +506,8 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 def _check_tasks(cfg: Config) -> None:
     """task_stream names its dataset; tasks= (a run of many tasks) and task= (one task's run) exclude each other.
     tasks= without a task_stream is a stream of the user's own datasets, given in Python (`train_tasks(stream=)`)."""
-    from supermask.data.task_streams import BASE_DATASET, TASK_STREAMS
+    from supermask.data.base import _NUM_CLASSES
+    from supermask.data.task_streams import BASE_DATASET, TASK_STREAMS, stream_length
 
     if cfg.tasks is not None and cfg.task is not None:
         raise ConfigError(f"tasks={cfg.tasks} trains a stream of tasks and task={cfg.task} one task of it: set one")
@@ -519,7 +520,7 @@ def _check_tasks(cfg: Config) -> None:
     base = BASE_DATASET[cfg.task_stream]
     if cfg.dataset.strip().lower() != base:
         raise ConfigError(f"task_stream={cfg.task_stream} is made of {base}, not dataset={cfg.dataset}: set dataset={base}")
-    length = 10 // 2 if cfg.task_stream == "split-cifar10" else None  # CIFAR-10's classes, two a task
+    length = stream_length(cfg.task_stream, _NUM_CLASSES.get(base, 0))
     for key in ("tasks", "task"):
         value = getattr(cfg, key)
         count = value if key == "tasks" else (value + 1 if value is not None else None)

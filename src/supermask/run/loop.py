@@ -210,7 +210,7 @@ def fit(t: Trainee, ds: data_lib.Dataset, device: torch.device, progress: bool) 
     steps_per_epoch = data_lib.train_steps(ds, cfg.batch_size, seed=cfg.data_seed, world=t.group.world)
     live = is_live(progress)  # a bar on a terminal, else plain lines: per epoch, and in one (see supermask.run.progress)
     initial = states[0]["epoch"] * steps_per_epoch + states[0].get("partial", {}).get("batch", 0)
-    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch, cfg.max_steps)
     bar = (tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
            if live else StepLines(total, initial, batch_size=cfg.batch_size, enabled=progress))
     with bar:
