@@ -32,6 +32,10 @@ VARIANTS = {
     "skip-first": {"method": "biprop", "prune_rate": 0.5, "skip_layers": ["first"], "channels_last": False},
     # the published builders' fan (fan_in * p) and the ablation gradient: the file rebuilds the weights it used
     "published-fan": {"method": "biprop", "prune_rate": 0.9, "scale_fan_by": "pruned", "biprop_grad": "alpha"},
+    # the published code's float count of what a layer prunes (its 640-weight head prunes 127 of 640 at 20%) and
+    # alpha's published denominator: the file records the count rule and checks each layer's kept count by it
+    "published-count": {"method": "biprop", "prune_rate": 0.2, "pruned_count": "published",
+                        "biprop_alpha_count": "published"},
     # every masked weight from 100 random values: the file stores N, and rebuilds the weights from it
     "shared-source": {"method": "edge-popup", "prune_rate": 0.5, "weight_source": "shared:100"},
 }
@@ -70,6 +74,7 @@ def test_rebuild_is_exact(runs, tmp_path, name):
         assert any("changed" in e for e in header["layers"])  # what the seed no longer gives back is stored
     assert header.get("scale_fan_by") == ("pruned" if name == "published-fan" else None)  # written only when not the default
     assert header.get("weight_source") == ("shared:100" if name == "shared-source" else None)
+    assert header.get("pruned_count") == ("published" if name == "published-count" else None)
     if name == "edge-popup":
         assert not any("changed" in e for e in header["layers"])
         # plain EP: masks within 1.1x their entropy bound, plus a fixed header of a few hundred bytes per file
@@ -439,3 +444,19 @@ def test_the_export_report_separates_the_codes_from_the_per_layer_heads(tmp_path
     assert main(["export", str(run_dir), "-o", str(tmp_path / "again.smask")]) == 0
     assert (f"{report['mask_vs_entropy']}x their entropy bound of 2,434 bytes (the codes "
             f"{report['codes_vs_entropy']:.4f}x, plus {heads} bytes of heads over 4 layers)") in capsys.readouterr().out
+
+
+def test_the_published_count_prunes_by_the_published_float_arithmetic(runs):
+    from supermask import masks
+
+    _, _, model, _ = load_run_model(runs["published-count"], device="cpu")
+    counts = [(int(m.sum()), m.numel()) for m in masks(model).values()]
+    for kept, n in counts:
+        assert n - kept == int(0.19999999999999996 * n)  # the published int((1 - 0.8) n)
+    # a layer whose fifth is whole prunes one fewer than floor(0.2 n): the 640-weight head prunes 127
+    assert any(n % 5 == 0 and n - kept == n // 5 - 1 for kept, n in counts)
+    for change, match in (({"pruned_count": "float"}, "pruned_count 'float'"),
+                          ({"pruned_count": "published", "prune_scope": "global"}, "prune_scope=global"),
+                          ({"pruned_count": "published", "method": "gem-miner"}, "method=gem-miner")):
+        with pytest.raises(ConfigError, match=match):
+            make_config(None, {**BASE, **change})

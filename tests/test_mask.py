@@ -25,6 +25,22 @@ def test_num_pruned_uses_the_written_decimal():
     assert num_pruned(5, 0.0) == 0
 
 
+def test_the_published_count_is_the_float_arithmetic_of_the_published_command_line():
+    # The published GetSubnet prunes int((1 - k) n) with k the kept fraction: in floats 1 - 0.8 is
+    # 0.19999999999999996, so at 20% pruned a layer whose 0.2 n is an integer prunes one fewer.
+    assert num_pruned(2560, 0.2, "published") == 511 and num_pruned(2560, 0.2) == 512
+    assert num_pruned(10, 0.2, "published") == 1 and num_pruned(10, 0.2) == 2
+    # at 70% (k = 0.3): 0.7 * 90 is 62.99999999999999 in floats
+    assert num_pruned(90, 0.7, "published") == 62 and num_pruned(90, 0.7) == 63
+    # where the float product is exact the two agree: 50% and 90% of 2560, 0.5 * 9 = 4.5
+    for n, p in ((2560, 0.5), (2560, 0.9), (9, 0.5), (100, 0.99)):
+        assert num_pruned(n, p, "published") == num_pruned(n, p)
+    mask = topk_mask(torch.arange(10.0), 0.2, count="published")
+    assert mask.tolist() == [False] + [True] * 9  # prunes 1, the smallest
+    with pytest.raises(ValueError, match="unknown pruned count 'float'"):
+        num_pruned(10, 0.2, "float")
+
+
 def test_keeps_the_largest_magnitudes_hand_case():
     mags = torch.tensor([[0.3, 0.1, 0.9], [0.5, 0.2, 0.7]])
     # p = 0.5 of 6 prunes 3: the three smallest are 0.1, 0.2, 0.3

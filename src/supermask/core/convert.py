@@ -388,7 +388,7 @@ def convert(
             module_name, _, pname = owner.rpartition(".")
             parametrize.register_parametrization(model.get_submodule(module_name), pname, scored)
         s.module.parametrizations[s.name].original.requires_grad_(False)
-        row.update(status="masked", kept=w.numel() - num_pruned(w.numel(), rates[s.qualname]))
+        row.update(status="masked", kept=w.numel() - num_pruned(w.numel(), scored.prune_rate, scored.count))
     if prune_scope == "global" and scored_layers:
         scope = GlobalScope(scored_layers)
         for scored in scored_layers:

@@ -2,7 +2,8 @@
 
 A layer of n weights with prune rate p (the fraction REMOVED) prunes exactly floor(p * n) weights and keeps
 the n - floor(p * n) with the largest score magnitude. Ties at the threshold keep the lowest flat indices, so a
-mask is a pure function of the scores.
+mask is a pure function of the scores. `count="published"` prunes what the published code's float arithmetic gives
+instead, one weight fewer in some layers at 10, 20 and 70% pruned (docs/fidelity.md D7).
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ import torch
 from torch import Tensor
 
 
-def num_pruned(numel: int, prune_rate: float) -> int:
-    """floor(prune_rate * numel), computed on the decimal the user wrote (0.29 * 100 is 29, not 28)."""
-    return math.floor(Decimal(repr(float(prune_rate))) * numel)
+PRUNED_COUNTS = ("exact", "published")
+
+
+def num_pruned(numel: int, prune_rate: float, count: str = "exact") -> int:
+    """floor(prune_rate * numel), computed on the decimal the user wrote (0.29 * 100 is 29, not 28); or, with
+    `count="published"`, int((1 - k) * numel) in floats, k = 1 - prune_rate being the kept fraction the published
+    command lines give (hidden-networks, biprop, IWR `GetSubnet`): 1 - 0.8 is 0.19999999999999996 there, so a
+    layer of 2,560 prunes 511."""
+    if count == "exact":
+        return math.floor(Decimal(repr(float(prune_rate))) * numel)
+    if count != "published":
+        raise ValueError(f"unknown pruned count {count!r}: expected one of {', '.join(PRUNED_COUNTS)}")
+    kept = float(Decimal(1) - Decimal(repr(float(prune_rate))))
+    return int((1.0 - kept) * numel)
 
 
 def kth_smallest(flat: Tensor, k: int) -> Tensor:
@@ -47,21 +59,21 @@ _BRACKET_MIN = 1 << 16
 _SAMPLE = 1 << 14
 
 
-def topk_mask(magnitudes: Tensor, prune_rate: float) -> Tensor:
+def topk_mask(magnitudes: Tensor, prune_rate: float, count: str = "exact") -> Tensor:
     """Boolean mask of the same shape (and memory layout) keeping the largest entries of `magnitudes`.
 
     Uses selection, never a full sort, so it is cheap enough to run on every training step.
     """
-    return topk_masks(magnitudes.unsqueeze(0), prune_rate)[0]
+    return topk_masks(magnitudes.unsqueeze(0), prune_rate, count)[0]
 
 
-def topk_masks(magnitudes: Tensor, prune_rate: float) -> Tensor:
+def topk_masks(magnitudes: Tensor, prune_rate: float, count: str = "exact") -> Tensor:
     """`topk_mask` of each row of a stack (N, *shape): the masks of N runs' layers in one selection, with the
     same threshold and tie rule, so each row equals `topk_mask` of that row alone."""
     magnitudes = magnitudes.detach()
     flat = magnitudes.reshape(magnitudes.shape[0], -1)
     n = flat.shape[1]
-    n_prune = num_pruned(n, prune_rate)
+    n_prune = num_pruned(n, prune_rate, count)
     if n_prune == 0:
         return torch.ones_like(magnitudes, dtype=torch.bool)
     if flat.device.type == "cpu" and n >= _BRACKET_MIN:
@@ -96,12 +108,12 @@ def straight_through(magnitudes: Tensor, mask: Tensor) -> Tensor:
     return _StraightThrough.apply(magnitudes, mask)
 
 
-def scored_mask(scores: Tensor, prune_rate: float, members: bool = False) -> Tensor:
+def scored_mask(scores: Tensor, prune_rate: float, members: bool = False, count: str = "exact") -> Tensor:
     """The top-k mask of |scores| as a float tensor; with autograd on, its gradient reaches the scores through |.|
     (straight-through: dL/dS = dL/dM * sign(S)). With `members`, `scores` is a stack (N, *shape) of N runs' layers,
     each masked on its own. Every method's layer and every stack of runs trained together computes its mask here."""
     magnitudes = scores.abs()
-    hard = (topk_masks if members else topk_mask)(magnitudes.detach(), prune_rate)
+    hard = (topk_masks if members else topk_mask)(magnitudes.detach(), prune_rate, count)
     return straight_through(magnitudes, hard) if torch.is_grad_enabled() else hard.to(scores.dtype)
 
 

@@ -41,10 +41,13 @@ class ScoredWeight(nn.Module):
     """Holds a layer's scores and prune rate. Outside autograd it caches the mask and the effective weight for as
     long as the scores and the weight hold the same values."""
 
-    def __init__(self, scores: Tensor, prune_rate: float):
+    def __init__(self, scores: Tensor, prune_rate: float, count: str = "exact"):
         super().__init__()
+        if count not in mask_lib.PRUNED_COUNTS:
+            raise ConfigError(f"unknown pruned_count {count!r}: expected one of {', '.join(mask_lib.PRUNED_COUNTS)}")
         self.scores = nn.Parameter(scores)
         self.prune_rate = float(prune_rate)
+        self.count = count  # how many a layer of n prunes: floor(p n), or the published code's (mask.num_pruned)
         # Set by convert: the parameter it computes (a layer's `weight`, attention's `in_proj_weight`, ...), how its
         # random values were drawn (kind, fan scale; None: given, not drawn) and its (fan_in, gain), which IteRand
         # redraws from.
@@ -65,7 +68,7 @@ class ScoredWeight(nn.Module):
             return self.scope.mask_of(self)
         scores = self.scores.detach()
         if self._mask_of is None or self._mask_of[1] != self.prune_rate or not _same(self._mask_of[0], scores):
-            self._mask = mask_lib.topk_mask(scores.abs(), self.prune_rate)
+            self._mask = mask_lib.topk_mask(scores.abs(), self.prune_rate, self.count)
             self._mask_of = (scores.clone(), self.prune_rate)
         return self._mask
 
@@ -76,12 +79,12 @@ class ScoredWeight(nn.Module):
             if self.scope is not None:
                 hard = self.scope.step_mask_of(self)
                 return self.effective_weight(weight, mask_lib.straight_through(self.scores.abs(), hard))
-            return self.effective_weight(weight, mask_lib.scored_mask(self.scores, self.prune_rate))
+            return self.effective_weight(weight, mask_lib.scored_mask(self.scores, self.prune_rate, count=self.count))
         if torch.compiler.is_compiling():
             # A compiled forward cannot keep Python-side caches without guarding (and recompiling) on them: it
             # computes the mask every call, as training does.
-            return self.effective_weight(weight, mask_lib.topk_mask(self.scores.detach().abs(), self.prune_rate)
-                                         .to(weight.dtype))
+            return self.effective_weight(weight, mask_lib.topk_mask(self.scores.detach().abs(), self.prune_rate,
+                                                                    self.count).to(weight.dtype))
         # Without autograd (evaluation, inference) the whole effective weight is reused across batches.
         mask = self.mask()
         if self._weight_of is None or self._weight_of[0] is not mask or not _same(self._weight_of[1], weight):
@@ -133,8 +136,9 @@ class Biprop(ScoredWeight):
     """Biprop (Diffenderfer & Kailkhura 2021): signs of the random weights, masked, scaled by alpha. `grad` is
     the score gradient: "weight" (the published one, g * W) or "alpha" (g * alpha * sign(W))."""
 
-    def __init__(self, scores: Tensor, prune_rate: float, grad: str = "weight", alpha_count: str = "exact"):
-        super().__init__(scores, prune_rate)
+    def __init__(self, scores: Tensor, prune_rate: float, grad: str = "weight", alpha_count: str = "exact",
+                 count: str = "exact"):
+        super().__init__(scores, prune_rate, count)
         if grad not in BIPROP_GRADS:
             raise ConfigError(f"unknown biprop_grad {grad!r}: expected one of {', '.join(BIPROP_GRADS)}")
         if alpha_count not in ALPHA_COUNTS:
@@ -325,10 +329,10 @@ def method_names() -> tuple[str, ...]:
     return (*REGISTRY, DENSE)
 
 
-register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fan=False,
+register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fan=False, options={"count": "pruned_count"},
                 summary="Ramanujan et al. 2020: the random weights, masked by the top-k of |scores|"))
 register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True,
-                options={"grad": "biprop_grad", "alpha_count": "biprop_alpha_count"},
+                options={"grad": "biprop_grad", "alpha_count": "biprop_alpha_count", "count": "pruned_count"},
                 smask_fields=("alpha",), smask_layer=lambda p, weight, mask: {"alpha": float(p.alpha(weight, mask))},
                 summary="Diffenderfer & Kailkhura 2021: signs of the random weights, masked, scaled by alpha"))
 

@@ -67,6 +67,7 @@ class Together:
         self.combine = first[0][2].combine
         self.names = [name for name, _, _ in first]
         self.prune_rates = [p.prune_rate for _, _, p in first]
+        self.counts = [p.count for _, _, p in first]
         # The masked tensors' qualified parameter names (a layer's weight, attention's in_proj_weight, ...)
         # in the template, as functional_call takes them.
         module_names = {id(m): n for n, m in models[0].named_modules()}
@@ -102,8 +103,8 @@ class Together:
         (straight-through masks): a stack (N, *shape) for vmap; for loop, each run's own, computed by the very
         call its model makes alone, so reductions (Biprop's alpha) run in the same order and agree bit for bit."""
         out = []
-        for scores, weights, rate in zip(self.scores, self.weights, self.prune_rates):
-            mask = scored_mask(scores, rate, members=True)  # as each run's layer computes its own
+        for scores, weights, rate, count in zip(self.scores, self.weights, self.prune_rates, self.counts):
+            mask = scored_mask(scores, rate, members=True, count=count)  # as each run's layer computes its own
             if self.forward_kind == "vmap":
                 out.append(self.combine(weights, mask, members=True))
             else:

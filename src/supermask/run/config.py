@@ -20,6 +20,7 @@ import yaml
 from supermask.core.convert import LAYER_STREAMS, PRUNE_SCOPES
 from supermask.core.density import LAYER_DENSITIES
 from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
+from supermask.core.mask import PRUNED_COUNTS
 from supermask.core.methods import ALPHA_COUNTS, BIPROP_GRADS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
 from supermask.data.base import looks_like_path
@@ -88,6 +89,9 @@ class Config:
     biprop_alpha_count: str | None = _opt(None, "biprop's alpha denominator: exact (the kept count) or published "
                                                 "(the published code's int(k n), one less whenever k n is not an "
                                                 "integer) [default exact; only biprop takes it]")
+    pruned_count: str = _opt("exact", "how many a top-k layer of n weights prunes: exact (floor(prune_rate n)) or "
+                                      "published (the published code's int((1 - k) n) in floats, k = 1 - prune_rate: "
+                                      "one fewer in some layers at 10, 20 and 70% pruned) [edge-popup and biprop]")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
     skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
     include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
@@ -457,6 +461,10 @@ def resolve(cfg: Config) -> Config:
         if cfg.prune_rate < 0.5:
             raise ConfigError(f"layer_density=er keeps at most half of each layer (SupSup's cap): prune_rate="
                               f"{cfg.prune_rate} asks for more; choose prune_rate >= 0.5")
+    _choice("pruned_count", cfg.pruned_count, PRUNED_COUNTS)
+    if cfg.pruned_count == "published" and (cfg.method not in ("edge-popup", "biprop") or cfg.prune_scope == "global"):
+        raise ConfigError(f"pruned_count=published counts each layer's top-k as the published edge-popup and biprop code "
+                          f"does, not method={cfg.method} with prune_scope={cfg.prune_scope}")
     if cfg.prune_scope == "global" and not cfg.masked:
         raise ConfigError(f"prune_scope=global chooses masks; method={cfg.method} has none")
     if cfg.prune_scope == "global" and cfg.compile:
