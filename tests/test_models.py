@@ -92,3 +92,34 @@ def test_a_channels_last_resnet18_trains_on_one_thread():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]
+
+
+def test_affine_batchnorm_starts_as_the_identity_scale_and_trains_in_a_dense_run(tmp_path):
+    from supermask.run.config import make_config
+    from supermask.run.train import evaluate_run, run
+
+    plain, affine = build_model("resnet20", width=0.25), build_model("resnet20", width=0.25, affine_bn=True)
+    norms = [m for m in affine.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.affine and torch.equal(m.weight, torch.ones(m.num_features))
+                         and torch.equal(m.bias, torch.zeros(m.num_features)) for m in norms)
+    assert not any(m.affine for m in plain.modules() if isinstance(m, nn.BatchNorm2d))
+    # scale 1 and shift 0: the same function as the non-affine network at the start
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(plain(x), affine(x))
+    with pytest.raises(ConfigError, match="model conv4 has no BatchNorm"):
+        build_model("conv4", affine_bn=True)
+
+    out = tmp_path / "dense"
+    cfg = make_config(None, {"model": "resnet20", "width": 0.25, "dataset": "digits", "method": "dense",
+                             "affine_bn": True, "epochs": 1, "batch_size": 128, "out_dir": str(out)})
+    summary = run(cfg, progress=False)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        scale = next(f.get_tensor(k) for k in f.keys() if k.endswith("bn1.weight"))
+    assert not torch.equal(scale, torch.ones_like(scale))  # learned
+    assert evaluate_run(out)["test_acc"] == summary["test_acc"]  # rebuilt with its affine BatchNorm
+    with pytest.raises(ConfigError, match="affine_bn=true learns BatchNorm's scale and shift in a dense run"):
+        make_config(None, {"model": "resnet20", "dataset": "digits", "affine_bn": True})
+    with pytest.raises(ConfigError, match="learned BatchNorm's scale and shift"):
+        make_config(None, {"model": "resnet20", "width": 0.25, "dataset": "digits", "init_from": str(out)})

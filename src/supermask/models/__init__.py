@@ -309,10 +309,32 @@ TOKEN_MODELS = frozenset({"text-transformer"})
 
 
 def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                vocab_size: int | None = None, seq_len: int | None = None, width: float = 1.0) -> nn.Module:
+                vocab_size: int | None = None, seq_len: int | None = None, width: float = 1.0,
+                affine_bn: bool = False) -> nn.Module:
     """Build a registered architecture for the given number of classes and input: images of `in_channels` and
     `image_size` pixels, or, for the token models (TOKEN_MODELS), sequences of `seq_len` ids below `vocab_size`
-    (`supermask.data.model_inputs(ds)` gives the ones a dataset holds)."""
+    (`supermask.data.model_inputs(ds)` gives the ones a dataset holds). `affine_bn` gives every BatchNorm a learned
+    scale and shift (1 and 0 at first)."""
+    model = _build(name, num_classes, in_channels, image_size, vocab_size, seq_len, width)
+    return make_batchnorm_affine(model, name) if affine_bn else model
+
+
+def make_batchnorm_affine(model: nn.Module, name: str = "the model") -> nn.Module:
+    """Give each non-affine BatchNorm of `model` a learned scale (ones) and shift (zeros), in place: the published
+    dense ResNet-18's LearnedBatchNorm, where the mask searches' is non-affine."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ConfigError(f"affine_bn=true learns BatchNorm's scale and shift; model {name} has no BatchNorm")
+    for m in norms:
+        if not m.affine:
+            m.affine = True
+            m.weight = nn.Parameter(torch.ones(m.num_features))
+            m.bias = nn.Parameter(torch.zeros(m.num_features))
+    return model
+
+
+def _build(name: str, num_classes: int, in_channels: int, image_size: int, vocab_size: int | None,
+           seq_len: int | None, width: float) -> nn.Module:
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     if not width > 0:

@@ -92,6 +92,8 @@ class Config:
     pruned_count: str = _opt("exact", "how many a top-k layer of n weights prunes: exact (floor(prune_rate n)) or "
                                       "published (the published code's int((1 - k) n) in floats, k = 1 - prune_rate: "
                                       "one fewer in some layers at 10, 20 and 70% pruned) [edge-popup and biprop]")
+    affine_bn: bool = _opt(False, "dense runs: learn BatchNorm's scale and shift (the published dense ResNet-18's "
+                                  "LearnedBatchNorm); mask searches keep BatchNorm non-affine, as the papers' code does")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
     skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
     include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
@@ -483,6 +485,9 @@ def resolve(cfg: Config) -> Config:
             if getattr(cfg, key) is not None:
                 raise ConfigError(f"{key}={getattr(cfg, key)!r} applies only to method=biprop, not method={cfg.method}")
     _check_gem_miner(cfg)
+    if cfg.affine_bn and cfg.masked:
+        raise ConfigError(f"affine_bn=true learns BatchNorm's scale and shift in a dense run; method={cfg.method} "
+                          "searches a mask over random weights with non-affine BatchNorm, as the published code does")
     if cfg.finetune_epochs and (not cfg.masked or get_method(cfg.method).finetune_start is None):
         raise ConfigError(f"finetune_epochs={cfg.finetune_epochs} trains a found network's weights after the search; "
                           f"method={cfg.method} has no such stage (gem-miner has)")
@@ -599,6 +604,9 @@ def _check_init_from(cfg: Config) -> None:
         if raw.get(key) != getattr(cfg, key):
             raise ConfigError(f"init_from {cfg.init_from!r} is a {key}={raw.get(key)} run and this run has {key}="
                               f"{getattr(cfg, key)}: init_from needs a dense run of the same model and width")
+    if raw.get("affine_bn"):
+        raise ConfigError(f"init_from {cfg.init_from!r} learned BatchNorm's scale and shift (affine_bn=true), which a "
+                          "mask search's non-affine BatchNorm has no place for: use a dense run without affine_bn")
 
 
 def _check_dataset_name(cfg: Config) -> None:

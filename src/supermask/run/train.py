@@ -105,14 +105,17 @@ def memory_of(device: torch.device) -> int | None:
         return None
 
 
-def network_inputs(cfg: Config, ds) -> dict[str, int]:
-    """What the run's network is built from: the data's input shape and classes, and `cfg.outputs` outputs where set
-    (at least the classes; the others are never a label)."""
+def network_inputs(cfg: Config, ds) -> dict[str, int | bool]:
+    """What the run's network is built from besides its name and width: the data's input shape and classes,
+    `cfg.outputs` outputs where set (at least the classes; the others are never a label), and affine BatchNorm
+    where set."""
     inputs = data_lib.model_inputs(ds)
     if cfg.outputs is not None:
         if cfg.outputs < inputs["num_classes"]:
             raise ConfigError(f"outputs={cfg.outputs} is fewer than the {inputs['num_classes']} classes of {ds.name}")
         inputs["num_classes"] = cfg.outputs
+    if cfg.affine_bn:
+        inputs["affine_bn"] = True
     return inputs
 
 
