@@ -134,6 +134,31 @@ def test_epoch_schedule_timing(every, warmup, epochs, expected):
 def test_step_schedule_timing():
     assert [s for s in range(1, 1000) if step_fires(s, 300)] == [300, 600, 900]
     assert not any(step_fires(s, None) for s in range(10))
+    # before every K-th step, as IteRand's published trainer redraws: after the steps K - 1, 2K - 1, ...
+    assert [s for s in range(1, 1000) if step_fires(s, 300, "before")] == [299, 599, 899]
+    assert [s for s in range(1, 6) if step_fires(s, 1, "before")] == [1, 2, 3, 4, 5]
+
+
+def test_rerandomize_to_zero_sets_the_chosen_pruned_weights_to_zero():
+    def model_():  # Gaussian weights: never 0, and a redraw from the init changes every weight it picks
+        return supermask.convert(supermask.build_model("conv2", width=0.1), "edge-popup", 0.5, weight_init="kaiming-normal")
+
+    model = model_()
+    masks = supermask.masks(model)
+    before = {n: random_weight(m).clone() for n, m, _ in supermask.masked_layers(model)}
+    changed = rerandomize_(model, 0.3, seed=4, redraw="zero")
+    for name, layer, _ in supermask.masked_layers(model):
+        w = random_weight(layer)
+        zeroed = w == 0
+        assert not (zeroed & masks[name]).any() and torch.equal(w[masks[name]], before[name][masks[name]])
+        assert int(zeroed.sum()) == changed[name] > 0
+    # the same weights are chosen as by a redraw from the init (the coin is the same stream)
+    again = model_()
+    rerandomize_(again, 0.3, seed=4)
+    for (name, layer, _), (_, other, _) in zip(supermask.masked_layers(model), supermask.masked_layers(again)):
+        assert torch.equal(random_weight(layer) == 0, random_weight(other) != before[name])
+    with pytest.raises(ConfigError, match="unknown iterand_redraw 'ones'"):
+        rerandomize_(model, 0.3, seed=4, redraw="ones")
 
 
 def test_config_schedules_and_aliases():
@@ -147,6 +172,7 @@ def test_config_schedules_and_aliases():
     assert make_config("conv4", {"iwr_every_fraction": 0.3, "epochs": 10}).iwr_every == 3
     assert make_config("conv4", {"method": "biprop+iwr", "iwr_every": 4}).iwr_every == 4  # explicit wins
     for bad, fragment in [({"method": "dense", "iwr_every": 3}, "mask method"), ({"iwr_rate": 0.7, "iwr_every": 2}, "iwr_rate"),
+                          ({"iterand_timing": "during"}, "iterand_timing"), ({"iterand_redraw": "ones"}, "iterand_redraw"),
                           ({"iwr_every": 0}, "iwr_every"), ({"iterand_every_steps": 3, "iterand_every_epochs": 1}, "not both")]:
         with pytest.raises(ConfigError, match=fragment):
             make_config("conv4", bad)
@@ -175,6 +201,8 @@ def _check_schedule_log(log: list[dict], cfg, run_dir) -> None:
         first = [e for e in log if e["epoch"] == 2]
         # the first step: all weights still distinct, so every one of the floor(r n) overwritten ones changes
         assert {e["layer"]: e["changed"] for e in first} == {n: int(cfg.iwr_rate * w.numel()) for n, w in initial.items()}
+    elif cfg.iterand_timing == "before":  # before every 5th: after the steps 4, 9, ..., 44 of the 4 x 12
+        assert [step for _, step in steps] == list(range(4, 48, 5))
     else:  # every 5th of the 4 x 12 optimizer steps
         assert [step for _, step in steps] == list(range(5, 48, 5))
     for epoch, step in steps:
@@ -188,6 +216,8 @@ def _check_schedule_log(log: list[dict], cfg, run_dir) -> None:
 @pytest.mark.parametrize("schedule", [
     {"method": "biprop", "iwr_every": 1, "iwr_rate": 0.2},
     {"method": "edge-popup", "iterand_every_steps": 5, "iterand_rate": 0.2},
+    {"method": "edge-popup", "iterand_every_steps": 5, "iterand_rate": 0.2, "iterand_timing": "before",
+     "iterand_redraw": "zero"},
 ])
 def test_resume_across_schedule_steps_equals_an_uninterrupted_run(tmp_path, monkeypatch, schedule):
     full = run(_digits(tmp_path, "full", **schedule), progress=False)
@@ -221,3 +251,12 @@ def test_resume_across_schedule_steps_equals_an_uninterrupted_run(tmp_path, monk
     a, _ = load_tensors(tmp_path / "full" / "checkpoint.safetensors")
     b, _ = load_tensors(tmp_path / "resumed" / "checkpoint.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("every", [1, 2, 5, 7, 48, 49])
+@pytest.mark.parametrize("timing", ["after", "before"])
+def test_planned_iterand_steps_count_the_steps_that_fire(every, timing):
+    from supermask.run.schedule import planned_steps
+
+    cfg = make_config("conv4", {"iterand_every_steps": every, "iterand_timing": timing, "epochs": 4})
+    assert planned_steps(cfg, 12)["iterand"] == sum(step_fires(s, every, timing) for s in range(1, 49))

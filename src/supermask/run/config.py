@@ -20,6 +20,7 @@ import yaml
 from supermask.core.convert import LAYER_STREAMS, PRUNE_SCOPES
 from supermask.core.density import LAYER_DENSITIES
 from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
+from supermask.core.iterand import ITERAND_REDRAWS
 from supermask.core.mask import PRUNED_COUNTS
 from supermask.core.methods import ALPHA_COUNTS, BIPROP_GRADS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
@@ -105,6 +106,12 @@ class Config:
     iterand_every_steps: int | None = _opt(None, "IteRand: redraw pruned weights every K optimizer steps (off when unset)")
     iterand_every_epochs: int | None = _opt(None, "IteRand: redraw every F epochs instead (off when unset)")
     iterand_rate: float = _opt(0.1, "IteRand: probability r that a pruned weight is redrawn")
+    iterand_timing: str = _opt("after", "IteRand's step schedule: after (after the optimizer steps K, 2K, ...) or before "
+                                        "(after the steps K - 1, 2K - 1, ...: before every K-th, as the published "
+                                        "trainer redraws)")
+    iterand_redraw: str = _opt("init", "IteRand: what a redrawn pruned weight gets: init (a fresh draw from its layer's "
+                                       "init, IteRand's rule) or zero (0: one version of the IWR paper's code, whose "
+                                       "signed constant of zeros is 0)")
     init_from: str | None = _opt(None, "a dense run directory: search masks over its trained weights instead of random ones")
     weight_seed: int = _opt(0, "seed of the random weights, an integer in [0, 2^63 - 1] (as are the other seeds)")
     score_seed: int = _opt(0, "seed of the initial scores")
@@ -638,6 +645,8 @@ def _resolve_schedules(cfg: Config) -> None:
         raise ConfigError("set iterand_every_steps or iterand_every_epochs, not both")
     if not 0 <= cfg.iwr_rate <= 0.5:
         raise ConfigError(f"iwr_rate={cfg.iwr_rate!r} is outside [0, 0.5]")
+    _choice("iterand_timing", cfg.iterand_timing, ("after", "before"))
+    _choice("iterand_redraw", cfg.iterand_redraw, ITERAND_REDRAWS)
     if not 0 <= cfg.iterand_rate <= 1:
         raise ConfigError(f"iterand_rate={cfg.iterand_rate!r} is outside [0, 1]")
 

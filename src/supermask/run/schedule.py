@@ -4,7 +4,8 @@ the mask method's own hooks (`methods.Method.after_step`, `.end_of_epoch`).
 
 Epochs are counted from 0 here. An epoch schedule with period F fires at the end of epoch t when
 t > 0, t % F == 0, t is not the last epoch, and t > E0 (the warm-up) when one is set. A step schedule with
-period K fires after every K-th optimizer step (counted from 1 over the whole run).
+period K fires after every K-th optimizer step (counted from 1 over the whole run), or, timed "before", after the
+steps K - 1, 2K - 1, ...: before every K-th step, as IteRand's published trainer does.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ def epoch_fires(epoch: int, every: int | None, epochs: int, warmup: int = 0) -> 
     return epoch > 0 and epoch % every == 0 and epoch != epochs - 1 and (warmup == 0 or epoch > warmup)
 
 
-def step_fires(step: int, every: int | None) -> bool:
-    return every is not None and step > 0 and step % every == 0
+def step_fires(step: int, every: int | None, timing: str = "after") -> bool:
+    """Whether a step schedule of period `every` fires after optimizer step `step` (counted from 1)."""
+    return every is not None and step > 0 and (step + (timing == "before")) % every == 0
 
 
 def iterand_step(model: nn.Module, cfg: Config, step: int, epoch: int) -> list[dict]:
     """One IteRand step; its draws come from (weight_seed, step), so a resumed run redraws the same values."""
     seed = derive_seed(cfg.weight_seed, f"iterand-step/{step}")
-    changed = rerandomize_(model, cfg.iterand_rate, seed)
+    changed = rerandomize_(model, cfg.iterand_rate, seed, redraw=cfg.iterand_redraw)
     return [{"kind": "iterand", "epoch": epoch + 1, "step": step, "layer": k, "changed": v} for k, v in changed.items()]
 
 
@@ -43,7 +45,8 @@ def _method_hook(cfg: Config, name: str):
 def after_step(model: nn.Module, cfg: Config, epoch: int, step: int) -> list[dict]:
     """What is due after optimizer step `step` (counted from 1 over the run), applied in place: IteRand's step
     schedule, then the method's own hook; their log records."""
-    events = iterand_step(model, cfg, step, epoch) if step_fires(step, cfg.iterand_every_steps) else []
+    fires = step_fires(step, cfg.iterand_every_steps, cfg.iterand_timing)
+    events = iterand_step(model, cfg, step, epoch) if fires else []
     if (hook := _method_hook(cfg, "after_step")) is not None:
         events += hook(model, cfg, epoch=epoch, step=step)
     return events
@@ -74,7 +77,9 @@ def planned_steps(cfg: Config, steps_per_epoch: int) -> dict[str, int]:
     epochs = range(cfg.epochs)
     iterand = sum(epoch_fires(t, cfg.iterand_every_epochs, cfg.epochs) for t in epochs)
     if cfg.iterand_every_steps is not None:
-        iterand = cfg.epochs * steps_per_epoch // cfg.iterand_every_steps
+        total, every = cfg.epochs * steps_per_epoch, cfg.iterand_every_steps
+        # "before": the steps s <= total with s + 1 a multiple of K, that is the multiples of K in [2, total + 1]
+        iterand = total // every if cfg.iterand_timing == "after" else (total + 1) // every - (every == 1)
     return {"iwr": sum(epoch_fires(t, cfg.iwr_every, cfg.epochs, cfg.iwr_warmup) for t in epochs), "iterand": iterand}
 
 
