@@ -95,7 +95,7 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT,
           "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "layer_density?": TEXT, "pruned_count?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
-          "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "task_stream?": TEXT, "task?": COUNT,
+          "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "task_stream?": TEXT, "task?": COUNT, "holdout?": COUNT, "holdout_seed?": COUNT,
           "tasks?": [TASK],
           "tensors": [TENSOR],
           "payload_length": COUNT}
@@ -209,6 +209,8 @@ def encode_run(run_dir: Path, payload: bytearray) -> tuple[dict[str, Any], dict[
     }
     if cfg.task_stream is not None and cfg.task is not None:  # one task of a stream: its data is that task's
         header.update(version=TASKS_VERSION, task_stream=cfg.task_stream, task=cfg.task)
+    if cfg.holdout:  # the training images it held out: eval rebuilds the same split, so the checksum compares
+        header.update(holdout=cfg.holdout, holdout_seed=cfg.holdout_seed)
     for key in ("dataset_sha256", "eval_split_sha256"):  # eval of a streamed set compares the second
         if isinstance(summary.get(key), str):
             header[key] = summary[key]
@@ -674,6 +676,7 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | Non
 def file_dataset(header: dict[str, Any], path: str | Path, dataset: str | None, data_dir: str | None):
     """The data a network's header says it was found on (its task's, for one task of a stream), or `dataset`."""
     from supermask import data as data_lib
+    from supermask.data.holdout import hold_out
     from supermask.data.task_streams import task_dataset
 
     streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
@@ -684,4 +687,6 @@ def file_dataset(header: dict[str, Any], path: str | Path, dataset: str | None, 
                                image_size=header["image_size"] if streamed else None)
     if "task_stream" in header and dataset is None:
         ds = task_dataset(header["task_stream"], ds, header["task"])
+    if "holdout" in header and dataset is None:
+        ds = hold_out(ds, header["holdout"], header.get("holdout_seed", FIELDS["holdout_seed"].default))[0]
     return ds

@@ -128,6 +128,11 @@ class Config:
                                  "(DATA/imagenet, streamed), or a path to an image folder / .tar.gz or to a folder "
                                  "of WebDataset shards (train-*.tar and val-*.tar, streamed)")
     data_dir: str | None = _opt(None, "folder holding the datasets (default: $SUPERMASK_DATA)")
+    holdout: int = _opt(0, "training images held out, never trained on: the final network's accuracy on them is "
+                           "summary.json's holdout_acc (5000: the published IteRand and Gem-Miner code's 45,000 of "
+                           "CIFAR-10's 50,000; sets held in memory)")
+    holdout_seed: int = _opt(777, "which images holdout takes: torch's random_split with a generator of this seed "
+                                  "(777: IteRand's code)")
     data_mode: str = _opt("auto", "memory (decode the whole set once), stream (decode each image when a batch needs it, "
                                   "in worker processes: image folders too large for memory or of mixed sizes), or auto "
                                   "(stream folders with a val/ split, of mixed sizes, or over 4 GiB decoded)")
@@ -201,7 +206,7 @@ FIELDS = {f.name: f for f in fields(Config)}
 # readers and TensorBoard hold exactly.
 INT64_MAX = 2**63 - 1
 _ZERO_ALLOWED = ("weight_seed", "score_seed", "data_seed", "warmup_epochs", "iwr_warmup", "num_workers",
-                 "finetune_epochs", "task")
+                 "finetune_epochs", "task", "holdout", "holdout_seed")
 INT_RANGES = {name: (0 if name in _ZERO_ALLOWED else 1, INT64_MAX)
               for name, f in FIELDS.items() if str(f.type).startswith("int")}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}

@@ -355,14 +355,22 @@ def default_out_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.model}-{cfg.method}-p{cfg.prune_rate:g}-{stamp}"
 
 
-def load_data(cfg: Config) -> data_lib.Dataset | data_lib.StreamDataset | data_lib.ShardDataset:
-    """The run's data, held in memory or streamed as cfg.data_mode says (task `cfg.task` of a task stream)."""
+def load_data(cfg: Config, held_out: bool = False) -> data_lib.Dataset | data_lib.StreamDataset | data_lib.ShardDataset:
+    """The run's data, held in memory or streamed as cfg.data_mode says (task `cfg.task` of a task stream), without
+    the `cfg.holdout` training images held out; with `held_out`, those images as the test split."""
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
                                num_workers=cfg.num_workers)
     if cfg.task_stream is not None and cfg.task is not None:
         from supermask.data.task_streams import task_dataset
 
         ds = task_dataset(cfg.task_stream, ds, cfg.task)
+    if cfg.holdout:
+        from supermask.data.holdout import hold_out
+
+        kept, held = hold_out(ds, cfg.holdout, cfg.holdout_seed)
+        ds = held if held_out else kept
+    elif held_out:
+        raise ConfigError("this run holds out no training images (holdout=0)")
     return ds
 
 
@@ -486,6 +494,9 @@ def _finish(cfg: Config, model, ds, out_dir: Path, state: dict, device,
                                                             "labels": layer_labels(model)})
     final = state["history"][-1]
     streamed = data_lib.is_streamed(ds)
+    if cfg.holdout:  # the final network on the training images it never saw (every process: a collective)
+        held = evaluate(model, load_data(cfg, held_out=True), cfg.eval_batch_size, device, group, cfg.amp)
+        extra = {"holdout_images": cfg.holdout, "holdout_loss": held[0], "holdout_acc": held[1], **(extra or {})}
     summary = {
         "method": cfg.label, "base_method": cfg.method, "model": cfg.model, "num_classes": ds.num_classes,
         "in_channels": ds.in_channels, "image_size": ds.image_size, "width": cfg.width, "dataset": ds.name,
