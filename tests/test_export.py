@@ -36,6 +36,11 @@ VARIANTS = {
     # alpha's published denominator: the file records the count rule and checks each layer's kept count by it
     "published-count": {"method": "biprop", "prune_rate": 0.2, "pruned_count": "published",
                         "biprop_alpha_count": "published"},
+    # IteRand's published code: signed-score masks of its percentile count, its score init, its redraw timing, and
+    # its held-out training images
+    "iterand-published": {"method": "edge-popup", "prune_rate": 0.5, "score_rank": "signed",
+                          "score_init": "kaiming-uniform", "pruned_count": "percentile", "iterand_every_steps": 3,
+                          "iterand_timing": "before", "holdout": 100},
     # every masked weight from 100 random values: the file stores N, and rebuilds the weights from it
     "shared-source": {"method": "edge-popup", "prune_rate": 0.5, "weight_source": "shared:100"},
 }
@@ -74,7 +79,7 @@ def test_rebuild_is_exact(runs, tmp_path, name):
         assert any("changed" in e for e in header["layers"])  # what the seed no longer gives back is stored
     assert header.get("scale_fan_by") == ("pruned" if name == "published-fan" else None)  # written only when not the default
     assert header.get("weight_source") == ("shared:100" if name == "shared-source" else None)
-    assert header.get("pruned_count") == ("published" if name == "published-count" else None)
+    assert header.get("pruned_count") == {"published-count": "published", "iterand-published": "percentile"}.get(name)
     if name == "edge-popup":
         assert not any("changed" in e for e in header["layers"])
         # plain EP: masks within 1.1x their entropy bound, plus a fixed header of a few hundred bytes per file
@@ -457,6 +462,23 @@ def test_the_published_count_prunes_by_the_published_float_arithmetic(runs):
     assert any(n % 5 == 0 and n - kept == n // 5 - 1 for kept, n in counts)
     for change, match in (({"pruned_count": "float"}, "pruned_count 'float'"),
                           ({"pruned_count": "published", "prune_scope": "global"}, "prune_scope=global"),
-                          ({"pruned_count": "published", "method": "gem-miner"}, "method=gem-miner")):
+                          ({"pruned_count": "published", "method": "gem-miner"}, "method=gem-miner"),
+                          ({"score_rank": "signed", "method": "biprop"}, "not method=biprop's"),
+                          ({"score_rank": "signed", "prune_scope": "global"}, "IWR rank |scores|"),
+                          ({"score_rank": "signed", "method": "edge-popup+iwr"}, "IWR rank |scores|"),
+                          ({"score_init": "kaiming-uniform", "method": "gem-miner"}, "draws its own")):
         with pytest.raises(ConfigError, match=match):
             make_config(None, {**BASE, **change})
+
+
+def test_iterands_published_masks_keep_the_largest_signed_scores_of_the_percentile_count(runs):
+    from supermask import masks, score_parameters
+    from supermask.core.mask import num_pruned
+
+    _, _, model, _ = load_run_model(runs["iterand-published"], device="cpu")
+    for (name, mask), scores in zip(masks(model).items(), score_parameters(model)):
+        n = mask.numel()
+        assert int((~mask).sum()) == round(0.01 * 50.0 * (n - 1)) == num_pruned(n, 0.5, "percentile")
+        assert scores.detach()[mask].min() >= scores.detach()[~mask].max()  # signed scores, not |scores|
+    summary = json.loads((runs["iterand-published"] / "summary.json").read_text())
+    assert summary["holdout_images"] == 100 and summary["iterand_steps"] > 0

@@ -35,6 +35,11 @@ def test_the_published_count_is_the_float_arithmetic_of_the_published_command_li
     # where the float product is exact the two agree: 50% and 90% of 2560, 0.5 * 9 = 4.5
     for n, p in ((2560, 0.5), (2560, 0.9), (9, 0.5), (100, 0.99)):
         assert num_pruned(n, p, "published") == num_pruned(n, p)
+    # IteRand's percentile: k = 1 + round(0.01 * 100p * (n - 1)), the scores below the k-th pruned
+    assert num_pruned(10, 0.5, "percentile") == 4  # round(4.5) is 4 (halves to even); floor(5) prunes 5
+    assert num_pruned(12, 0.5, "percentile") == 6  # round(5.5) = 6
+    assert num_pruned(2560, 0.9, "percentile") == 2303  # round(0.9 * 2559 = 2303.1)
+    assert num_pruned(101, 0.5, "percentile") == 50 == num_pruned(101, 0.5)
     mask = topk_mask(torch.arange(10.0), 0.2, count="published")
     assert mask.tolist() == [False] + [True] * 9  # prunes 1, the smallest
     with pytest.raises(ValueError, match="unknown pruned count 'float'"):

@@ -40,6 +40,38 @@ def test_edge_popup_weight_and_score_gradient():
     assert layer.parametrizations.weight.original.grad is None
 
 
+def test_signed_score_rank_keeps_the_largest_signed_scores_with_an_identity_gradient():
+    # IteRand's GetSubnet: S ranks 0.4 > 0.2 > -0.1 > -0.3, so half keeps (0,0) and (1,1), where |S| keeps (0,0), (1,0)
+    layer = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(W)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", EdgePopup(S.clone(), 0.5, rank="signed"))
+    layer.parametrizations.weight.original.requires_grad_(False)
+    assert torch.equal(layer.weight, torch.tensor([[1.0, 0.0], [0.0, -4.0]]))
+    layer(torch.tensor([[1.0, 2.0]])).sum().backward()
+    # dL/dS = dL/dM = dL/dW_eff * W: no sign(S) (the published backward returns g)
+    expected = torch.tensor([[1.0, 2.0], [1.0, 2.0]]) * W
+    assert torch.allclose(layer.parametrizations.weight[0].scores.grad, expected)
+    with torch.no_grad():  # evaluation computes the same mask
+        assert torch.equal(layer.parametrizations.weight[0].mask(), torch.tensor([[True, False], [False, True]]))
+    with pytest.raises(supermask.ConfigError, match="unknown score_rank 'abs'"):
+        EdgePopup(S.clone(), 0.5, rank="abs")
+
+
+def test_kaiming_uniform_scores_are_bounded_by_sqrt_6_over_fan_in():
+    model = supermask.convert(nn.Sequential(nn.Linear(150, 400, bias=False)), "edge-popup", 0.5,
+                              score_init="kaiming-uniform")
+    scores = supermask.score_parameters(model)[0].detach()
+    bound = math.sqrt(6 / 150)
+    assert scores.abs().max() <= bound and scores.abs().max() > 0.99 * bound  # 60,000 draws reach the edge
+    assert abs(scores.abs().mean().item() - bound / 2) < 0.01 * bound  # uniform: mean |s| is half the bound
+    default = supermask.score_parameters(supermask.convert(nn.Sequential(nn.Linear(150, 400, bias=False)),
+                                                           "edge-popup", 0.5))[0].detach()
+    assert default.abs().max() <= 1 / math.sqrt(150)
+    with pytest.raises(supermask.ConfigError, match="unknown score_init 'xavier'"):
+        supermask.convert(nn.Sequential(nn.Linear(4, 4)), "edge-popup", 0.5, score_init="xavier")
+
+
 def _biprop_with(grad):
     layer = nn.Linear(2, 2, bias=False)
     with torch.no_grad():

@@ -166,6 +166,8 @@ def test_groups_refuse_runs_that_differ_in_more_than_seeds(tmp_path):
         check_group(cfgs)
     with pytest.raises(ConfigError, match="mask method"):
         check_group(_configs(tmp_path, method="dense"))
+    with pytest.raises(ConfigError, match="score_rank=signed ranks the signed scores"):
+        check_group(_configs(tmp_path, score_rank="signed"))
     same_dir = _configs(tmp_path)
     same_dir[1] = dataclasses.replace(same_dir[1], out_dir=same_dir[0].out_dir)
     with pytest.raises(ConfigError, match="own out_dir"):

@@ -42,8 +42,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from supermask.core.init import (RELU_GAIN, SCALE_FAN_BY, WEIGHT_INITS, draw_uniform, draw_weight, fan_scale,
-                                 generator, shared_source, source_size)
+from supermask.core.init import (RELU_GAIN, SCALE_FAN_BY, SCORE_INITS, WEIGHT_INITS, draw_kaiming_uniform_scores,
+                                 draw_uniform, draw_weight, fan_scale, generator, shared_source, source_size)
 from supermask.core.density import LAYER_DENSITIES, er_prune_rates
 from supermask.core.mask import num_pruned
 from supermask.core.methods import DENSE, GlobalScope, ScoredWeight, default_init, get_method, method_names
@@ -265,6 +265,7 @@ def convert(
     options: Mapping[str, Any] | None = None,
     layer_streams: str = "independent",
     layer_density: str = "uniform",
+    score_init: str = "method",
 ) -> nn.Module:
     """Make `model` a subnetwork search over its random weights, in place, and return it.
 
@@ -288,17 +289,22 @@ def convert(
     `layer_streams="shared"` draws every masked tensor's weights and scores from the start of one stream per seed
     instead of one stream per layer, as the IWR code reseeds before each layer: tensors of one shape then get the
     same weights and scores (docs/fidelity.md D9). `layer_density="er"` gives each masked tensor its own prune rate,
-    SupSup's Erdős–Rényi budget at the total density 1 - prune_rate (`supermask.core.density`).
+    SupSup's Erdős–Rényi budget at the total density 1 - prune_rate (`supermask.core.density`). `score_init=
+    "kaiming-uniform"` draws the scores U(±sqrt(6 / fan_in)) (IteRand's published code) instead of the method's own way.
 
     The defaults follow the papers: Edge-Popup uses the signed Kaiming constant, Biprop Kaiming normal with the
     fan scaled by the keep fraction, dense Kaiming normal.
     """
     if layer_streams not in LAYER_STREAMS:
         raise ConfigError(f"unknown layer_streams {layer_streams!r}: expected one of {', '.join(LAYER_STREAMS)}")
+    if score_init not in SCORE_INITS:
+        raise ConfigError(f"unknown score_init {score_init!r}: expected one of {', '.join(SCORE_INITS)}")
     skip = [skip] if isinstance(skip, str) else skip  # one pattern, not its characters
     if method not in method_names():
         raise ConfigError(f"unknown method {method!r}: expected one of {', '.join(method_names())}")
     spec = get_method(method) if method != DENSE else None
+    draw_scores = None if spec is None else (draw_kaiming_uniform_scores if score_init == "kaiming-uniform"
+                                             else spec.score_init)
     if not 0.0 <= float(prune_rate) < 1.0:
         raise ConfigError(f"prune_rate {prune_rate!r} is outside [0, 1): it is the fraction of weights removed")
     weight_init = weight_init or default_init(method)[0]
@@ -376,7 +382,7 @@ def convert(
         if not masked or s.qualname not in chosen:
             continue
         fan, gain = s.fan
-        scores = spec.score_init(w.shape, seed=score_seed, name=_stream(s, chosen, layer_streams),
+        scores = draw_scores(w.shape, seed=score_seed, name=_stream(s, chosen, layer_streams),
                                  fan=fan).to(device=w.device, dtype=w.dtype)
         scored = spec.parametrization(scores, rates[s.qualname], **(options or {}))
         scored.param_name = s.name

@@ -126,6 +126,15 @@ def draw_scores(shape, *, seed: int, name: str, fan: float | None = None) -> Ten
     return draw_uniform(shape, 1.0 / math.sqrt(fan_in(shape) if fan is None else fan), seed=seed, name=f"scores/{name}")
 
 
+SCORE_INITS = ("method", "kaiming-uniform")  # the method's own score init, or IteRand's published one
+
+
+def draw_kaiming_uniform_scores(shape, *, seed: int, name: str, fan: float | None = None) -> Tensor:
+    """Scores as IteRand's published `init_mode_mask: kaiming_uniform` (ReLU gain): U(-sqrt(6/fan_in), sqrt(6/fan_in)),
+    sqrt(6) = 2.45 times the default bound."""
+    return draw_uniform(shape, math.sqrt(6.0 / (fan_in(shape) if fan is None else fan)), seed=seed, name=f"scores/{name}")
+
+
 def draw_uniform(shape, bound: float, *, seed: int, name: str) -> Tensor:
     """U(-bound, bound) from the named stream (scores, and biases drawn the layers' default way)."""
     return torch.rand(shape, generator=generator(seed, name)).mul_(2 * bound).sub_(bound)

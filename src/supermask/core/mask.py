@@ -15,16 +15,19 @@ import torch
 from torch import Tensor
 
 
-PRUNED_COUNTS = ("exact", "published")
+PRUNED_COUNTS = ("exact", "published", "percentile")
 
 
 def num_pruned(numel: int, prune_rate: float, count: str = "exact") -> int:
     """floor(prune_rate * numel), computed on the decimal the user wrote (0.29 * 100 is 29, not 28); or, with
     `count="published"`, int((1 - k) * numel) in floats, k = 1 - prune_rate being the kept fraction the published
     command lines give (hidden-networks, biprop, IWR `GetSubnet`): 1 - 0.8 is 0.19999999999999996 there, so a
-    layer of 2,560 prunes 511."""
+    layer of 2,560 prunes 511; or, with `count="percentile"`, round(p (numel - 1)) as IteRand's `percentile` computes
+    it in floats (Python's round: halves to even), the scores below its k-th smallest, k = 1 + that."""
     if count == "exact":
         return math.floor(Decimal(repr(float(prune_rate))) * numel)
+    if count == "percentile":
+        return round(0.01 * float(prune_rate * 100) * (numel - 1))
     if count != "published":
         raise ValueError(f"unknown pruned count {count!r}: expected one of {', '.join(PRUNED_COUNTS)}")
     kept = float(Decimal(1) - Decimal(repr(float(prune_rate))))

@@ -35,6 +35,7 @@ from supermask.errors import ConfigError
 DENSE = "dense"  # the weight-trained baseline: no parametrization, so no entry in the registry
 BIPROP_GRADS = ("weight", "alpha")  # the published score gradient (the default), the ablation
 ALPHA_COUNTS = ("exact", "published")  # alpha's denominator: the kept count, or the published code's int(k n)
+SCORE_RANKS = ("magnitude", "signed")  # what Edge-Popup's top-k ranks: |S|, or S (IteRand's published code)
 
 
 class ScoredWeight(nn.Module):
@@ -68,7 +69,7 @@ class ScoredWeight(nn.Module):
             return self.scope.mask_of(self)
         scores = self.scores.detach()
         if self._mask_of is None or self._mask_of[1] != self.prune_rate or not _same(self._mask_of[0], scores):
-            self._mask = mask_lib.topk_mask(scores.abs(), self.prune_rate, self.count)
+            self._mask = mask_lib.topk_mask(self.ranked(scores), self.prune_rate, self.count)
             self._mask_of = (scores.clone(), self.prune_rate)
         return self._mask
 
@@ -79,11 +80,15 @@ class ScoredWeight(nn.Module):
             if self.scope is not None:
                 hard = self.scope.step_mask_of(self)
                 return self.effective_weight(weight, mask_lib.straight_through(self.scores.abs(), hard))
+            if self.rank == "signed":
+                ranked = self.ranked(self.scores)
+                hard = mask_lib.topk_mask(ranked.detach(), self.prune_rate, self.count)
+                return self.effective_weight(weight, mask_lib.straight_through(ranked, hard))
             return self.effective_weight(weight, mask_lib.scored_mask(self.scores, self.prune_rate, count=self.count))
         if torch.compiler.is_compiling():
             # A compiled forward cannot keep Python-side caches without guarding (and recompiling) on them: it
             # computes the mask every call, as training does.
-            return self.effective_weight(weight, mask_lib.topk_mask(self.scores.detach().abs(), self.prune_rate,
+            return self.effective_weight(weight, mask_lib.topk_mask(self.ranked(self.scores.detach()), self.prune_rate,
                                                                     self.count).to(weight.dtype))
         # Without autograd (evaluation, inference) the whole effective weight is reused across batches.
         mask = self.mask()
@@ -91,6 +96,13 @@ class ScoredWeight(nn.Module):
             self._weight = self.effective_weight(weight, mask.to(weight.dtype))
             self._weight_of = (mask, weight.detach().clone())
         return self._weight
+
+    # What the top-k ranks: |S| (Edge-Popup's rule), or S itself (`rank="signed"`, IteRand's published `GetSubnet`:
+    # the largest signed scores kept, and the straight-through gradient reaching S unchanged, without sign(S)).
+    rank = "magnitude"
+
+    def ranked(self, scores: Tensor) -> Tensor:
+        return scores if self.rank == "signed" else scores.abs()
 
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
         return self.combine(weight, mask)
@@ -125,7 +137,14 @@ class ScoredWeight(nn.Module):
 
 
 class EdgePopup(ScoredWeight):
-    """Edge-Popup (Ramanujan et al. 2020): the random weights, masked."""
+    """Edge-Popup (Ramanujan et al. 2020): the random weights, masked. `rank="signed"` keeps the largest signed
+    scores instead of the largest |scores| (IteRand's published code)."""
+
+    def __init__(self, scores: Tensor, prune_rate: float, count: str = "exact", rank: str = "magnitude"):
+        super().__init__(scores, prune_rate, count)
+        if rank not in SCORE_RANKS:
+            raise ConfigError(f"unknown score_rank {rank!r}: expected one of {', '.join(SCORE_RANKS)}")
+        self.rank = rank
 
     @staticmethod
     def values(weight: Tensor, mask: Tensor, members: bool = False) -> Tensor:
@@ -329,7 +348,7 @@ def method_names() -> tuple[str, ...]:
     return (*REGISTRY, DENSE)
 
 
-register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fan=False, options={"count": "pruned_count"},
+register(Method("edge-popup", EdgePopup, weight_init="signed-constant", scale_fan=False, options={"count": "pruned_count", "rank": "score_rank"},
                 summary="Ramanujan et al. 2020: the random weights, masked by the top-k of |scores|"))
 register(Method("biprop", Biprop, weight_init="kaiming-normal", scale_fan=True,
                 options={"grad": "biprop_grad", "alpha_count": "biprop_alpha_count", "count": "pruned_count"},

@@ -55,7 +55,7 @@ MAX_ELEMENTS = 1 << 28  # parameters a .smask file may describe (1 GiB of float3
 REBUILD_KEYS = ("model", "width", "method", "prune_rate", "weight_init", "scale_fan", "weight_seed", "skip_layers")
 OPTIONAL_REBUILD_KEYS = ("skip_params", "include_params", "scale_fan_by", "weight_source", "prune_scope",
                          "multicoat_prune_rates", "multicoat_scale", "layer_streams", "biprop_alpha_count",
-                         "layer_density", "pruned_count")  # absent from files written before they existed
+                         "layer_density", "pruned_count", "score_rank")  # absent from files written before they existed
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "in_channels": COUNT, "image_size": COUNT, "method": TEXT, "label": TEXT, "prune_rate": NUMBER,
           "weight_init": TEXT, "scale_fan": FLAG, "weight_seed": INT, "skip_layers": NAMES, "skip_params?": NAMES,
           "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT,
-          "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "layer_density?": TEXT, "pruned_count?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
+          "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "layer_density?": TEXT, "pruned_count?": TEXT, "score_rank?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
           "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "task_stream?": TEXT, "task?": COUNT, "holdout?": COUNT, "holdout_seed?": COUNT,
           "tasks?": [TASK],

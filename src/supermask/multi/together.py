@@ -166,6 +166,9 @@ def check_group(cfgs: list[Config]) -> None:
     if not get_method(first.method).stacks:
         raise ConfigError(f"training together selects each layer's top-k masks for all its runs at once, and "
                           f"method={first.method} does not mask by a top-k: train these runs alone")
+    if first.score_rank == "signed":
+        raise ConfigError("training together ranks each layer's |scores| for all its runs at once; score_rank=signed "
+                          "ranks the signed scores: train these runs alone")
     if first.prune_scope == "global":
         raise ConfigError("training together selects each layer's masks for all its runs at once, layer by layer; "
                           "prune_scope=global needs every layer's scores of a run at once: train these runs alone")

@@ -19,10 +19,10 @@ import yaml
 
 from supermask.core.convert import LAYER_STREAMS, PRUNE_SCOPES
 from supermask.core.density import LAYER_DENSITIES
-from supermask.core.init import SCALE_FAN_BY, WEIGHT_INITS, source_size
+from supermask.core.init import SCALE_FAN_BY, SCORE_INITS, WEIGHT_INITS, source_size
 from supermask.core.iterand import ITERAND_REDRAWS
 from supermask.core.mask import PRUNED_COUNTS
-from supermask.core.methods import ALPHA_COUNTS, BIPROP_GRADS, default_init, get_method, mask_methods, method_names
+from supermask.core.methods import ALPHA_COUNTS, BIPROP_GRADS, SCORE_RANKS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
 from supermask.data.base import looks_like_path
 from supermask.errors import ConfigError
@@ -95,6 +95,13 @@ class Config:
                                       "one fewer in some layers at 10, 20 and 70% pruned) [edge-popup and biprop]")
     affine_bn: bool = _opt(False, "dense runs: learn BatchNorm's scale and shift (the published dense ResNet-18's "
                                   "LearnedBatchNorm); mask searches keep BatchNorm non-affine, as the papers' code does")
+    score_rank: str = _opt("magnitude", "edge-popup: what its top-k keeps the largest of: magnitude (|scores|, the "
+                                        "Edge-Popup paper's and hidden-networks' rule) or signed (the scores "
+                                        "themselves, with an identity straight-through gradient: IteRand's published "
+                                        "code)")
+    score_init: str = _opt("method", "the initial scores: method (the method's own: U(±1/sqrt(fan_in)) for edge-popup "
+                                     "and biprop) or kaiming-uniform (U(±sqrt(6/fan_in)): IteRand's published code) "
+                                     "[edge-popup and biprop]")
     skip_layers: list[str] = _opt(None, "layers left dense: qualified names, glob patterns, 'first', 'last'", )
     skip_params: list[str] = _opt(None, "weights left dense, by qualified parameter name (e.g. '*.in_proj_weight'), globs, 'first', 'last'")
     include_params: list[str] = _opt(None, "mask only these weights (same patterns as skip_params; default: every weight)")
@@ -476,9 +483,21 @@ def resolve(cfg: Config) -> Config:
             raise ConfigError(f"layer_density=er keeps at most half of each layer (SupSup's cap): prune_rate="
                               f"{cfg.prune_rate} asks for more; choose prune_rate >= 0.5")
     _choice("pruned_count", cfg.pruned_count, PRUNED_COUNTS)
-    if cfg.pruned_count == "published" and (cfg.method not in ("edge-popup", "biprop") or cfg.prune_scope == "global"):
-        raise ConfigError(f"pruned_count=published counts each layer's top-k as the published edge-popup and biprop code "
-                          f"does, not method={cfg.method} with prune_scope={cfg.prune_scope}")
+    if cfg.pruned_count != "exact" and (cfg.method not in ("edge-popup", "biprop") or cfg.prune_scope == "global"):
+        raise ConfigError(f"pruned_count={cfg.pruned_count} counts each layer's top-k as the published edge-popup, "
+                          f"biprop and IteRand code does, not method={cfg.method} with prune_scope={cfg.prune_scope}")
+    _choice("score_init", cfg.score_init, SCORE_INITS)
+    if cfg.score_init != "method" and cfg.method not in ("edge-popup", "biprop"):
+        raise ConfigError(f"score_init={cfg.score_init} draws edge-popup's and biprop's scores; method={cfg.method} "
+                          "draws its own")
+    _choice("score_rank", cfg.score_rank, SCORE_RANKS)
+    if cfg.score_rank == "signed":
+        if cfg.method != "edge-popup":
+            raise ConfigError(f"score_rank=signed is edge-popup's mask over signed scores (IteRand's code), not "
+                              f"method={cfg.method}'s")
+        if cfg.prune_scope == "global" or cfg.iwr_every is not None or cfg.iwr_every_fraction is not None:
+            raise ConfigError("score_rank=signed ranks each layer's signed scores; prune_scope=global and IWR rank "
+                              "|scores|: choose one")
     if cfg.prune_scope == "global" and not cfg.masked:
         raise ConfigError(f"prune_scope=global chooses masks; method={cfg.method} has none")
     if cfg.prune_scope == "global" and cfg.compile:

@@ -153,7 +153,7 @@ def build(cfg: Config, ds: data_lib.Dataset) -> nn.Module:
                    weight_seed=cfg.weight_seed, score_seed=cfg.score_seed, skip=cfg.skip_layers + cfg.skip_params,
                    include=cfg.include_params, scale_fan_by=cfg.scale_fan_by, weight_source=cfg.weight_source,
                    prune_scope=cfg.prune_scope, layer_streams=cfg.layer_streams, layer_density=cfg.layer_density,
-                   options=get_method(cfg.method).options_from(cfg) if cfg.masked else None)
+                   score_init=cfg.score_init, options=get_method(cfg.method).options_from(cfg) if cfg.masked else None)
 
 
 def place(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
