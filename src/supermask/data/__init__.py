@@ -26,7 +26,7 @@ from .batches import (ReplacedCount, augment_batch, check_augment, eval_batches,
 from .cifar import CIFAR_MD5, CIFAR_URLS, read_cifar_archive, restricted_pickle_load
 from .download import download_file
 from .generated import LISTOPS_TOKENS, generate_listops, listops_value
-from .load import DATA_MODES, load_dataset
+from .load import DATA_MODES, NORMALIZATIONS, load_dataset, normalized_as
 from .mnist import MNIST_MD5, MNIST_URL, parse_idx, read_idx
 from .shard_dataset import ShardDataset
 from .stream import StreamDataset, index_image_folder
@@ -36,6 +36,8 @@ __all__ = [
     "CIFAR_URLS",
     "DATASET_NAMES",
     "DATA_MODES",
+    "NORMALIZATIONS",
+    "normalized_as",
     "Dataset",
     "ReplacedCount",
     "LISTOPS_TOKENS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -62,17 +63,27 @@ def preprocessing(ds: Dataset | StreamDataset | ShardDataset) -> dict[str, Any]:
             "classes": classes}
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, vectorized over a uint8 (B,C,H,W) batch.
+CROPS = ("pad", "pad-resized")  # a random crop of the padded image; or a random-resized crop of it (IteRand's)
+_RESIZED_TRIES = 10  # torchvision RandomResizedCrop's attempts at a box inside the image
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True,
+                  crop: str = "pad") -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, vectorized over a uint8 (B,C,H,W) batch; with
+    `crop="pad-resized"`, a random-resized crop of the padded image back to (H, W) instead (`resized_crop`).
 
     Random numbers come from ``generator`` on the CPU and only then move to x's device, so a batch
     is augmented identically on every device.
     """
     if pad < 0:
         raise ConfigError(f"augment pad must be >= 0, got {pad}")
+    if crop not in CROPS:
+        raise ConfigError(f"unknown augment_crop {crop!r}: expected one of {', '.join(CROPS)}")
     b, c, h, w = x.shape
     out = x
-    if pad > 0:
+    if crop == "pad-resized":
+        out = resized_crop(F.pad(x, (pad, pad, pad, pad)), (h, w), generator)
+    elif pad > 0:
         offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).to(x.device)
         padded = F.pad(x, (pad, pad, pad, pad))
         rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B,1,H,1)
@@ -84,6 +95,35 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, 
         flipped = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
         out = torch.where(flipped, out.flip(3), out)
     return out.contiguous()
+
+
+def resized_crop(x: torch.Tensor, size: tuple[int, int], generator: torch.Generator,
+                 scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """torchvision's RandomResizedCrop over a uint8 (B,C,H,W) batch, vectorized: each image's box is the first of 10
+    tries (area a fraction U(scale) of the image's, aspect ratio log-uniform in `ratio`, rounded sides) that fits,
+    else the whole image, at a uniform position; the box is resized to `size` bilinearly (without antialiasing).
+    Every batch of B images draws the same numbers, whatever they hold."""
+    b, _, h, w = x.shape
+    area = torch.empty(b, _RESIZED_TRIES).uniform_(*scale, generator=generator) * (h * w)
+    aspect = torch.exp(torch.empty(b, _RESIZED_TRIES).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    where = torch.rand(b, _RESIZED_TRIES, 2, generator=generator)
+    bw, bh = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (bw > 0) & (bw <= w) & (bh > 0) & (bh <= h)
+    first = torch.where(fits.any(1), fits.int().argmax(1), -1)  # -1: none fits, the whole image
+    rows = torch.arange(b)
+    bw = torch.where(first >= 0, bw[rows, first.clamp_min(0)], torch.tensor(float(w)))
+    bh = torch.where(first >= 0, bh[rows, first.clamp_min(0)], torch.tensor(float(h)))
+    pick = where[rows, first.clamp_min(0)]
+    top = torch.floor(pick[:, 0] * (h - bh + 1)).clamp_max(h - bh)
+    left = torch.floor(pick[:, 1] * (w - bw + 1)).clamp_max(w - bw)
+    # The box as an affine map of the output's normalized coordinates onto the input's (align_corners=False)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = bw / w, (2 * left + bw) / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = bh / h, (2 * top + bh) / h - 1
+    theta = theta.to(x.device)
+    grid = F.affine_grid(theta, (b, x.shape[1], *size), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(x.dtype)
 
 
 def check_augment(ds: Dataset, augment: bool | None) -> None:
@@ -155,18 +195,23 @@ def train_batches(
     shard: tuple[int, int] = (0, 1),
     start_batch: int = 0,
     replaced: ReplacedCount | None = None,
+    crop: str = "pad",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of (float32 normalized images, int64 labels) on device; the last batch may be short.
     A streamed set adds the samples it replaced (unreadable images) to `replaced`.
 
     Order and augmentation depend only on (seed, epoch), so resuming at an epoch reproduces it exactly, and
     `start_batch` skips the epoch's first batches (resuming inside it) yielding the same batches after them.
+    `crop` is the augmentation's crop of a set held in memory (`augment_batch`; streamed sets take theirs).
     With shard=(rank, world), each global batch is drawn and augmented whole, and this process gets its
     contiguous slice (data-parallel training sees exactly the batches of a single process); from shards, each
     process reads batch_size / world samples a step from its own shards, `train_steps` batches.
     """
     _check_batch_size(batch_size)
     check_augment(ds, augment)
+    if crop != "pad" and isinstance(ds, (StreamDataset, ShardDataset)):
+        raise ConfigError(f"augment_crop={crop} crops sets held in memory; {ds.name} is streamed, and streamed images "
+                          "take a RandomResizedCrop already")
     if start_batch < 0:
         raise ConfigError(f"start_batch must be >= 0, got {start_batch}")
     if isinstance(ds, StreamDataset):
@@ -186,13 +231,14 @@ def train_batches(
     for i, start in enumerate(range(0, len(order), batch_size)):
         if i < start_batch:
             if augment:  # the skipped batch's draws, on a 1-pixel stand-in, leave `gen` where the epoch had it
-                augment_batch(torch.zeros(len(order[start : start + batch_size]), 1, 1, 1, dtype=torch.uint8), gen)
+                augment_batch(torch.zeros(len(order[start : start + batch_size]), 1, 1, 1, dtype=torch.uint8), gen,
+                              crop=crop)
             continue
         idx = order[start : start + batch_size].to(ds.train_x.device)
         x = ds.train_x.index_select(0, idx).to(device, non_blocking=True)
         y = ds.train_y.index_select(0, idx).to(device, non_blocking=True)
         if augment:
-            x = augment_batch(x, gen)
+            x = augment_batch(x, gen, crop=crop)
         yield _inputs(ds, _part(x, shard)), _part(y, shard)
 
 

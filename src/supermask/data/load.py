@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from .generated import _load_digits, _load_listops
 from .imagenet import find_imagenet
 from .mnist import _load_mnist
 from .shard_dataset import ShardDataset, find_shard_files, load_shards
-from .stream import StreamDataset, auto_stream_index, index_image_folder, load_stream, stream_settings
+from .stream import (IMAGENET_MEAN, IMAGENET_STD, StreamDataset, auto_stream_index, index_image_folder, load_stream,
+                     stream_settings)
 
 DATA_MODES = ("memory", "stream", "auto")
 
@@ -41,6 +43,21 @@ def load_dataset(
         raise ConfigError(f"image_size={image_size}: {ds.name} is held in memory at its own size {ds.image_size};"
                           " image_size applies to streamed image folders (data_mode=stream)")
     return ds
+
+
+NORMALIZATIONS = ("dataset", "imagenet")  # the set's own mean and std, or ImageNet's (IteRand's CIFAR pipeline)
+
+
+def normalized_as(ds: Dataset, normalization: str) -> Dataset:
+    """`ds` normalized by another mean and std: ImageNet's (an RGB set held in memory)."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    if normalization == "dataset":
+        return ds
+    if not isinstance(ds, Dataset) or ds.tokens or ds.in_channels != 3:
+        raise ConfigError(f"normalization={normalization} replaces the mean and std of RGB images held in memory; "
+                          f"{ds.name} is not such a set")
+    return dataclasses.replace(ds, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def _load(name: str, data_dir: str | Path | None, download: bool, mode: str, image_size: int | None,

@@ -15,6 +15,7 @@ and blob range is checked against the rebuilt architecture before any mask is de
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -689,4 +690,9 @@ def file_dataset(header: dict[str, Any], path: str | Path, dataset: str | None, 
         ds = task_dataset(header["task_stream"], ds, header["task"])
     if "holdout" in header and dataset is None:
         ds = hold_out(ds, header["holdout"], header.get("holdout_seed", FIELDS["holdout_seed"].default))[0]
+    pre = header.get("preprocessing", {})
+    if (isinstance(ds, data_lib.Dataset) and not ds.tokens and len(pre.get("mean", ())) == ds.in_channels
+            and (tuple(pre["mean"]), tuple(pre["std"])) != (tuple(ds.mean), tuple(ds.std))):
+        # the network's inputs are normalized as it was trained (normalization=imagenet), whatever the data's own
+        ds = dataclasses.replace(ds, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
     return ds

@@ -203,7 +203,7 @@ def group_batches(ds, cfgs: list[Config], epoch: int, device, start_batch: int =
     a list per run."""
     seeds = sorted({c.data_seed for c in cfgs})
     streams = [data_lib.train_batches(ds, cfgs[0].batch_size, seed=s, epoch=epoch, augment=cfgs[0].augment,
-                                      device=device, start_batch=start_batch) for s in seeds]
+                                      device=device, start_batch=start_batch, crop=cfgs[0].augment_crop) for s in seeds]
     where = [seeds.index(c.data_seed) for c in cfgs]
     for drawn in zip(*streams):
         if len(seeds) == 1:

@@ -24,6 +24,8 @@ from supermask.core.iterand import ITERAND_REDRAWS
 from supermask.core.mask import PRUNED_COUNTS
 from supermask.core.methods import ALPHA_COUNTS, BIPROP_GRADS, SCORE_RANKS, default_init, get_method, mask_methods, method_names
 from supermask.data import DATA_MODES, DATASET_NAMES, default_data_dir
+from supermask.data.batches import CROPS
+from supermask.data.load import NORMALIZATIONS
 from supermask.data.base import looks_like_path
 from supermask.errors import ConfigError
 from supermask.run.configs import builtin_configs
@@ -148,6 +150,12 @@ class Config:
     num_workers: int | None = _opt(None, "processes decoding streamed images (default: min(8, CPU cores); 0: none)")
     augment: bool | None = _opt(None, "random crop (pad 4) + horizontal flip; RandomResizedCrop + flip for streamed images "
                                       "(default: on for 32-pixel images and streamed sets)")
+    augment_crop: str = _opt("pad", "the augmentation's crop of a set held in memory: pad (a random crop of the image "
+                                    "padded by 4) or pad-resized (pad 4, then torchvision's RandomResizedCrop, scale "
+                                    "0.08-1, back to the image size: IteRand's published CIFAR pipeline)")
+    normalization: str = _opt("dataset", "the per-channel mean and std images are normalized by: dataset (the set's "
+                                         "own) or imagenet (ImageNet's, as IteRand's published code normalizes "
+                                         "CIFAR-10; RGB sets held in memory)")
     epochs: int | None = _opt(20, "training epochs; null: the papers' recipe, 250 for mask search and 100 for dense "
                                   "(what the CIFAR configs use), 100 on resnet50 (ImageNet) [default: 20]")
     batch_size: int = _opt(64, "training batch size")
@@ -486,6 +494,8 @@ def resolve(cfg: Config) -> Config:
     if cfg.pruned_count != "exact" and (cfg.method not in ("edge-popup", "biprop") or cfg.prune_scope == "global"):
         raise ConfigError(f"pruned_count={cfg.pruned_count} counts each layer's top-k as the published edge-popup, "
                           f"biprop and IteRand code does, not method={cfg.method} with prune_scope={cfg.prune_scope}")
+    _choice("augment_crop", cfg.augment_crop, CROPS)
+    _choice("normalization", cfg.normalization, NORMALIZATIONS)
     _choice("score_init", cfg.score_init, SCORE_INITS)
     if cfg.score_init != "method" and cfg.method not in ("edge-popup", "biprop"):
         raise ConfigError(f"score_init={cfg.score_init} draws edge-popup's and biprop's scores; method={cfg.method} "

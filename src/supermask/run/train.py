@@ -261,7 +261,7 @@ class Lone(Trainee):
         cfg, group = self.cfg, self.group
         return data_lib.train_batches(self.ds, cfg.batch_size, seed=cfg.data_seed, epoch=epoch, augment=cfg.augment,
                                       device=self.device, shard=(group.rank, group.world), start_batch=start_batch,
-                                      replaced=replaced)
+                                      replaced=replaced, crop=cfg.augment_crop)
 
     def step(self, x, y, epoch, index):
         cfg, group = self.cfg, self.group
@@ -364,6 +364,8 @@ def load_data(cfg: Config, held_out: bool = False) -> data_lib.Dataset | data_li
         from supermask.data.task_streams import task_dataset
 
         ds = task_dataset(cfg.task_stream, ds, cfg.task)
+    if cfg.normalization != "dataset":
+        ds = data_lib.normalized_as(ds, cfg.normalization)
     if cfg.holdout:
         from supermask.data.holdout import hold_out
 
