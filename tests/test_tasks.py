@@ -335,6 +335,28 @@ def test_tasks_are_inferred_from_their_own_test_images(three_task_file, digits_s
         assert r["test_acc"] > 0.5
 
 
+def test_a_batchs_task_can_be_read_off_its_first_images(three_task_file, digits_stream, monkeypatch):
+    from supermask.core.superpose import Superposition
+
+    path, _ = three_task_file
+    seen = []
+    real = Superposition.infer
+
+    def infer(self, x, how):
+        seen.append(len(x))
+        return real(self, x, how)
+
+    monkeypatch.setattr(Superposition, "infer", infer)
+    result = evaluate_inferred(path, batch_size=64, images=128, stream=digits_stream, infer_from=1)
+    assert seen == [1] * 6 and result["infer_from"] == 1  # one image a batch decides; the batch is classified whole
+    assert [r["images"] for r in result["per_task"]] == [128] * 3
+    seen.clear()
+    whole = evaluate_inferred(path, batch_size=64, images=128, stream=digits_stream)
+    assert seen == [64] * 6 and "infer_from" not in whole
+    with pytest.raises(ConfigError, match="infer_from \\(0\\) must be >= 1"):
+        evaluate_inferred(path, batch_size=64, stream=digits_stream, infer_from=0)
+
+
 def test_task_inference_is_refused_where_tasks_differ_in_more_than_masks(digits_stream, tmp_path):
     out = tmp_path / "bi"
     train_tasks(make_config("digits", {**BASE, "method": "biprop", "tasks": 2, "out_dir": str(out)}),
@@ -389,6 +411,11 @@ def test_cli_trains_a_permuted_mnist_stream_and_evaluates_a_task_and_infers_task
                  f"data_dir={small_mnist}"]) == 0
     inferred = json.loads(capsys.readouterr().out)
     assert inferred["infer"] == "binary" and [r["batches"] for r in inferred["per_task"]] == [2, 2, 2, 2]
+    assert main(["eval", str(tmp_path / "net.smask"), "task=infer", "infer_from=1", "batch_size=100",
+                 f"data_dir={small_mnist}"]) == 0
+    assert json.loads(capsys.readouterr().out)["infer_from"] == 1
+    assert main(["eval", str(tmp_path / "net.smask"), "task=infer", "infer_from=0"]) == 2
+    assert "infer_from=0 must be a whole number >= 1" in capsys.readouterr().err
     # a task's run directory evaluates alone on its own (permuted) data
     assert main(["eval", str(out / "task-001"), f"data_dir={small_mnist}"]) == 0
     assert json.loads(capsys.readouterr().out)["same_data_as_run"]

@@ -9,7 +9,8 @@ import json
 from supermask.errors import SupermaskError
 
 DATA_KEYS = {"dataset", "data_dir"}
-INFER_KEYS = {"infer", "batch_size", "images"}  # task=infer's: how, the batch a task is inferred from, images per task
+# task=infer's: how, the batch a task is inferred from, images per task, the batch's first images the task is read off
+INFER_KEYS = {"infer", "batch_size", "images", "infer_from"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,10 +44,10 @@ def _inferred(args: argparse.Namespace, data: dict) -> dict:
 
     if "dataset" in data:
         raise SupermaskError("task=infer reads each task's data from the file's task stream: dataset= does not apply")
-    for key in ("batch_size", "images"):
+    for key in ("batch_size", "images", "infer_from"):
         if key in data and (type(data[key]) is not int or data[key] < 1):
             raise SupermaskError(f"{key}={data[key]!r} must be a whole number >= 1")
     device = "cpu" if args.device == "auto" else args.device
     return evaluate_inferred(args.run_dir, how=str(data.get("infer", "one-shot")), batch_size=data.get("batch_size", 128),
-                             images=data.get("images"), device=device,
+                             images=data.get("images"), infer_from=data.get("infer_from"), device=device,
                              data_dir=None if data.get("data_dir") is None else str(data["data_dir"]))

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to find the data, when not where the run found it (another machine, a moved copy); "
                          "for a .smask file of many tasks, the task whose network to evaluate (task=N), or task=infer: "
                          "each task's test batches with their task inferred (infer=one-shot|binary|min-entropy, "
-                         "batch_size=128, images=N per task)")
+                         "batch_size=128, images=N per task, infer_from=K: the task read off each batch's first K "
+                         "images, 1 in SupSup's scripts)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.set_defaults(func=_command("eval"))
 

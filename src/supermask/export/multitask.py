@@ -125,17 +125,18 @@ def load_superposition(path: str | Path) -> tuple[dict[str, Any], Superposition]
 
 def evaluate_inferred(path: str | Path, *, how: str = "one-shot", batch_size: int = 128, images: int | None = None,
                       device: str = "cpu", data_dir: str | None = None,
-                      stream: Sequence[Dataset] | None = None) -> dict[str, Any]:
+                      stream: Sequence[Dataset] | None = None, infer_from: int | None = None) -> dict[str, Any]:
     """Each task's test images in batches of `batch_size` (the first `images` of them, or all), the batch's task
-    inferred (`how`: one-shot or binary), then classified by the inferred task's network. Returns per task and
+    inferred (`how`: one-shot or binary) from the whole batch, or from its first `infer_from` images (the published
+    scripts' `data_to_repeat: 1`), then the batch classified by the inferred task's network. Returns per task and
     overall: the fraction of batches whose task was inferred right, and the accuracy of the inferred networks.
     The tasks' data is the file's task stream's, or `stream` (the user's own datasets, one a task)."""
     from supermask.data import eval_batches
 
     if how not in INFERENCE:
         raise ConfigError(f"unknown infer {how!r}: expected one of {', '.join(INFERENCE)}")
-    if batch_size < 1 or (images is not None and images < 1):
-        raise ConfigError(f"batch_size ({batch_size}) and images ({images}) must be >= 1")
+    if batch_size < 1 or (images is not None and images < 1) or (infer_from is not None and infer_from < 1):
+        raise ConfigError(f"batch_size ({batch_size}), images ({images}) and infer_from ({infer_from}) must be >= 1")
     header, sup = load_superposition(path)
     if stream is not None and len(stream) != sup.tasks:
         raise ConfigError(f"{path} holds {sup.tasks} tasks, and the stream {len(stream)} datasets")
@@ -148,7 +149,7 @@ def evaluate_inferred(path: str | Path, *, how: str = "one-shot", batch_size: in
                 break
             limit = len(y) if images is None else images - seen
             x, y = x[:limit], y[:limit]
-            guess = sup.infer(x, how)
+            guess = sup.infer(x if infer_from is None else x[:infer_from], how)
             found += guess == t
             right += int((sup.task_logits(x, guess).argmax(1) == y).sum())
             seen += len(y)
@@ -156,5 +157,6 @@ def evaluate_inferred(path: str | Path, *, how: str = "one-shot", batch_size: in
         per_task.append({"task": t, "batches": batches, "images": seen, "task_inferred": found / batches,
                          "test_acc": right / seen, "test_acc_task_given": header["tasks"][t]["test_acc"]})
     mean = {k: sum(r[k] for r in per_task) / len(per_task) for k in ("task_inferred", "test_acc")}
-    return {"file": str(path), "infer": how, "batch_size": batch_size, "tasks": sup.tasks, **mean,
+    return {"file": str(path), "infer": how, "batch_size": batch_size,
+            **({"infer_from": infer_from} if infer_from is not None else {}), "tasks": sup.tasks, **mean,
             "per_task": per_task}
