@@ -333,6 +333,7 @@ def test_tasks_are_inferred_from_their_own_test_images(three_task_file, digits_s
     assert result["task_inferred"] == 1.0
     for r in result["per_task"]:  # and then classified by its own network (within the first 128 images' share)
         assert r["test_acc"] > 0.5
+        assert r["test_acc_found_only"] == r["test_acc"]  # every batch found: the published measure agrees
 
 
 def test_a_batchs_task_can_be_read_off_its_first_images(three_task_file, digits_stream, monkeypatch):
@@ -349,12 +350,29 @@ def test_a_batchs_task_can_be_read_off_its_first_images(three_task_file, digits_
     monkeypatch.setattr(Superposition, "infer", infer)
     result = evaluate_inferred(path, batch_size=64, images=128, stream=digits_stream, infer_from=1)
     assert seen == [1] * 6 and result["infer_from"] == 1  # one image a batch decides; the batch is classified whole
+    for r in result["per_task"]:  # a batch whose task was missed counts wrong in the published measure
+        assert r["test_acc_found_only"] <= r["test_acc"]
+        if r["task_inferred"] == 0:
+            assert r["test_acc_found_only"] == 0
     assert [r["images"] for r in result["per_task"]] == [128] * 3
     seen.clear()
     whole = evaluate_inferred(path, batch_size=64, images=128, stream=digits_stream)
     assert seen == [64] * 6 and "infer_from" not in whole
     with pytest.raises(ConfigError, match="infer_from \\(0\\) must be >= 1"):
         evaluate_inferred(path, batch_size=64, stream=digits_stream, infer_from=0)
+
+
+def test_the_published_accuracy_counts_a_missed_batch_wrong(three_task_file, digits_stream, monkeypatch):
+    from supermask.core.superpose import Superposition
+
+    path, _ = three_task_file
+    monkeypatch.setattr(Superposition, "infer", lambda self, x, how: 0)  # every batch taken for task 0's
+    result = evaluate_inferred(path, batch_size=64, images=128, stream=digits_stream)
+    first, *others = result["per_task"]
+    assert first["task_inferred"] == 1 and first["test_acc_found_only"] == first["test_acc"] > 0.5
+    for r in others:  # classified by task 0's network (some right by chance), but counted wrong by the scripts
+        assert r["task_inferred"] == 0 and r["test_acc_found_only"] == 0 and r["test_acc"] > 0
+    assert result["test_acc_found_only"] == first["test_acc"] / 3
 
 
 def test_task_inference_is_refused_where_tasks_differ_in_more_than_masks(digits_stream, tmp_path):
