@@ -15,8 +15,8 @@ runs go under --runs (default runs/tasks/) and a killed stage resumes its runs t
   bound and the paper's storage.
 - pm10-topk: the same with top-k masks keeping half of each layer (method=edge-popup, exact counts).
 - pm10-10-outputs: pm10-topk with 10 outputs, no superfluous ones (outputs=null): the ablation.
-- pm100: 100 tasks of the same, 1 epoch (469 steps) a task (half the recipe's budget, for this machine): the same, inferred
-  at batch 128 and 8.
+- pm100: 100 tasks of the recipe (threshold masks), 1 epoch (469 steps) a task (half the recipe's budget, for this
+  machine): the same, inferred at batch 128 and 8.
 - split: split CIFAR-10 (5 tasks of 2 classes), ResNet-18 at width 0.25 with the supsup-split-cifar10 recipe for
   --split-epochs epochs a task: each task's accuracy with its mask against a dense ResNet-18 of the same width trained
   on that task alone with the same optimizer.
@@ -162,7 +162,7 @@ def stage_pm(name: str, runs: Path, data_dir: str | None, threads: int) -> dict:
         print(f"{name}: batch {batch} {how}: task found {r['task_inferred']:.4f}, accuracy {r['test_acc']:.4f}",
               file=sys.stderr)
     outputs = "10 outputs (no superfluous ones)" if "outputs" in change else "500 outputs, 10 of them labels"
-    outputs += ", threshold masks (1[S >= 0])" if change.get("method") == "threshold" else ", top-k masks (half of each layer)"
+    outputs += ", threshold masks (1[S >= 0])" if cfg.method == "threshold" else ", top-k masks (half of each layer)"
     budget = f"{epochs} epoch(s) of at most {cfg.max_steps} steps in all" if cfg.max_steps else f"{epochs} epoch(s)"
     return {"what": f"permuted MNIST, {tasks} tasks, fc1024 with {outputs}, the supsup-permuted-mnist recipe with "
                     f"{budget} a task; inference on the first images_per_task test images of each task",
