@@ -42,6 +42,10 @@ class ScoredWeight(nn.Module):
     """Holds a layer's scores and prune rate. Outside autograd it caches the mask and the effective weight for as
     long as the scores and the weight hold the same values."""
 
+    # What the top-k ranks: |S| (Edge-Popup's rule), or S itself ("signed": IteRand's published `GetSubnet`, the
+    # largest signed scores kept and the straight-through gradient reaching S unchanged, without sign(S)).
+    rank = "magnitude"
+
     def __init__(self, scores: Tensor, prune_rate: float, count: str = "exact"):
         super().__init__()
         if count not in mask_lib.PRUNED_COUNTS:
@@ -80,11 +84,9 @@ class ScoredWeight(nn.Module):
             if self.scope is not None:
                 hard = self.scope.step_mask_of(self)
                 return self.effective_weight(weight, mask_lib.straight_through(self.scores.abs(), hard))
-            if self.rank == "signed":
-                ranked = self.ranked(self.scores)
-                hard = mask_lib.topk_mask(ranked.detach(), self.prune_rate, self.count)
-                return self.effective_weight(weight, mask_lib.straight_through(ranked, hard))
-            return self.effective_weight(weight, mask_lib.scored_mask(self.scores, self.prune_rate, count=self.count))
+            ranked = self.ranked(self.scores)
+            hard = mask_lib.topk_mask(ranked.detach(), self.prune_rate, self.count)
+            return self.effective_weight(weight, mask_lib.straight_through(ranked, hard))
         if torch.compiler.is_compiling():
             # A compiled forward cannot keep Python-side caches without guarding (and recompiling) on them: it
             # computes the mask every call, as training does.
@@ -97,11 +99,8 @@ class ScoredWeight(nn.Module):
             self._weight_of = (mask, weight.detach().clone())
         return self._weight
 
-    # What the top-k ranks: |S| (Edge-Popup's rule), or S itself (`rank="signed"`, IteRand's published `GetSubnet`:
-    # the largest signed scores kept, and the straight-through gradient reaching S unchanged, without sign(S)).
-    rank = "magnitude"
-
     def ranked(self, scores: Tensor) -> Tensor:
+        """What the top-k ranks, and the straight-through gradient flows through: |S| (dL/dS = dL/dM * sign(S))."""
         return scores if self.rank == "signed" else scores.abs()
 
     def effective_weight(self, weight: Tensor, mask: Tensor) -> Tensor:
