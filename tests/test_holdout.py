@@ -27,7 +27,7 @@ def test_the_split_is_torchs_random_split_with_the_seed():
 
 def test_a_run_never_trains_on_the_held_out_images_and_reports_them(tmp_path):
     out = tmp_path / "run"
-    cfg = make_config(None, {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 2, "batch_size": 128,
+    cfg = make_config(None, {"model": "small-conv", "dataset": "digits", "width": 0.25, "epochs": 1, "batch_size": 128,
                              "holdout": 300, "out_dir": str(out)})
     summary = run(cfg, progress=False)
     _, ds, model, _ = load_run_model(out)

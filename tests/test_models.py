@@ -111,7 +111,8 @@ def test_affine_batchnorm_starts_as_the_identity_scale_and_trains_in_a_dense_run
 
     out = tmp_path / "dense"
     cfg = make_config(None, {"model": "resnet20", "width": 0.25, "dataset": "digits", "method": "dense",
-                             "affine_bn": True, "epochs": 1, "batch_size": 128, "out_dir": str(out)})
+                             "affine_bn": True, "epochs": 1, "max_steps": 3, "batch_size": 128,
+                             "out_dir": str(out)})
     summary = run(cfg, progress=False)
     from safetensors import safe_open
 
