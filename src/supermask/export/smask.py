@@ -15,7 +15,6 @@ and blob range is checked against the rebuilt architecture before any mask is de
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -96,7 +95,7 @@ HEADER = {"format": TEXT, "version": COUNT, "model": TEXT, "width": NUMBER, "num
           "include_params?": NAMES, "scale_fan_by?": TEXT, "weight_source?": TEXT, "prune_scope?": TEXT,
           "multicoat_prune_rates?": NUMBERS, "multicoat_scale?": TEXT, "layer_streams?": TEXT, "biprop_alpha_count?": TEXT, "layer_density?": TEXT, "pruned_count?": TEXT, "score_rank?": TEXT, "channels_last?": FLAG, "amp?": FLAG,
           "preprocessing?": PREPROCESSING, "dataset": TEXT, "dataset_sha256?": TEXT, "eval_split_sha256?": TEXT,
-          "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "task_stream?": TEXT, "task?": COUNT, "holdout?": COUNT, "holdout_seed?": COUNT,
+          "data_mode?": TEXT, "test_acc": ACCURACY, "layers": [LAYER], "task_stream?": TEXT, "task?": COUNT, "normalization?": TEXT, "holdout?": COUNT, "holdout_seed?": COUNT,
           "tasks?": [TASK],
           "tensors": [TENSOR],
           "payload_length": COUNT}
@@ -210,6 +209,8 @@ def encode_run(run_dir: Path, payload: bytearray) -> tuple[dict[str, Any], dict[
     }
     if cfg.task_stream is not None and cfg.task is not None:  # one task of a stream: its data is that task's
         header.update(version=TASKS_VERSION, task_stream=cfg.task_stream, task=cfg.task)
+    if cfg.normalization != "dataset":  # eval normalizes the data as the run did
+        header["normalization"] = cfg.normalization
     if cfg.holdout:  # the training images it held out: eval rebuilds the same split, so the checksum compares
         header.update(holdout=cfg.holdout, holdout_seed=cfg.holdout_seed)
     for key in ("dataset_sha256", "eval_split_sha256"):  # eval of a streamed set compares the second
@@ -688,11 +689,8 @@ def file_dataset(header: dict[str, Any], path: str | Path, dataset: str | None, 
                                image_size=header["image_size"] if streamed else None)
     if "task_stream" in header and dataset is None:
         ds = task_dataset(header["task_stream"], ds, header["task"])
+    if "normalization" in header:  # the network's inputs are normalized as it was trained, whatever the data
+        ds = data_lib.normalized_as(ds, header["normalization"])
     if "holdout" in header and dataset is None:
         ds = hold_out(ds, header["holdout"], header.get("holdout_seed", FIELDS["holdout_seed"].default))[0]
-    pre = header.get("preprocessing", {})
-    if (isinstance(ds, data_lib.Dataset) and not ds.tokens and len(pre.get("mean", ())) == ds.in_channels
-            and (tuple(pre["mean"]), tuple(pre["std"])) != (tuple(ds.mean), tuple(ds.std))):
-        # the network's inputs are normalized as it was trained (normalization=imagenet), whatever the data's own
-        ds = dataclasses.replace(ds, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
     return ds
