@@ -7,6 +7,8 @@ from torch.utils.data import random_split
 from supermask import ConfigError
 from supermask.data import load_dataset
 from supermask.data.holdout import hold_out
+from supermask.data.prepare import as_trained
+from supermask.data.task_streams import task_dataset
 from supermask.run.config import make_config
 from supermask.run.train import load_data, load_run_model, run
 
@@ -23,6 +25,17 @@ def test_the_split_is_torchs_random_split_with_the_seed():
     for bad in (0, n):
         with pytest.raises(ConfigError, match=f"holdout={bad} must leave training images: digits has {n}"):
             hold_out(ds, bad, 777)
+
+
+def test_a_task_is_taken_before_its_images_are_held_out():
+    ds = load_dataset("digits")
+    task = task_dataset("permuted-mnist", ds, 2)
+    kept, held = as_trained(ds, task_stream="permuted-mnist", task=2, holdout=200, holdout_seed=5)
+    want_kept, want_held = hold_out(task, 200, 5)
+    assert torch.equal(kept.train_x, want_kept.train_x) and torch.equal(held.test_x, want_held.test_x)
+    assert not torch.equal(held.test_x, hold_out(ds, 200, 5)[1].test_x)  # the task's pixel order, not the raw one
+    alone, none = as_trained(ds)
+    assert alone is ds and none is None
 
 
 def test_a_run_never_trains_on_the_held_out_images_and_reports_them(tmp_path):

@@ -16,7 +16,8 @@ Folders of WebDataset shards are streamed alike, each process reading its own sh
 
 One module per source (`mnist`, `cifar`, `folder`, `generated`, `stream`, `shard_dataset`), `base` for the
 Dataset type, `cache` and `download` for files, `transforms` for the streamed images' crops, `batches` for batching
-and augmentation, `load` for `load_dataset`; this package re-exports the public API.
+and augmentation, `load` for `load_dataset`, `prepare` for the data as a run trains on it (a task of a stream,
+normalized, `holdout`'s images set aside), `holdout` for that split; this package re-exports the public API.
 """
 
 from .base import DATASET_NAMES, Dataset, content_sha256, default_cache_dir, default_data_dir, split_sha256

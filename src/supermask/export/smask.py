@@ -678,8 +678,7 @@ def evaluate_smask(path: str | Path, *, device: str = "auto", dataset: str | Non
 def file_dataset(header: dict[str, Any], path: str | Path, dataset: str | None, data_dir: str | None):
     """The data a network's header says it was found on (its task's, for one task of a stream), or `dataset`."""
     from supermask import data as data_lib
-    from supermask.data.holdout import hold_out
-    from supermask.data.task_streams import task_dataset
+    from supermask.data.prepare import as_trained
 
     streamed = header.get("data_mode") == "stream"  # read as the run read it: streamed at its image size
     if "task" in header and "task_stream" not in header and dataset is None:
@@ -687,10 +686,10 @@ def file_dataset(header: dict[str, Any], path: str | Path, dataset: str | None, 
                           "data as dataset=PATH")
     ds = data_lib.load_dataset(dataset or header["dataset"], data_dir, mode="stream" if streamed else "memory",
                                image_size=header["image_size"] if streamed else None)
-    if "task_stream" in header and dataset is None:
-        ds = task_dataset(header["task_stream"], ds, header["task"])
-    if "normalization" in header:  # the network's inputs are normalized as it was trained, whatever the data
-        ds = data_lib.normalized_as(ds, header["normalization"])
-    if "holdout" in header and dataset is None:
-        ds = hold_out(ds, header["holdout"], header.get("holdout_seed", FIELDS["holdout_seed"].default))[0]
-    return ds
+    # The network's inputs are normalized as it was trained, whatever the data; another dataset is neither a task
+    # of the stream nor split.
+    own = dataset is None
+    return as_trained(ds, task_stream=header.get("task_stream") if own else None, task=header.get("task"),
+                      normalization=header.get("normalization", "dataset"),
+                      holdout=header.get("holdout", 0) if own else 0,
+                      holdout_seed=header.get("holdout_seed", FIELDS["holdout_seed"].default))[0]

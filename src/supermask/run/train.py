@@ -19,6 +19,7 @@ from supermask import data as data_lib
 from supermask.core.convert import Report, convert, masks, weight_tensors
 from supermask.core.labels import layer_labels
 from supermask.core.methods import get_method
+from supermask.data.prepare import as_trained
 from supermask.errors import ConfigError
 from supermask.models import MODELS, TOKEN_MODELS, build_model
 from supermask.run import distributed
@@ -360,20 +361,13 @@ def load_data(cfg: Config, held_out: bool = False) -> data_lib.Dataset | data_li
     the `cfg.holdout` training images held out; with `held_out`, those images as the test split."""
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir, mode=cfg.data_mode, image_size=cfg.image_size,
                                num_workers=cfg.num_workers)
-    if cfg.task_stream is not None and cfg.task is not None:
-        from supermask.data.task_streams import task_dataset
-
-        ds = task_dataset(cfg.task_stream, ds, cfg.task)
-    if cfg.normalization != "dataset":
-        ds = data_lib.normalized_as(ds, cfg.normalization)
-    if cfg.holdout:
-        from supermask.data.holdout import hold_out
-
-        kept, held = hold_out(ds, cfg.holdout, cfg.holdout_seed)
-        ds = held if held_out else kept
-    elif held_out:
+    kept, held = as_trained(ds, task_stream=cfg.task_stream, task=cfg.task, normalization=cfg.normalization,
+                            holdout=cfg.holdout, holdout_seed=cfg.holdout_seed)
+    if not held_out:
+        return kept
+    if held is None:
         raise ConfigError("this run holds out no training images (holdout=0)")
-    return ds
+    return held
 
 
 def resolve_data_paths(cfg: Config, ds: data_lib.Dataset) -> None:
