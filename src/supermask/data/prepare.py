@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from supermask.data.base import Dataset
 from supermask.data.load import normalized_as
+from supermask.data.shard_dataset import ShardDataset
+from supermask.data.stream import StreamDataset
+
+AnyDataset = Dataset | StreamDataset | ShardDataset
 
 
-def as_trained(ds, *, task_stream: str | None = None, task: int | None = None, normalization: str = "dataset",
-               holdout: int = 0, holdout_seed: int = 777) -> tuple[object, Dataset | None]:
+def as_trained(ds: AnyDataset, *, task_stream: str | None = None, task: int | None = None,
+               normalization: str = "dataset", holdout: int = 0,
+               holdout_seed: int = 777) -> tuple[AnyDataset, Dataset | None]:
     """(`ds` as trained on, the `holdout` training images it leaves out as a set whose test split they are, or None)."""
     if task_stream is not None and task is not None:
         from supermask.data.task_streams import task_dataset
