@@ -56,8 +56,8 @@ from supermask.run.config import make_config, recorded_config  # noqa: E402
 from supermask.run.recipes import PAPER_EPOCHS, paper_epochs, paper_schedule  # noqa: E402
 from supermask.errors import ConfigError, SupermaskError  # noqa: E402
 from supermask.multi.reuse import check_reuse  # noqa: E402
-from supermask.multi.sweep import (PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text, paired_differences,  # noqa: E402
-                             run_sweep, seed_estimates, validate)
+from supermask.multi.sweep import (PAIRED_BASES, PAIRED_NOTE, STATS_NOTE, Cell, Sweep, estimate_text,  # noqa: E402
+                             paired_differences, run_sweep, seed_estimates, validate)
 
 METHODS = ("edge-popup", "biprop", "iterand", "edge-popup+iwr", "biprop+iwr", "dense")
 # Issue 24's methods, each a column: a method with the keys that make it (at the cell's prune rate p and epochs E).
@@ -76,7 +76,15 @@ VARIANTS = {
     # network the signed constant (the paper's "he" weights), not ELUS.
     "signed-supermask": lambda p, epochs: {"method": "signed-supermask", "weight_init": "signed-constant",
                                            "weight_decay_mode": "decoupled", "weight_decay": 5e-4},
+    # Biprop+IWR as the IWR code's own configs ran it: they leave scale_fan unset (False), plain Kaiming-normal
+    # weights, where the plain-Biprop configs scale the fan (docs/fidelity.md D3). Not in any profile: run it with
+    # --methods beside the width-0.1 column to see how much of the published gap the init explains.
+    "biprop+iwr-unscaled": lambda p, epochs: {"method": "biprop+iwr", "scale_fan": False},
 }
+# The published column a variant stands for, where it runs a published method under another protocol.
+PUBLISHED_AS = {"biprop+iwr-unscaled": "biprop+iwr"}
+# The base of each paired difference outside the methods profile: the paper's own comparison, IWR against its base.
+TABLE_BASES = {**PAIRED_BASES, "biprop+iwr-unscaled": "biprop"}
 # Methods whose runs do not depend on the prune rate: one run per seed, at the grid's first rate, shown in every row.
 ONCE = ("dense", "signed-supermask")
 METHOD_BASES = {m: "edge-popup" for m in VARIANTS}  # the methods table's paired differences: each against EP
@@ -131,9 +139,9 @@ def cell_overrides(model: str, width: float, prune_rate: float, method: str, see
         o.update(VARIANTS[method](prune_rate, epochs))
     if data_dir:
         o["data_dir"] = data_dir
-    if method.endswith("+iwr") and epochs != PAPER_EPOCHS:
+    if o["method"].endswith("+iwr") and epochs != PAPER_EPOCHS:
         # The paper's F epochs of 250 become the same fraction of a short run.
-        o["iwr_every_fraction"] = min(1.0, paper_schedule(method, model)["iwr_every"] / PAPER_EPOCHS)
+        o["iwr_every_fraction"] = min(1.0, paper_schedule(o["method"], model)["iwr_every"] / PAPER_EPOCHS)
     return o
 
 
@@ -194,7 +202,8 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str], pap
             if "smask_bits_per_weight" in by_method.get(m, {}):
                 ours += (f"; {by_method[m]['kept_percent']:.3g}% kept, "
                          f"{by_method[m]['smask_bits_per_weight']:.3g} bits/weight")
-            entries.append(f"{ours} ({published[m]:.2f})" if m in published else ours)
+            figure = published.get(PUBLISHED_AS.get(m, m))
+            entries.append(f"{ours} ({figure:.2f})" if figure is not None else ours)
         lines.append(f"| {model}, {width:g}, {100 * p:g}, {epochs} | " + " | ".join(entries) + " |")
     lines += ["", f"Test accuracy (%) measured here: {STATS_NOTE}"]
     if any("smask_bits_per_weight" in c for c in cells):
@@ -204,6 +213,9 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str], pap
     if any((model, width, p) in PUBLISHED for model, width, p, _ in by_row):
         lines[-1] += (" The published figure (250 epochs, official CIFAR-10 binaries) in parentheses where the papers "
                       "have the cell.")
+    for m in methods:
+        if m in PUBLISHED_AS and any(m in by_method for by_method in by_row.values()):
+            lines[-1] += f" {m} is {PUBLISHED_AS[m]} as the published code's configs run it, beside that figure."
     unpublished = sorted({model for model, *_ in by_row if not any(key[0] == model for key in PUBLISHED)})
     if unpublished:
         lines[-1] += f" The papers publish no figures for {', '.join(unpublished)}."
@@ -242,7 +254,7 @@ def column_plot(cells: list[dict], rows: list[dict], methods: list[str], path: P
         lo, hi = max(0.0, c["mean"] - half), min(100.0, c["mean"] + half)  # an accuracy lies in [0, 100]
         left.errorbar([i], [c["mean"]], yerr=[[c["mean"] - lo], [hi - c["mean"]]], fmt="o", capsize=4, color=f"C{i}",
                       mfc="none" if c["n"] == 1 else f"C{i}", label=f"{m} (n={c['n']})")
-        published = PUBLISHED.get((c["model"], c["width"], c["prune_rate"]), {}).get(m)
+        published = PUBLISHED.get((c["model"], c["width"], c["prune_rate"]), {}).get(PUBLISHED_AS.get(m, m))
         if published is not None:
             left.plot([i], [published], marker="*", ms=12, color="k", ls="none",
                       label="published (250 epochs; dense 100)" if i == 0 else None)
@@ -387,7 +399,7 @@ def main(argv=None) -> None:
 
         dense = [{**r, "prune_rate": p} for r in rows if r["method"] in ONCE for p in sorted(rates_of(r))
                  if p != r["prune_rate"]]
-        bases = METHOD_BASES if args.profile == "methods" else None
+        bases = METHOD_BASES if args.profile == "methods" else TABLE_BASES
         estimates, differences = seed_estimates(rows + dense, AXES), paired_differences(rows + dense, AXES, bases)
         for e in estimates:  # what each method's network costs to store, from its .smask files, and keeps
             mine = [r for r in rows + dense if r["method"] == e["method"] and all(r[k] == e[k] for k in AXES)]

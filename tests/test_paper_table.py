@@ -261,3 +261,27 @@ def test_the_methods_table_runs_and_reports_storage(tmp_path):
         {("signed-supermask", p) for p in (0.9, 0.98)}
     md = (tmp_path / "m.md").read_text()
     assert "bits/weight" in md and "% kept" in md and "each row shows the same runs" in md
+
+
+def test_biprop_iwr_unscaled_is_biprop_iwr_as_the_iwr_configs_run_it():
+    def cfg(method, epochs):
+        return make_config("conv4", paper_table.cell_overrides("conv4", 0.1, 0.5, method, 0, epochs, None))
+
+    unscaled, scaled = cfg("biprop+iwr-unscaled", 250), cfg("biprop+iwr", 250)
+    # the IWR configs leave scale_fan unset: plain Kaiming normal, and nothing else differs from Biprop+IWR
+    assert (unscaled.label, unscaled.scale_fan, scaled.scale_fan) == ("biprop+iwr", False, True)
+    assert {k for k, v in unscaled.to_dict().items() if scaled.to_dict()[k] != v} == {"scale_fan"}
+    assert (unscaled.iwr_every, unscaled.iwr_rate) == (10, 0.2)
+    assert cfg("biprop+iwr-unscaled", 100).iwr_every == 4  # a short run scales F as Biprop+IWR's: 10 of 250 -> 4 of 100
+
+    # it stands beside the published Biprop+IWR figure, and is paired with Biprop, as the paper compares them
+    rows = [{**_row(m, 0.5, seed, acc), "width": 0.1, "epochs": 250}
+            for m, seed, acc in (("biprop", 0, 0.47), ("biprop", 1, 0.49),
+                                 ("biprop+iwr-unscaled", 0, 0.55), ("biprop+iwr-unscaled", 1, 0.58))]
+    cells = paper_table.seed_estimates(rows, paper_table.AXES)
+    differences = paper_table.paired_differences(rows, paper_table.AXES, paper_table.TABLE_BASES)
+    md = paper_table.markdown(cells, differences, ["biprop", "biprop+iwr-unscaled"])
+    # 48 ± 12.706 * 1 and 56.5 ± 12.706 * 1.5; differences 8 and 9: +8.5 ± 12.706 * 0.5
+    assert "| conv4, 0.1, 50, 250 | 48.00 ± 12.71 (n=2) (50.40) | 56.50 ± 19.06 (n=2) (59.64) |" in md
+    assert "| conv4, 0.1, 50, 250 | biprop+iwr-unscaled - biprop | +8.50 ± 6.35 (n=2) | ahead |" in md
+    assert "biprop+iwr-unscaled is biprop+iwr as the published code's configs run it" in md
