@@ -85,6 +85,11 @@ VARIANTS = {
 PUBLISHED_AS = {"biprop+iwr-unscaled": "biprop+iwr"}
 # The base of each paired difference outside the methods profile: the paper's own comparison, IWR against its base.
 TABLE_BASES = {**PAIRED_BASES, "biprop+iwr-unscaled": "biprop"}
+
+
+def published_figure(model: str, width: float, prune_rate: float, method: str) -> float | None:
+    """The published accuracy (%) of a method's cell, a variant taking the column it stands for; None if unpublished."""
+    return PUBLISHED.get((model, width, prune_rate), {}).get(PUBLISHED_AS.get(method, method))
 # Methods whose runs do not depend on the prune rate: one run per seed, at the grid's first rate, shown in every row.
 ONCE = ("dense", "signed-supermask")
 METHOD_BASES = {m: "edge-popup" for m in VARIANTS}  # the methods table's paired differences: each against EP
@@ -195,14 +200,13 @@ def markdown(cells: list[dict], differences: list[dict], methods: list[str], pap
         by_row.setdefault((c["model"], c["width"], c["prune_rate"], epochs), {})[c["method"]] = c
     lines = ["| model, width, % pruned, epochs | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for (model, width, p, epochs), by_method in by_row.items():
-        published = PUBLISHED.get((model, width, p), {})
         entries = []
         for m in methods:
             ours = estimate_text(by_method[m]) if m in by_method else "-"
             if "smask_bits_per_weight" in by_method.get(m, {}):
                 ours += (f"; {by_method[m]['kept_percent']:.3g}% kept, "
                          f"{by_method[m]['smask_bits_per_weight']:.3g} bits/weight")
-            figure = published.get(PUBLISHED_AS.get(m, m))
+            figure = published_figure(model, width, p, m)
             entries.append(f"{ours} ({figure:.2f})" if figure is not None else ours)
         lines.append(f"| {model}, {width:g}, {100 * p:g}, {epochs} | " + " | ".join(entries) + " |")
     lines += ["", f"Test accuracy (%) measured here: {STATS_NOTE}"]
@@ -254,7 +258,7 @@ def column_plot(cells: list[dict], rows: list[dict], methods: list[str], path: P
         lo, hi = max(0.0, c["mean"] - half), min(100.0, c["mean"] + half)  # an accuracy lies in [0, 100]
         left.errorbar([i], [c["mean"]], yerr=[[c["mean"] - lo], [hi - c["mean"]]], fmt="o", capsize=4, color=f"C{i}",
                       mfc="none" if c["n"] == 1 else f"C{i}", label=f"{m} (n={c['n']})")
-        published = PUBLISHED.get((c["model"], c["width"], c["prune_rate"]), {}).get(PUBLISHED_AS.get(m, m))
+        published = published_figure(c["model"], c["width"], c["prune_rate"], m)
         if published is not None:
             left.plot([i], [published], marker="*", ms=12, color="k", ls="none",
                       label="published (250 epochs; dense 100)" if i == 0 else None)
