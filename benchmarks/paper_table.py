@@ -85,11 +85,23 @@ VARIANTS = {
 PUBLISHED_AS = {"biprop+iwr-unscaled": "biprop+iwr"}
 # The base of each paired difference outside the methods profile: the paper's own comparison, IWR against its base.
 TABLE_BASES = {**PAIRED_BASES, "biprop+iwr-unscaled": "biprop"}
+# A variant that changes one setting of a published method is also paired with that method: the setting's own effect.
+SETTING_BASES = {"biprop+iwr-unscaled": "biprop+iwr"}
 
 
 def published_figure(model: str, width: float, prune_rate: float, method: str) -> float | None:
     """The published accuracy (%) of a method's cell, a variant taking the column it stands for; None if unpublished."""
     return PUBLISHED.get((model, width, prune_rate), {}).get(PUBLISHED_AS.get(method, method))
+
+
+def table_differences(rows: list[dict], profile: str) -> list[dict]:
+    """The table's paired differences: in the methods profile each method against Edge-Popup; elsewhere the paper's
+    comparisons, and each setting variant against the method it changes."""
+    if profile == "methods":
+        return paired_differences(rows, AXES, METHOD_BASES)
+    return paired_differences(rows, AXES, TABLE_BASES) + paired_differences(rows, AXES, SETTING_BASES)
+
+
 # Methods whose runs do not depend on the prune rate: one run per seed, at the grid's first rate, shown in every row.
 ONCE = ("dense", "signed-supermask")
 METHOD_BASES = {m: "edge-popup" for m in VARIANTS}  # the methods table's paired differences: each against EP
@@ -403,8 +415,7 @@ def main(argv=None) -> None:
 
         dense = [{**r, "prune_rate": p} for r in rows if r["method"] in ONCE for p in sorted(rates_of(r))
                  if p != r["prune_rate"]]
-        bases = METHOD_BASES if args.profile == "methods" else TABLE_BASES
-        estimates, differences = seed_estimates(rows + dense, AXES), paired_differences(rows + dense, AXES, bases)
+        estimates, differences = seed_estimates(rows + dense, AXES), table_differences(rows + dense, args.profile)
         for e in estimates:  # what each method's network costs to store, from its .smask files, and keeps
             mine = [r for r in rows + dense if r["method"] == e["method"] and all(r[k] == e[k] for k in AXES)]
             bits = [r["smask_bits_per_weight"] for r in mine if "smask_bits_per_weight" in r]

@@ -274,14 +274,22 @@ def test_biprop_iwr_unscaled_is_biprop_iwr_as_the_iwr_configs_run_it():
     assert (unscaled.iwr_every, unscaled.iwr_rate) == (10, 0.2)
     assert cfg("biprop+iwr-unscaled", 100).iwr_every == 4  # a short run scales F as Biprop+IWR's: 10 of 250 -> 4 of 100
 
-    # it stands beside the published Biprop+IWR figure, and is paired with Biprop, as the paper compares them
+    # it stands beside the published Biprop+IWR figure, and is paired with Biprop, as the paper compares them, and
+    # with Biprop+IWR, the init's own effect
     rows = [{**_row(m, 0.5, seed, acc), "width": 0.1, "epochs": 250}
-            for m, seed, acc in (("biprop", 0, 0.47), ("biprop", 1, 0.49),
-                                 ("biprop+iwr-unscaled", 0, 0.55), ("biprop+iwr-unscaled", 1, 0.58))]
+            for m, seed, acc in (("biprop", 0, 0.47), ("biprop", 1, 0.49), ("biprop+iwr", 0, 0.53),
+                                 ("biprop+iwr", 1, 0.52), ("biprop+iwr-unscaled", 0, 0.55),
+                                 ("biprop+iwr-unscaled", 1, 0.58))]
     cells = paper_table.seed_estimates(rows, paper_table.AXES)
-    differences = paper_table.paired_differences(rows, paper_table.AXES, paper_table.TABLE_BASES)
+    differences = paper_table.table_differences(rows, "width01")
     md = paper_table.markdown(cells, differences, ["biprop", "biprop+iwr-unscaled"])
     # 48 ± 12.706 * 1 and 56.5 ± 12.706 * 1.5; differences 8 and 9: +8.5 ± 12.706 * 0.5
     assert "| conv4, 0.1, 50, 250 | 48.00 ± 12.71 (n=2) (50.40) | 56.50 ± 19.06 (n=2) (59.64) |" in md
     assert "| conv4, 0.1, 50, 250 | biprop+iwr-unscaled - biprop | +8.50 ± 6.35 (n=2) | ahead |" in md
+    # differences 2 and 6: +4 ± 12.706 * 2
+    assert "| conv4, 0.1, 50, 250 | biprop+iwr-unscaled - biprop+iwr | +4.00 ± 25.41 (n=2) | within noise |" in md
+    # the methods profile pairs each variant with Edge-Popup alone
+    with_ep = rows + [{**_row("edge-popup", 0.5, seed, 0.5), "width": 0.1, "epochs": 250} for seed in (0, 1)]
+    assert [(d["method"], d["base"]) for d in paper_table.table_differences(with_ep, "methods")] == [
+        ("biprop+iwr-unscaled", "edge-popup")]
     assert "biprop+iwr-unscaled is biprop+iwr as the published code's configs run it" in md
