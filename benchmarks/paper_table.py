@@ -269,15 +269,17 @@ def column_plot(cells: list[dict], rows: list[dict], methods: list[str], path: P
         half = c["ci_half_width"] if c["n"] > 1 else 0.0
         lo, hi = max(0.0, c["mean"] - half), min(100.0, c["mean"] + half)  # an accuracy lies in [0, 100]
         left.errorbar([i], [c["mean"]], yerr=[[c["mean"] - lo], [hi - c["mean"]]], fmt="o", capsize=4, color=f"C{i}",
-                      mfc="none" if c["n"] == 1 else f"C{i}", label=f"{m} (n={c['n']})")
+                      mfc="none" if c["n"] == 1 else f"C{i}")
         published = published_figure(c["model"], c["width"], c["prune_rate"], m)
         if published is not None:
             left.plot([i], [published], marker="*", ms=12, color="k", ls="none",
                       label="published (250 epochs; dense 100)" if i == 0 else None)
-    left.set_xticks(range(len(shown)), shown, rotation=20)
+    # n on the axis, not in a legend: a legend of every method covers some of their points
+    left.set_xticks(range(len(shown)), [f"{m} (n={next(c['n'] for c in cells if c['method'] == m)})" for m in shown],
+                    rotation=20, ha="right")
     left.set_ylabel("test accuracy (%)")
     left.set_title("mean and 95% interval over seeds; star: published")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="lower right")
     for i, m in enumerate(shown):
         mine = sorted((r for r in rows if r["method"] == m and r.get("curve")), key=lambda r: r["seed"])
         if mine:
