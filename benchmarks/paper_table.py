@@ -263,9 +263,11 @@ def column_plot(cells: list[dict], rows: list[dict], methods: list[str], path: P
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    shown = [m for m in methods if any(c["method"] == m for c in cells)]
+    by_method = {c["method"]: c for c in cells}  # one row of the table: a cell per method
+    shown = [m for m in methods if m in by_method]
+    starred = False  # the first published star drawn carries the legend's one label
     for i, m in enumerate(shown):
-        c = next(c for c in cells if c["method"] == m)
+        c = by_method[m]
         half = c["ci_half_width"] if c["n"] > 1 else 0.0
         lo, hi = max(0.0, c["mean"] - half), min(100.0, c["mean"] + half)  # an accuracy lies in [0, 100]
         left.errorbar([i], [c["mean"]], yerr=[[c["mean"] - lo], [hi - c["mean"]]], fmt="o", capsize=4, color=f"C{i}",
@@ -273,10 +275,10 @@ def column_plot(cells: list[dict], rows: list[dict], methods: list[str], path: P
         published = published_figure(c["model"], c["width"], c["prune_rate"], m)
         if published is not None:
             left.plot([i], [published], marker="*", ms=12, color="k", ls="none",
-                      label="published (250 epochs; dense 100)" if i == 0 else None)
+                      label=None if starred else "published (250 epochs; dense 100)")
+            starred = True
     # n on the axis, not in a legend: a legend of every method covers some of their points
-    left.set_xticks(range(len(shown)), [f"{m} (n={next(c['n'] for c in cells if c['method'] == m)})" for m in shown],
-                    rotation=20, ha="right")
+    left.set_xticks(range(len(shown)), [f"{m} (n={by_method[m]['n']})" for m in shown], rotation=20, ha="right")
     left.set_ylabel("test accuracy (%)")
     left.set_title("mean and 95% interval over seeds; star: published")
     left.legend(fontsize=7, loc="lower right")
